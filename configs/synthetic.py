@@ -1,0 +1,43 @@
+"""The built-in synthetic dataset, sized for a 2-core CPU: `make demo` runs this file.
+
+Starts from the paper defaults (cows_jax/config.py) and shrinks what a CPU cannot afford:
+backbone width, input size, epochs (with the lr decay epochs scaled alike) and segmenter
+iterations. Trained from scratch (no ImageNet weights exist for a width-scaled VGG), hence the
+larger base learning rates. Every change against the paper is listed here.
+"""
+
+from cows_jax.config import paper_defaults
+
+
+def get_config(arg: str | None = None):
+  c = paper_defaults()
+  c.data.name = 'synthetic'
+  c.data.image_size = 96
+  c.data.train_size = 2000
+  c.data.val_size = 300
+
+  c.input.size = 96
+  c.model.width = 0.25
+
+  c.classify.epochs = 6
+  c.classify.lr_decay_epochs = (4, 5)
+  c.classify.localize_epoch = 6
+  c.classify.base_lr = 1e-2
+  c.classify.batch_pairs = 8
+  c.classify.contrastive_from_epoch = 1
+
+  c.segment.crop_size = 96
+  c.segment.batch_size = 8
+  c.segment.accumulation_steps = 1
+  c.segment.iterations = 750
+  c.segment.base_lr = 1e-2
+  c.segment.head_dilation = 4
+
+  if arg == 'tiny':  # the end-to-end test: minutes become seconds.
+    c.data.train_size, c.data.val_size, c.data.image_size = 48, 16, 64
+    c.input.size = 64
+    c.model.width = 0.125
+    c.classify.epochs, c.classify.lr_decay_epochs, c.classify.localize_epoch = 2, (1,), 2
+    c.classify.log_every_steps = 2
+    c.segment.crop_size, c.segment.iterations, c.segment.log_every_steps = 64, 6, 2
+  return c

@@ -1,0 +1,59 @@
+"""orbax checkpoints of a training state, resumable after a kill.
+
+One CheckpointManager per trained model, with two items: `params` and `opt_state`, so that
+later stages restore the params alone. Every epoch end (a multiple of `keep_period`) is kept,
+so `localize` can load a given epoch; periodic checkpoints in between are rotated
+(`max_to_keep`) and only serve resuming.
+"""
+
+import os
+
+import jax
+import orbax.checkpoint as ocp
+
+
+def manager(directory: str, keep_period: int | None = None, max_to_keep: int = 2,
+            read_only: bool = False) -> ocp.CheckpointManager:
+  options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, keep_period=keep_period,
+                                         create=not read_only, read_only=read_only,
+                                         enable_async_checkpointing=not read_only)
+  return ocp.CheckpointManager(os.path.abspath(directory), options=options,
+                               item_names=('params', 'opt_state'))
+
+
+def _abstract(tree):
+  return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
+
+
+def save(mngr: ocp.CheckpointManager, step: int, params, opt_state) -> None:
+  """Asynchronous save; the manager finalizes it atomically (tmp dir + rename)."""
+  mngr.save(step, args=ocp.args.Composite(params=ocp.args.StandardSave(params),
+                                          opt_state=ocp.args.StandardSave(opt_state)))
+
+
+def restore(mngr: ocp.CheckpointManager, step: int, params, opt_state):
+  """Restore `step` into the structure, dtypes and shardings of the given state."""
+  out = mngr.restore(step, args=ocp.args.Composite(
+      params=ocp.args.StandardRestore(_abstract(params)),
+      opt_state=ocp.args.StandardRestore(_abstract(opt_state))))
+  return out['params'], out['opt_state']
+
+
+def restore_params(directory: str, step: int | None, like_params, stage: str):
+  """Params of a finished stage (latest step if `step` is None), with an error that names
+  the command producing them when they are missing."""
+  hint = f'run `cows-jax {stage}` first'
+  if not os.path.isdir(directory):
+    raise FileNotFoundError(f'{stage} checkpoints not found: {directory} is missing; {hint}')
+  mngr = manager(directory, read_only=True)
+  steps = mngr.all_steps()
+  if not steps:
+    raise FileNotFoundError(f'{stage} checkpoints not found: {directory} is empty; {hint}')
+  step = max(steps) if step is None else step
+  if step not in steps:
+    raise FileNotFoundError(f'{stage} checkpoint for step {step} not found in {directory} '
+                            f'(have {sorted(steps)}); {hint}')
+  out = mngr.restore(step, args=ocp.args.Composite(
+      params=ocp.args.StandardRestore(_abstract(like_params))))
+  mngr.close()
+  return out['params'], step

@@ -1,0 +1,127 @@
+"""Stage 1: train the co-attention classifier on pairs of images that share a class."""
+
+import functools
+import os
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+from clu import metrics
+
+from cows_jax import checkpoints, losses, optim, parallel, reporting
+from cows_jax.data import input_pipeline, sources
+from cows_jax.data.pairs import ClassIndex
+from cows_jax.models.coattention import PRETRAINED_GROUPS, CoAttentionNet
+
+
+@flax.struct.dataclass
+class TrainMetrics(metrics.Collection):
+  loss: metrics.Average.from_output('loss')
+  single: metrics.Average.from_output('single')
+  coattention: metrics.Average.from_output('coattention')
+  contrastive: metrics.Average.from_output('contrastive')
+
+
+def create_model(cfg) -> CoAttentionNet:
+  return CoAttentionNet(num_classes=cfg.data.num_classes, width=cfg.model.width,
+                        feature_dim=cfg.model.feature_dim, dtype=jnp.dtype(cfg.model.dtype))
+
+
+def init_params(model: CoAttentionNet, cfg, rng):
+  x = jnp.zeros((1, cfg.input.size, cfg.input.size, 3), jnp.float32)
+  return jax.jit(model.init)(rng, x, x)['params']
+
+
+def steps_per_epoch(cfg, num_train: int) -> int:
+  spe = num_train // cfg.classify.batch_pairs
+  if spe == 0:
+    raise ValueError(f'train split has {num_train} images, fewer than classify.batch_pairs='
+                     f'{cfg.classify.batch_pairs}')
+  return spe
+
+
+def make_optimizer(cfg, params, spe: int):
+  c = cfg.classify
+  mults = optim.lr_multipliers(params, PRETRAINED_GROUPS, c.lr_mult_pretrained_weight,
+                               c.lr_mult_pretrained_bias, c.lr_mult_new_weight,
+                               c.lr_mult_new_bias)
+  schedule = optim.step_decay(c.base_lr, spe, c.lr_decay_epochs, c.lr_decay_factor)
+  return optim.sgd(schedule, c.momentum, c.nesterov, c.weight_decay, mults)
+
+
+def loss_fn(params, model, batch, use_contrastive, weights):
+  scores = model.apply({'params': params}, batch['image_m'], batch['image_n'])
+  terms = losses.coattention_losses(scores, batch['labels_m'], batch['labels_n'],
+                                    use_contrastive)
+  total = sum(weights[k] * terms[k] for k in terms)
+  return total, terms
+
+
+def train_step(params, opt_state, batch, use_contrastive, *, model, tx, weights):
+  """One SGD step on a batch of pairs; pure, jitted by the caller."""
+  (loss, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+      params, model, batch, use_contrastive, weights)
+  updates, opt_state = tx.update(grads, opt_state, params)
+  params = jax.tree.map(lambda p, u: p + u, params, updates)
+  return params, opt_state, TrainMetrics.single_from_model_output(loss=loss, **terms)
+
+
+def loss_weights(cfg) -> dict:
+  c = cfg.classify
+  return {'single': c.loss_weight_single, 'coattention': c.loss_weight_coattention,
+          'contrastive': c.loss_weight_contrastive}
+
+
+def checkpoint_dir(workdir: str) -> str:
+  return os.path.join(workdir, 'classifier')
+
+
+def train(cfg, workdir: str) -> None:
+  """Train (or resume) the classifier; skips when the last epoch's checkpoint exists."""
+  train_source = sources.load(cfg)['train']
+  spe = steps_per_epoch(cfg, len(train_source))
+  total = spe * cfg.classify.epochs
+  mngr = checkpoints.manager(checkpoint_dir(workdir), keep_period=spe,
+                             max_to_keep=2)
+  start = mngr.latest_step() or 0
+  if start >= total:
+    logging.info('classify: complete (step %d of %d in %s), skipping', start, total,
+                 checkpoint_dir(workdir))
+    return
+
+  mesh = parallel.data_mesh()
+  parallel.check_divisible(cfg.classify.batch_pairs, mesh, 'classify.batch_pairs')
+  model = create_model(cfg)
+  params = init_params(model, cfg, jax.random.key(cfg.seed))
+  tx = make_optimizer(cfg, params, spe)
+  opt_state = tx.init(params)
+  params, opt_state = parallel.replicate((params, opt_state), mesh)
+  if start:
+    params, opt_state = checkpoints.restore(mngr, start, params, opt_state)
+    logging.info('classify: resumed from step %d', start)
+
+  class_index = ClassIndex(sources.all_labels(train_source))
+  ds = input_pipeline.pair_dataset(train_source, class_index, cfg, cfg.classify.epochs,
+                                   cfg.classify.batch_pairs, seed=cfg.seed)
+  batches = input_pipeline.iterate(ds, start, cfg)
+  step_fn = jax.jit(functools.partial(train_step, model=model, tx=tx,
+                                      weights=loss_weights(cfg)), donate_argnums=(0, 1))
+  log = reporting.MetricLog(os.path.join(workdir, 'logs', 'classify.jsonl'), total)
+  logging.info('classify: %d steps (%d epochs x %d), %d devices', total, cfg.classify.epochs,
+               spe, mesh.devices.size)
+  acc = None
+  for step in range(start, total):
+    batch = parallel.shard_batch(next(batches), mesh)
+    use_con = jnp.asarray(step // spe >= cfg.classify.contrastive_from_epoch)
+    params, opt_state, m = step_fn(params, opt_state, batch, use_con)
+    acc = m if acc is None else acc.merge(m)
+    done = step + 1
+    if done % cfg.classify.log_every_steps == 0 or done == total:
+      log.write(done, {k: np.asarray(v) for k, v in acc.compute().items()})
+      acc = None
+    if done % spe == 0 or done % cfg.classify.checkpoint_every_steps == 0:
+      checkpoints.save(mngr, done, params, opt_state)
+  mngr.wait_until_finished()
+  mngr.close()

@@ -1,0 +1,85 @@
+"""grain pipelines: pairs of images for the classifier, crops with pseudo labels for the
+segmenter. Batches are this process's slice of the global batch (one slice per host).
+
+Both pipelines are random-access MapDatasets indexed by step, so resuming at step k
+replays exactly the batches a run without interruption would have seen.
+"""
+
+import grain
+import jax
+import numpy as np
+
+from cows_jax.data import transforms
+from cows_jax.data.pairs import ClassIndex
+
+
+def _local_batch(global_batch: int) -> int:
+  n = jax.process_count()
+  if global_batch % n:
+    raise ValueError(f'global batch {global_batch} not divisible by {n} processes')
+  return global_batch // n
+
+
+def _prepare(image, rng, cfg):
+  image = transforms.resize_image(image, (cfg.input.size, cfg.input.size))
+  if cfg.input.color_jitter is not None and any(cfg.input.color_jitter):
+    image = transforms.color_jitter(image, rng, tuple(cfg.input.color_jitter))
+  return transforms.normalize(image, cfg.input.mean, cfg.input.std)
+
+
+def pair_dataset(source, class_index: ClassIndex, cfg, num_epochs: int, global_batch: int,
+                 seed: int):
+  """MapDataset of batches {'image_m','image_n','labels_m','labels_n'} over all epochs."""
+
+  def make_pair(anchor, rng):
+    partner = class_index.sample_partner(int(anchor), rng)
+    m, n = source[int(anchor)], source[partner]
+    return {'image_m': _prepare(m['image'], rng, cfg), 'image_n': _prepare(n['image'], rng, cfg),
+            'labels_m': m['labels'].astype(np.float32),
+            'labels_n': n['labels'].astype(np.float32)}
+
+  ds = grain.MapDataset.range(len(source)).shuffle(seed=seed).repeat(num_epochs)
+  # Drop each epoch's remainder so that every step belongs to exactly one epoch.
+  steps_per_epoch = len(source) // global_batch
+  ds = _whole_batches(ds, len(source), steps_per_epoch * global_batch)
+  ds = ds.random_map(make_pair, seed=seed)
+  ds = ds[jax.process_index()::jax.process_count()]
+  return ds.batch(_local_batch(global_batch), drop_remainder=True)
+
+
+def _whole_batches(ds, epoch_len: int, kept: int):
+  """Keep the first `kept` elements of each epoch of length `epoch_len`."""
+  if kept == epoch_len:
+    return ds
+  n_epochs = len(ds) // epoch_len
+  keep = (np.arange(n_epochs)[:, None] * epoch_len + np.arange(kept)[None]).ravel()
+  return grain.MapDataset.range(len(keep)).map(lambda i: ds[int(keep[i])])
+
+
+def segment_dataset(source, labels_for, cfg, num_steps: int, global_batch: int, seed: int):
+  """MapDataset of batches {'image','label'}: random scale/mirror/crop of each training image
+  with its pseudo label (`labels_for(index, record)` -> uint8 HxW)."""
+  seg = cfg.segment
+
+  def make_example(index, rng):
+    record = source[int(index)]
+    image, label = transforms.random_scale_crop(
+        record['image'], labels_for(int(index), record), rng, tuple(seg.scale_range),
+        seg.crop_size, seg.mirror, cfg.input.mean)
+    return {'image': transforms.normalize(image, cfg.input.mean, cfg.input.std),
+            'label': label.astype(np.int32)}
+
+  epochs = -(-num_steps * global_batch // len(source))
+  ds = grain.MapDataset.range(len(source)).shuffle(seed=seed).repeat(epochs)
+  ds = ds.random_map(make_example, seed=seed)
+  ds = ds[jax.process_index()::jax.process_count()]
+  return ds.batch(_local_batch(global_batch), drop_remainder=True)
+
+
+def iterate(ds, start: int, cfg):
+  """Iterator over batches start, start+1, ... with background prefetching."""
+  it = ds[start:].to_iter_dataset(grain.ReadOptions(num_threads=2,
+                                                    prefetch_buffer_size=cfg.input.prefetch))
+  if cfg.input.worker_count:
+    it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=cfg.input.worker_count))
+  return iter(it)

@@ -1,0 +1,32 @@
+"""Pair sampling (paper.md): the partner of anchor m shares a random class of m."""
+
+import numpy as np
+
+
+class ClassIndex:
+  """For each class, the indices of the images that contain it."""
+
+  def __init__(self, labels: np.ndarray):
+    labels = np.asarray(labels)
+    if labels.ndim != 2:
+      raise ValueError(f'labels must be [N, C] multi-hot, got shape {labels.shape}')
+    empty = np.flatnonzero(labels.sum(1) == 0)
+    if empty.size:
+      raise ValueError(f'{empty.size} images have an empty label set (first index {empty[0]})')
+    self.labels = labels
+    self.by_class = [np.flatnonzero(labels[:, c]) for c in range(labels.shape[1])]
+
+  def classes_of(self, index: int) -> np.ndarray:
+    return np.flatnonzero(self.labels[index])
+
+  def sample_with_class(self, c: int, rng: np.random.Generator, exclude: int = -1) -> int:
+    """A random image containing class c, other than `exclude` when another exists."""
+    members = self.by_class[c]
+    if members.size > 1 and exclude >= 0:
+      members = members[members != exclude]
+    return int(rng.choice(members))
+
+  def sample_partner(self, anchor: int, rng: np.random.Generator) -> int:
+    """Pick a random class of the anchor, then a random other image that has it."""
+    c = int(rng.choice(self.classes_of(anchor)))
+    return self.sample_with_class(c, rng, exclude=anchor)

@@ -1,0 +1,46 @@
+"""Losses of both trained stages: multilabel soft margin for the classifier, pixel
+cross-entropy with an ignore label for the segmenter."""
+
+import jax
+import jax.numpy as jnp
+import optax
+
+
+def multilabel_soft_margin(logits, targets):
+  """PyTorch's MultiLabelSoftMarginLoss: mean over classes, then over the batch."""
+  per_class = optax.sigmoid_binary_cross_entropy(logits, targets.astype(logits.dtype))
+  return jnp.mean(per_class)
+
+
+def pair_targets(labels_m, labels_n):
+  """Targets of a pair: common classes (l_m AND l_n) and the two differences."""
+  common = labels_m * labels_n
+  return common, labels_m - common, labels_n - common
+
+
+def coattention_losses(scores, labels_m, labels_n, use_contrastive):
+  """The three losses of a pair batch (paper.md). Contrastive counts only when
+  `use_contrastive` (a traced bool: epoch gate) and some pair has a non-empty difference."""
+  common, diff_m, diff_n = pair_targets(labels_m, labels_n)
+  single = (multilabel_soft_margin(scores.single_m, labels_m)
+            + multilabel_soft_margin(scores.single_n, labels_n))
+  co = multilabel_soft_margin(scores.co_m, common) + multilabel_soft_margin(scores.co_n, common)
+  con = multilabel_soft_margin(scores.con_m, diff_m) + multilabel_soft_margin(scores.con_n, diff_n)
+  has_difference = jnp.any(diff_m > 0) | jnp.any(diff_n > 0)
+  con = jnp.where(use_contrastive & has_difference, con, 0.0)
+  return {'single': single, 'coattention': co, 'contrastive': con}
+
+
+def pixel_cross_entropy(logits, labels, ignore_index=255):
+  """Mean softmax cross-entropy over non-ignored pixels; logits [B,H,W,C], labels [B,H,W]."""
+  valid = labels != ignore_index
+  safe = jnp.where(valid, labels, 0)
+  losses = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), safe)
+  count = jnp.maximum(jnp.sum(valid), 1)
+  return jnp.sum(jnp.where(valid, losses, 0.0)) / count
+
+
+def upsample_logits(logits, size):
+  """Bilinear upsampling of [B,h,w,C] logits to size (H, W)."""
+  b, _, _, c = logits.shape
+  return jax.image.resize(logits, (b, size[0], size[1], c), method='bilinear')

@@ -1,0 +1,102 @@
+"""The co-attention classifier of stage 1 (paper.md, "Stage 1").
+
+Parameter groups by top-level name: `backbone` holds the (ImageNet-pretrained) VGG layers;
+every other top-level module is a new layer (10x / 20x learning rate).
+"""
+
+from typing import Any, NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from cows_jax.models.vgg import VGG16LargeFOV, scaled
+
+PRETRAINED_GROUPS = ('backbone',)
+
+
+class PairScores(NamedTuple):
+  """Logits [B, C] for each image of a pair: single, co-attention, contrastive."""
+  single_m: jax.Array
+  single_n: jax.Array
+  co_m: jax.Array
+  co_n: jax.Array
+  con_m: jax.Array
+  con_n: jax.Array
+
+
+def co_attend(f_m, f_n, w):
+  """Co-attentive features for flattened features f_m [B,Nm,D], f_n [B,Nn,D].
+
+  P = (F_m W) F_n^T is [B, Nm, Nn]. m attends over n's positions (softmax over axis 2) and
+  n over m's (softmax over axis 1): every row of each attention sums to one over the other
+  image's positions. Returns (F_m^co [B,Nm,D], F_n^co [B,Nn,D]).
+  """
+  affinity = jnp.einsum('bid,de,bje->bij', f_m, w, f_n)
+  attn_m = jax.nn.softmax(affinity, axis=2)  # [B, Nm, Nn]: m position -> n positions.
+  attn_n = jax.nn.softmax(affinity, axis=1)  # [B, Nm, Nn]: n position <- m positions.
+  co_m = jnp.einsum('bij,bjd->bid', attn_m, f_n)
+  co_n = jnp.einsum('bij,bid->bjd', attn_n, f_m)
+  return co_m, co_n
+
+
+class CoAttentionNet(nn.Module):
+  """Backbone + new layers. `features` runs images alone; `pair_head` pairs feature maps."""
+  num_classes: int
+  width: float = 1.0
+  feature_dim: int = 512
+  dtype: Any = jnp.float32
+
+  def setup(self):
+    dim = scaled(self.feature_dim, self.width)
+    init = nn.initializers.kaiming_normal()
+    self.backbone = VGG16LargeFOV(width=self.width, dtype=self.dtype)
+    self.extra = [nn.Conv(dim, (3, 3), padding=1, dtype=self.dtype, kernel_init=init,
+                          name=f'extra{i}') for i in (1, 2, 3)]
+    self.classifier = nn.Conv(self.num_classes, (1, 1), dtype=self.dtype,
+                              kernel_init=nn.initializers.normal(0.01))
+    self.co_classifier = nn.Conv(self.num_classes, (1, 1), use_bias=False, dtype=self.dtype,
+                                 kernel_init=nn.initializers.normal(0.01))
+    self.gate = nn.Conv(1, (1, 1), use_bias=False, dtype=self.dtype,
+                        kernel_init=nn.initializers.normal(0.01))
+    self.co_weight = self.param('co_weight', nn.initializers.normal(0.01), (dim, dim))
+
+  def features(self, images):
+    """Feature map F [B, H/8, W/8, D] of normalized images [B, H, W, 3]."""
+    x = self.backbone(images)
+    for conv in self.extra:
+      x = nn.relu(conv(x))
+    return x
+
+  def cam(self, feats):
+    """Single-image class maps [B, h, w, C] (the classic CAM)."""
+    return self.classifier(feats)
+
+  def pair_maps(self, f_m, f_n):
+    """Co-attention class maps of both images, before pooling: ([B,hm,wm,C], [B,hn,wn,C])."""
+    co_m, co_n = self._co_features(f_m, f_n)
+    return self.co_classifier(co_m), self.co_classifier(co_n)
+
+  def _co_features(self, f_m, f_n):
+    b, hm, wm, d = f_m.shape
+    _, hn, wn, _ = f_n.shape
+    co_m, co_n = co_attend(f_m.reshape(b, hm * wm, d), f_n.reshape(b, hn * wn, d),
+                           self.co_weight.astype(self.dtype))
+    return co_m.reshape(f_m.shape), co_n.reshape(f_n.shape)
+
+  def pair_head(self, f_m, f_n) -> PairScores:
+    """All six score vectors of a pair from its two feature maps."""
+    co_m, co_n = self._co_features(f_m, f_n)
+    pool = lambda x: jnp.mean(x, axis=(1, 2)).astype(jnp.float32)
+    con_m = f_m * (1.0 - nn.sigmoid(self.gate(co_m)))
+    con_n = f_n * (1.0 - nn.sigmoid(self.gate(co_n)))
+    return PairScores(
+        single_m=pool(self.classifier(f_m)), single_n=pool(self.classifier(f_n)),
+        co_m=pool(self.co_classifier(co_m)), co_n=pool(self.co_classifier(co_n)),
+        con_m=pool(self.co_classifier(con_m)), con_n=pool(self.co_classifier(con_n)))
+
+  def __call__(self, images_m, images_n) -> PairScores:
+    """Both images of a pair go through the backbone in one batched call."""
+    feats = self.features(jnp.concatenate([images_m, images_n], axis=0))
+    f_m, f_n = jnp.split(feats, 2, axis=0)
+    return self.pair_head(f_m, f_n)
