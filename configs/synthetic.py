@@ -16,8 +16,8 @@ def get_config(arg: str | None = None):
   c.data.train_size = 2000
   c.data.val_size = 300
 
-  c.input.size = 96
-  c.model.width = 0.25
+  c.input.size = 64
+  c.model.width = 0.125
 
   c.classify.epochs = 6
   c.classify.lr_decay_epochs = (4, 5)

@@ -22,6 +22,7 @@ def manager(directory: str, keep_period: int | None = None, max_to_keep: int = 2
 
 
 def _abstract(tree):
+  """ShapeDtypeStructs of arrays (or of already abstract leaves)."""
   return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
 
 

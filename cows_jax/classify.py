@@ -34,6 +34,11 @@ def init_params(model: CoAttentionNet, cfg, rng):
   return jax.jit(model.init)(rng, x, x)['params']
 
 
+def abstract_params(model: CoAttentionNet, cfg):
+  """Shapes and dtypes of the params, without compiling or running the init."""
+  return jax.eval_shape(lambda: init_params(model, cfg, jax.random.key(0)))
+
+
 def steps_per_epoch(cfg, num_train: int) -> int:
   spe = num_train // cfg.classify.batch_pairs
   if spe == 0:

@@ -88,6 +88,8 @@ def paper_defaults() -> ml_collections.ConfigDict:
   c.segment.lr_power = 0.9
   c.segment.momentum = 0.9
   c.segment.weight_decay = 5e-4
+  c.segment.lr_mult_backbone_weight = 1.0
+  c.segment.lr_mult_backbone_bias = 2.0
   c.segment.lr_mult_head_weight = 10.0
   c.segment.lr_mult_head_bias = 20.0
   c.segment.head_dilation = 12

@@ -1,0 +1,67 @@
+"""`cows-jax STAGE --config FILE --workdir DIR [--config.a.b=value ...]`.
+
+Stages run in order classify -> localize -> label -> segment -> evaluate; `pipeline` runs
+them all. Each stage reads the previous stage's outputs from the workdir and skips work
+whose complete outputs exist, so rerunning a stage or the pipeline resumes.
+"""
+
+import os
+import sys
+import time
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from cows_jax import classify, evaluate, label, localize, segment
+
+STAGES = {
+    'classify': classify.train,
+    'localize': localize.run,
+    'label': label.run,
+    'segment': segment.train,
+    'evaluate': evaluate.run,
+}
+USAGE = (f'usage: cows-jax {{{",".join([*STAGES, "pipeline"])}}} --config FILE '
+         '--workdir DIR [--config.FIELD=VALUE ...]')
+
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file (configs/*.py[:arg]).',
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Directory of this run\'s outputs.')
+
+
+def run_stage(stage: str, cfg, workdir: str) -> None:
+  os.makedirs(workdir, exist_ok=True)
+  names = list(STAGES) if stage == 'pipeline' else [stage]
+  for name in names:
+    logging.info('=== %s ===', name)
+    start = time.time()
+    STAGES[name](cfg, workdir)
+    logging.info('=== %s: %.1f s ===', name, time.time() - start)
+
+
+def main(argv):
+  if len(argv) != 2 or argv[1] not in [*STAGES, 'pipeline']:
+    raise app.UsageError(USAGE)
+  if _CONFIG.value is None or _WORKDIR.value is None:
+    raise app.UsageError('--config and --workdir are required\n' + USAGE)
+  try:
+    run_stage(argv[1], _CONFIG.value, _WORKDIR.value)
+  except (FileNotFoundError, ValueError) as e:
+    logging.error('%s', e)
+    print(f'cows-jax {argv[1]}: error: {e}', file=sys.stderr)
+    sys.exit(1)
+
+
+class _QuietLibraries:
+  """Drops INFO records of orbax and tfds (dozens of lines per checkpoint) from the log."""
+  NOISY = ('/orbax/', '/tensorflow_datasets/')
+
+  def filter(self, record):
+    return record.levelno >= logging.WARNING or not any(
+        n in record.pathname for n in self.NOISY)
+
+
+def run():
+  logging.set_verbosity(logging.INFO)
+  logging.get_absl_logger().addFilter(_QuietLibraries())
+  app.run(main)

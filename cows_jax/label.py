@@ -1,0 +1,66 @@
+"""Stage 2b: pseudo labels from localization maps (+ saliency), written as PNGs.
+
+WORKDIR/pseudo_labels/index/<id>.png holds class indices (0 bg, k+1 class k, 255 ignore),
+WORKDIR/pseudo_labels/palette/<id>.png the same with the VOC palette for viewing.
+Existing labels are kept (resume); index.json marks the stage complete.
+"""
+
+import os
+
+from absl import logging
+
+from cows_jax import localize, pseudo_labels, reporting, visualize
+from cows_jax.data import sources
+
+
+def labels_dir(workdir: str, kind: str = 'index') -> str:
+  return os.path.join(workdir, 'pseudo_labels', kind)
+
+
+def index_path(workdir: str) -> str:
+  return os.path.join(workdir, 'pseudo_labels', 'index.json')
+
+
+def rules(cfg) -> pseudo_labels.LabelRules:
+  c = cfg.label
+  return pseudo_labels.LabelRules(
+      score_threshold=c.score_threshold, conflict_threshold=c.conflict_threshold,
+      bg_saliency_ignore=c.bg_saliency_ignore, fg_confident=c.fg_confident,
+      min_fg_fraction=c.min_fg_fraction, bg_threshold=c.bg_threshold)
+
+
+def make_label(maps, classes, saliency, cfg):
+  """One image's pseudo label in the configured mode."""
+  if cfg.label.use_saliency:
+    return pseudo_labels.pseudo_label_with_saliency(maps, classes, saliency, rules(cfg))
+  return pseudo_labels.pseudo_label_without_saliency(maps, classes, rules(cfg))
+
+
+def label_path(workdir: str, image_id: str) -> str:
+  return os.path.join(labels_dir(workdir), image_id + '.png')
+
+
+def run(cfg, workdir: str) -> None:
+  if os.path.isfile(index_path(workdir)):
+    logging.info('label: complete (%s exists), skipping', index_path(workdir))
+    return
+  ids = reporting.read_json(localize.index_path(workdir), 'localize')['ids']
+  train = sources.load(cfg)['train']
+  if len(ids) != len(train):
+    raise ValueError(f'{localize.index_path(workdir)} lists {len(ids)} images but the train '
+                     f'split has {len(train)}; rerun `cows-jax localize` in a fresh workdir')
+  written = all_ignore = 0
+  for i, image_id in enumerate(ids):
+    if os.path.isfile(label_path(workdir, image_id)):
+      continue
+    maps, classes = localize.load_maps(os.path.join(localize.maps_dir(workdir), image_id + '.npz'))
+    label = make_label(maps, classes, train[i]['saliency'], cfg)
+    all_ignore += int((label == 255).all())
+    visualize.save_label_png(os.path.join(labels_dir(workdir, 'palette'), image_id + '.png'),
+                             label, palette=True)
+    visualize.save_label_png(label_path(workdir, image_id), label, palette=False)
+    written += 1
+  logging.info('label: wrote %d pseudo labels (%d all-ignore: too little foreground), mode=%s',
+               written, all_ignore, 'saliency' if cfg.label.use_saliency else 'bg threshold')
+  reporting.write_json_atomic(index_path(workdir), {'ids': ids,
+                                                    'use_saliency': cfg.label.use_saliency})

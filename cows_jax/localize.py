@@ -1,0 +1,206 @@
+"""Stage 2a: localization maps with cross-image context (paper.md, "Stage 2").
+
+For image m and each of its classes c: the co-attention class map of m paired with K related
+images that contain c (averaged over k), plus the maps of m's self-pair views (flip, scales),
+aggregated by the paper's rule and resized to the image size.
+
+Backbone features are computed once per image and view, then only the co-attention head runs
+for each pairing (the reference reruns the full pair forward for every pairing; the maps are
+the same). Per-image maps are written atomically to WORKDIR/maps/<id>.npz, so an interrupted
+run resumes where it stopped; maps/index.json marks the stage complete.
+"""
+
+import io
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+from PIL import Image
+
+from cows_jax import checkpoints, classify, reporting
+from cows_jax.data import sources, transforms
+from cows_jax.data.pairs import ClassIndex
+
+
+def maps_dir(workdir: str) -> str:
+  return os.path.join(workdir, 'maps')
+
+
+def index_path(workdir: str) -> str:
+  return os.path.join(maps_dir(workdir), 'index.json')
+
+
+def related_images(class_index: ClassIndex, m: int, c: int, k: int, seed: int) -> list[int]:
+  """K images with class c other than m, drawn from a generator seeded by (seed, m, c)."""
+  rng = np.random.default_rng([seed, m, c])
+  return [class_index.sample_with_class(c, rng, exclude=m) for _ in range(k)]
+
+
+def aggregate(maps: jax.Array, gate: float) -> jax.Array:
+  """The reference rule over a list of raw maps [V, h, w] of one class: ReLU, scale each map
+  to 0..255 by its max, add maps after the first only if sigmoid(mean(raw)) > gate, and
+  divide by the number of maps."""
+  relu = jax.nn.relu(maps)
+  peak = jnp.max(relu, axis=(1, 2), keepdims=True)
+  scaled = jnp.where(peak > 0, relu / jnp.where(peak > 0, peak, 1.0) * 255.0, 0.0)
+  keep = jax.nn.sigmoid(jnp.mean(maps, axis=(1, 2))) > gate
+  keep = keep.at[0].set(True)
+  return jnp.sum(jnp.where(keep[:, None, None], scaled, 0.0), axis=0) / maps.shape[0]
+
+
+def view_images(images: np.ndarray, view) -> np.ndarray:
+  """A self-pair view of a batch of input images: 'flip' or a scale factor."""
+  if view == 'flip':
+    return images[:, :, ::-1]
+  size = int(round(images.shape[1] * float(view)))
+  return np.asarray(jax.image.resize(images, (images.shape[0], size, size, 3), 'bilinear'))
+
+
+def map_back(maps: jax.Array, view, size: tuple[int, int]) -> jax.Array:
+  """A view's class maps [B,h,w,C] back in the frame of the original map size (bicubic)."""
+  if view == 'flip':
+    return maps[:, :, ::-1]
+  b, _, _, c = maps.shape
+  return jax.image.resize(maps, (b, size[0], size[1], c), 'cubic', antialias=False)
+
+
+def resize_map(m: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+  """Bicubic resize of one float map to (H, W)."""
+  return np.asarray(Image.fromarray(m.astype(np.float32), mode='F').resize(
+      (size[1], size[0]), Image.BICUBIC))
+
+
+def _input_batch(source, indices, cfg) -> np.ndarray:
+  size = (cfg.input.size, cfg.input.size)
+  return np.stack([transforms.normalize(transforms.resize_image(source[i]['image'], size),
+                                        cfg.input.mean, cfg.input.std) for i in indices])
+
+
+def _padded(indices: list[int], batch: int) -> list[int]:
+  """Pad a short last batch by repeating its first element (fixed shapes, one compile)."""
+  return indices + [indices[0]] * (batch - len(indices))
+
+
+def save_maps(path: str, maps: np.ndarray, classes: np.ndarray) -> None:
+  """Atomic .npz: maps float16 [K,H,W] in 0..255, classes int32 [K]."""
+  buf = io.BytesIO()
+  np.savez_compressed(buf, maps=maps.astype(np.float16), classes=classes.astype(np.int32))
+  tmp = path + '.tmp'
+  with open(tmp, 'wb') as f:
+    f.write(buf.getvalue())
+  os.replace(tmp, path)
+
+
+def load_maps(path: str) -> tuple[np.ndarray, np.ndarray]:
+  """(maps float32 [K,H,W], classes [K]) of one image, with an error naming the file."""
+  try:
+    with np.load(path) as z:
+      return z['maps'].astype(np.float32), z['classes']
+  except (OSError, KeyError, ValueError) as e:
+    raise ValueError(f'localization maps {path} are missing or unreadable ({e}); '
+                     'run `cows-jax localize`') from e
+
+
+class MapComputer:
+  """Jitted pieces of the localization: features, and the co-attention head on pairs."""
+
+  def __init__(self, model, params):
+    self._features = jax.jit(lambda x: model.apply({'params': params}, x,
+                                                   method=model.features))
+    self._pair_maps = jax.jit(lambda a, b: model.apply({'params': params}, a, b,
+                                                       method=model.pair_maps))
+
+  def features(self, images: np.ndarray) -> np.ndarray:
+    return np.asarray(self._features(images))
+
+  def pair_maps(self, f_m, f_n):
+    return self._pair_maps(f_m, f_n)
+
+
+def image_maps(computer: MapComputer, feats_m: np.ndarray, all_feats: np.ndarray,
+               view_feats: dict, related: list[list[list[int]]],
+               classes: list[np.ndarray], cfg) -> list[np.ndarray]:
+  """Aggregated maps at feature resolution for a batch of query images.
+
+  feats_m [B,h,w,D]: the queries; all_feats [N,h,w,D]: every training image; view_feats:
+  {view: [B,hv,wv,D]}; related[b][j]: the K partners for class classes[b][j].
+  Returns per query a [K_b, h, w] array (0..255).
+  """
+  b, h, w, _ = feats_m.shape
+  k = cfg.localize.num_related
+  # Cross-image context: one pairing per (query, class, partner), the head only.
+  pair_q, pair_n = [], []
+  for i in range(b):
+    for partners in related[i]:
+      pair_q += [i] * k
+      pair_n += partners
+  cross = np.zeros((0, h, w, cfg.data.num_classes), np.float32)
+  if pair_q:
+    n = len(pair_q)
+    bucket = -(-n // (b * k)) * (b * k)  # few distinct shapes, few compiles.
+    q = np.asarray(pair_q + [pair_q[0]] * (bucket - n))
+    p = np.asarray(pair_n + [pair_n[0]] * (bucket - n))
+    maps_m, _ = computer.pair_maps(feats_m[q], all_feats[p])
+    cross = np.asarray(maps_m)[:n]
+  views = {}
+  if cfg.localize.use_self_pairs:
+    for view, fv in view_feats.items():
+      _, maps_v = computer.pair_maps(feats_m, fv)
+      views[view] = np.asarray(map_back(maps_v, view, (h, w)))
+  out, row = [], 0
+  for i in range(b):
+    per_class = []
+    for c in classes[i]:
+      stack = [cross[row:row + k, :, :, c].mean(0)] + [v[i, :, :, c] for v in views.values()]
+      row += k
+      per_class.append(np.asarray(aggregate(jnp.asarray(np.stack(stack)), cfg.localize.gate)))
+    out.append(np.stack(per_class) if per_class else np.zeros((0, h, w), np.float32))
+  return out
+
+
+def run(cfg, workdir: str) -> None:
+  """Maps for every training image; skips images whose maps exist."""
+  if os.path.isfile(index_path(workdir)):
+    logging.info('localize: complete (%s exists), skipping', index_path(workdir))
+    return
+  train = sources.load(cfg)['train']
+  spe = classify.steps_per_epoch(cfg, len(train))
+  model = classify.create_model(cfg)
+  like = classify.abstract_params(model, cfg)
+  params, step = checkpoints.restore_params(classify.checkpoint_dir(workdir),
+                                            spe * cfg.classify.localize_epoch, like, 'classify')
+  logging.info('localize: classifier checkpoint of step %d (epoch %d)', step,
+               cfg.classify.localize_epoch)
+  computer = MapComputer(model, params)
+  class_index = ClassIndex(sources.all_labels(train))
+  bs = cfg.localize.batch_size
+  ids = [str(train[i]['id']) for i in range(len(train))]
+
+  all_feats = np.concatenate([
+      computer.features(_input_batch(train, _padded(list(range(s, min(s + bs, len(train)))), bs),
+                                     cfg))[:min(bs, len(train) - s)]
+      for s in range(0, len(train), bs)])
+  os.makedirs(maps_dir(workdir), exist_ok=True)
+  todo = [i for i in range(len(train))
+          if not os.path.isfile(os.path.join(maps_dir(workdir), ids[i] + '.npz'))]
+  logging.info('localize: %d of %d images to do', len(todo), len(train))
+  views = tuple(cfg.localize.self_views) if cfg.localize.use_self_pairs else ()
+  for s in range(0, len(todo), bs):
+    chunk = todo[s:s + bs]
+    batch = _padded(chunk, bs)
+    images = _input_batch(train, batch, cfg)
+    view_feats = {v: computer.features(view_images(images, v)) for v in views}
+    classes = [class_index.classes_of(i) for i in batch]
+    related = [[related_images(class_index, i, int(c), cfg.localize.num_related,
+                               cfg.localize.seed) for c in cls] for i, cls in zip(batch, classes)]
+    small = image_maps(computer, all_feats[np.asarray(batch)], all_feats, view_feats, related,
+                       classes, cfg)
+    for j, i in enumerate(chunk):
+      record = train[i]
+      size = record['image'].shape[:2]
+      full = np.stack([resize_map(m, size) for m in small[j]])
+      save_maps(os.path.join(maps_dir(workdir), ids[i] + '.npz'), full, classes[j])
+    logging.log_every_n_seconds(logging.INFO, 'localize: %d/%d', 30, s + len(chunk), len(todo))
+  reporting.write_json_atomic(index_path(workdir), {'ids': ids, 'checkpoint_step': step})
