@@ -18,6 +18,7 @@ def get_config(arg: str | None = None):
 
   c.input.size = 64
   c.model.width = 0.125
+  c.model.norm = 'group'
 
   c.classify.epochs = 6
   c.classify.lr_decay_epochs = (4, 5)
@@ -34,10 +35,9 @@ def get_config(arg: str | None = None):
   c.segment.head_dilation = 4
 
   if arg == 'tiny':  # the end-to-end test: minutes become seconds.
-    c.data.train_size, c.data.val_size, c.data.image_size = 48, 16, 64
-    c.input.size = 64
-    c.model.width = 0.125
+    c.data.train_size, c.data.val_size, c.data.image_size = 32, 8, 48
+    c.input.size, c.segment.crop_size = 48, 48
     c.classify.epochs, c.classify.lr_decay_epochs, c.classify.localize_epoch = 2, (1,), 2
     c.classify.log_every_steps = 2
-    c.segment.crop_size, c.segment.iterations, c.segment.log_every_steps = 64, 6, 2
+    c.segment.iterations, c.segment.log_every_steps = 6, 2
   return c

@@ -25,7 +25,7 @@ class TrainMetrics(metrics.Collection):
 
 
 def create_model(cfg) -> CoAttentionNet:
-  return CoAttentionNet(num_classes=cfg.data.num_classes, width=cfg.model.width,
+  return CoAttentionNet(num_classes=cfg.data.num_classes, width=cfg.model.width, norm=cfg.model.norm,
                         feature_dim=cfg.model.feature_dim, dtype=jnp.dtype(cfg.model.dtype))
 
 

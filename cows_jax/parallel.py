@@ -9,8 +9,9 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 
-def data_mesh() -> Mesh:
-  return Mesh(np.asarray(jax.devices()), ('data',))
+def data_mesh(devices=None) -> Mesh:
+  """A 1-D mesh over `devices` (default: every device of every process)."""
+  return Mesh(np.asarray(jax.devices() if devices is None else devices), ('data',))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

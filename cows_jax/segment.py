@@ -30,7 +30,7 @@ def create_model(cfg):
   if cfg.segment.backbone != 'vgg16':
     raise ValueError(f'segment.backbone={cfg.segment.backbone!r} is not available '
                      "(available: 'vgg16')")
-  return DeepLabVGG(num_classes=cfg.data.num_classes + 1, width=cfg.model.width,
+  return DeepLabVGG(num_classes=cfg.data.num_classes + 1, width=cfg.model.width, norm=cfg.model.norm,
                     head_channels=cfg.segment.head_channels,
                     head_dilation=cfg.segment.head_dilation, dtype=jnp.dtype(cfg.model.dtype))
 

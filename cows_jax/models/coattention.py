@@ -45,12 +45,13 @@ class CoAttentionNet(nn.Module):
   num_classes: int
   width: float = 1.0
   feature_dim: int = 512
+  norm: str = 'none'
   dtype: Any = jnp.float32
 
   def setup(self):
     dim = scaled(self.feature_dim, self.width)
     init = nn.initializers.kaiming_normal()
-    self.backbone = VGG16LargeFOV(width=self.width, dtype=self.dtype)
+    self.backbone = VGG16LargeFOV(width=self.width, norm=self.norm, dtype=self.dtype)
     self.extra = [nn.Conv(dim, (3, 3), padding=1, dtype=self.dtype, kernel_init=init,
                           name=f'extra{i}') for i in (1, 2, 3)]
     self.classifier = nn.Conv(self.num_classes, (1, 1), dtype=self.dtype,

@@ -34,11 +34,13 @@ class DeepLabVGG(nn.Module):
   width: float = 1.0
   head_channels: int = 1024
   head_dilation: int = 12
+  norm: str = 'none'
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, images):
-    x = VGG16LargeFOV(width=self.width, dtype=self.dtype, name='backbone')(images)
+    x = VGG16LargeFOV(width=self.width, norm=self.norm, dtype=self.dtype,
+                      name='backbone')(images)
     x = LargeFOVHead(self.num_classes, scaled(self.head_channels, self.width),
                      self.head_dilation, self.dtype, name='head')(x)
     return x.astype(jnp.float32)

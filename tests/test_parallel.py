@@ -1,0 +1,52 @@
+"""The train step sharded over 8 (forced CPU) devices equals the 1-device step."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+SCRIPT = textwrap.dedent('''
+    import functools, sys
+    import jax, jax.numpy as jnp, numpy as np
+    sys.path.insert(0, 'configs')
+    import synthetic
+    from cows_jax import classify, parallel
+
+    assert jax.device_count() == 8, jax.devices()
+    cfg = synthetic.get_config('tiny')
+    cfg.input.size = 32
+    model = classify.create_model(cfg)
+    params = classify.init_params(model, cfg, jax.random.key(0))
+    tx = classify.make_optimizer(cfg, params, 10)
+    rng = np.random.default_rng(0)
+    batch = {'image_m': rng.normal(size=(8, 32, 32, 3)).astype(np.float32),
+             'image_n': rng.normal(size=(8, 32, 32, 3)).astype(np.float32),
+             'labels_m': (rng.random((8, 10)) < 0.3).astype(np.float32),
+             'labels_n': (rng.random((8, 10)) < 0.3).astype(np.float32)}
+    step = jax.jit(functools.partial(classify.train_step, model=model, tx=tx,
+                                     weights=classify.loss_weights(cfg)))
+    outs = []
+    for devices in (jax.devices()[:1], jax.devices()):
+      mesh = parallel.data_mesh(devices)
+      p, o = parallel.replicate((params, tx.init(params)), mesh)
+      b = parallel.shard_batch(batch, mesh)
+      assert len(b['image_m'].sharding.device_set) == len(devices)
+      for _ in range(2):
+        p, o, m = step(p, o, b, jnp.asarray(True))
+      outs.append((jax.device_get(p), float(m.compute()['loss'])))
+    (p1, l1), (p8, l8) = outs
+    np.testing.assert_allclose(l1, l8, rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(p1), jax.tree.leaves(p8)):
+      np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-6)
+    print('OK', l1, l8)
+''')
+
+
+def test_eight_device_step_equals_one_device_step():
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8',
+             JAX_PLATFORMS='cpu')
+  out = subprocess.run([sys.executable, '-c', SCRIPT], cwd=root, env=env, capture_output=True,
+                       text=True, timeout=300)
+  assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-4000:]
+  assert 'OK' in out.stdout

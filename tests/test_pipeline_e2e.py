@@ -1,0 +1,46 @@
+"""The whole pipeline on a tiny synthetic dataset through the CLI's stage runner, then the
+stage-input errors a user meets when running stages out of order."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cows_jax import cli, evaluate, visualize
+
+
+def test_tiny_pipeline_end_to_end(tiny_config, tmp_path):
+  workdir = str(tmp_path / 'run')
+  cli.run_stage('pipeline', tiny_config, workdir)
+  summary = json.load(open(os.path.join(workdir, 'reports', 'summary.json')))
+  for key in ('cam_miou', 'pseudo_label_miou', 'segmentation_miou', 'all_background_miou'):
+    assert 0.0 <= summary[key] <= 100.0, (key, summary[key])
+  ids = json.load(open(os.path.join(workdir, 'pseudo_labels', 'index.json')))['ids']
+  assert len(ids) == tiny_config.data.train_size
+  label = visualize.read_label_png(os.path.join(workdir, 'pseudo_labels', 'index', ids[0] + '.png'))
+  assert label.shape == (tiny_config.data.image_size,) * 2
+  assert set(np.unique(label)) <= set(range(tiny_config.data.num_classes + 1)) | {255}
+  palette = Image.open(os.path.join(workdir, 'pseudo_labels', 'palette', ids[0] + '.png'))
+  assert palette.mode == 'P'
+  table = open(os.path.join(workdir, 'reports', 'per_class_iou.md')).read()
+  assert 'background' in table and 'mIoU' in table
+  assert os.path.isfile(os.path.join(workdir, 'reports', 'train_pipeline.png'))
+
+  # Rerunning skips every stage and leaves the outputs as they were.
+  before = os.path.getmtime(os.path.join(workdir, 'maps', 'index.json'))
+  cli.run_stage('localize', tiny_config, workdir)
+  assert os.path.getmtime(os.path.join(workdir, 'maps', 'index.json')) == before
+
+  # A missing map file is reported by name with the command that makes it.
+  os.remove(os.path.join(workdir, 'maps', ids[0] + '.npz'))
+  with pytest.raises(ValueError, match='cows-jax localize'):
+    evaluate.run(tiny_config, workdir)
+
+
+@pytest.mark.parametrize('stage,missing', [('localize', 'classify'), ('label', 'localize'),
+                                           ('segment', 'label'), ('evaluate', 'label')])
+def test_stage_without_its_inputs_names_the_command(tiny_config, tmp_path, stage, missing):
+  with pytest.raises(FileNotFoundError, match=f'cows-jax {missing}'):
+    cli.run_stage(stage, tiny_config, str(tmp_path / 'empty'))
