@@ -18,7 +18,7 @@ def get_config(arg: str | None = None):
 
   c.input.size = 64
   c.model.width = 0.125
-  c.model.norm = 'group'
+  c.model.norm = 'batch'
 
   c.classify.epochs = 6
   c.classify.lr_decay_epochs = (4, 5)

@@ -1,7 +1,8 @@
 """orbax checkpoints of a training state, resumable after a kill.
 
-One CheckpointManager per trained model, with two items: `params` and `opt_state`, so that
-later stages restore the params alone. Every epoch end (a multiple of `keep_period`) is kept,
+One CheckpointManager per trained model, with two items: `variables` (params and, with
+BatchNorm, batch statistics) and `opt_state`, so that later stages restore the variables
+alone. Every epoch end (a multiple of `keep_period`) is kept,
 so `localize` can load a given epoch; periodic checkpoints in between are rotated
 (`max_to_keep`) and only serve resuming.
 """
@@ -18,7 +19,7 @@ def manager(directory: str, keep_period: int | None = None, max_to_keep: int = 2
                                          create=not read_only, read_only=read_only,
                                          enable_async_checkpointing=not read_only)
   return ocp.CheckpointManager(os.path.abspath(directory), options=options,
-                               item_names=('params', 'opt_state'))
+                               item_names=('variables', 'opt_state'))
 
 
 def _abstract(tree):
@@ -26,23 +27,23 @@ def _abstract(tree):
   return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
 
 
-def save(mngr: ocp.CheckpointManager, step: int, params, opt_state) -> None:
+def save(mngr: ocp.CheckpointManager, step: int, variables, opt_state) -> None:
   """Asynchronous save; the manager finalizes it atomically (tmp dir + rename)."""
-  mngr.save(step, args=ocp.args.Composite(params=ocp.args.StandardSave(params),
+  mngr.save(step, args=ocp.args.Composite(variables=ocp.args.StandardSave(variables),
                                           opt_state=ocp.args.StandardSave(opt_state)))
 
 
-def restore(mngr: ocp.CheckpointManager, step: int, params, opt_state):
+def restore(mngr: ocp.CheckpointManager, step: int, variables, opt_state):
   """Restore `step` into the structure, dtypes and shardings of the given state."""
   out = mngr.restore(step, args=ocp.args.Composite(
-      params=ocp.args.StandardRestore(_abstract(params)),
+      variables=ocp.args.StandardRestore(_abstract(variables)),
       opt_state=ocp.args.StandardRestore(_abstract(opt_state))))
-  return out['params'], out['opt_state']
+  return out['variables'], out['opt_state']
 
 
-def restore_params(directory: str, step: int | None, like_params, stage: str):
-  """Params of a finished stage (latest step if `step` is None), with an error that names
-  the command producing them when they are missing."""
+def restore_variables(directory: str, step: int | None, like, stage: str):
+  """Variables of a finished stage (latest step if `step` is None), with an error that
+  names the command producing them when they are missing."""
   hint = f'run `cows-jax {stage}` first'
   if not os.path.isdir(directory):
     raise FileNotFoundError(f'{stage} checkpoints not found: {directory} is missing; {hint}')
@@ -55,6 +56,6 @@ def restore_params(directory: str, step: int | None, like_params, stage: str):
     raise FileNotFoundError(f'{stage} checkpoint for step {step} not found in {directory} '
                             f'(have {sorted(steps)}); {hint}')
   out = mngr.restore(step, args=ocp.args.Composite(
-      params=ocp.args.StandardRestore(_abstract(like_params))))
+      variables=ocp.args.StandardRestore(_abstract(like))))
   mngr.close()
-  return out['params'], step
+  return out['variables'], step

@@ -7,6 +7,7 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 from absl import logging
 from clu import metrics
 
@@ -29,14 +30,15 @@ def create_model(cfg) -> CoAttentionNet:
                         feature_dim=cfg.model.feature_dim, dtype=jnp.dtype(cfg.model.dtype))
 
 
-def init_params(model: CoAttentionNet, cfg, rng):
+def init_variables(model: CoAttentionNet, cfg, rng):
+  """{'params': ..., and 'batch_stats' when the backbone has BatchNorm}."""
   x = jnp.zeros((1, cfg.input.size, cfg.input.size, 3), jnp.float32)
-  return jax.jit(model.init)(rng, x, x)['params']
+  return dict(jax.jit(model.init)(rng, x, x))
 
 
-def abstract_params(model: CoAttentionNet, cfg):
-  """Shapes and dtypes of the params, without compiling or running the init."""
-  return jax.eval_shape(lambda: init_params(model, cfg, jax.random.key(0)))
+def abstract_variables(model: CoAttentionNet, cfg):
+  """Shapes and dtypes of the variables, without compiling or running the init."""
+  return jax.eval_shape(lambda: init_variables(model, cfg, jax.random.key(0)))
 
 
 def steps_per_epoch(cfg, num_train: int) -> int:
@@ -56,21 +58,25 @@ def make_optimizer(cfg, params, spe: int):
   return optim.sgd(schedule, c.momentum, c.nesterov, c.weight_decay, mults)
 
 
-def loss_fn(params, model, batch, use_contrastive, weights):
-  scores = model.apply({'params': params}, batch['image_m'], batch['image_n'])
+def loss_fn(params, state, model, batch, use_contrastive, weights):
+  """Total loss; aux: the loss terms and the updated non-param state (batch statistics)."""
+  scores, state = model.apply({'params': params, **state}, batch['image_m'], batch['image_n'],
+                              train=True, mutable=list(state))
   terms = losses.coattention_losses(scores, batch['labels_m'], batch['labels_n'],
                                     use_contrastive)
   total = sum(weights[k] * terms[k] for k in terms)
-  return total, terms
+  return total, (terms, dict(state))
 
 
-def train_step(params, opt_state, batch, use_contrastive, *, model, tx, weights):
+def train_step(variables, opt_state, batch, use_contrastive, *, model, tx, weights):
   """One SGD step on a batch of pairs; pure, jitted by the caller."""
-  (loss, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-      params, model, batch, use_contrastive, weights)
+  params, state = variables['params'], {k: v for k, v in variables.items() if k != 'params'}
+  (loss, (terms, state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+      params, state, model, batch, use_contrastive, weights)
   updates, opt_state = tx.update(grads, opt_state, params)
-  params = jax.tree.map(lambda p, u: p + u, params, updates)
-  return params, opt_state, TrainMetrics.single_from_model_output(loss=loss, **terms)
+  params = optax.apply_updates(params, updates)
+  return ({'params': params, **state}, opt_state,
+          TrainMetrics.single_from_model_output(loss=loss, **terms))
 
 
 def loss_weights(cfg) -> dict:
@@ -99,12 +105,12 @@ def train(cfg, workdir: str) -> None:
   mesh = parallel.data_mesh()
   parallel.check_divisible(cfg.classify.batch_pairs, mesh, 'classify.batch_pairs')
   model = create_model(cfg)
-  params = init_params(model, cfg, jax.random.key(cfg.seed))
-  tx = make_optimizer(cfg, params, spe)
-  opt_state = tx.init(params)
-  params, opt_state = parallel.replicate((params, opt_state), mesh)
+  variables = init_variables(model, cfg, jax.random.key(cfg.seed))
+  tx = make_optimizer(cfg, variables['params'], spe)
+  opt_state = tx.init(variables['params'])
+  variables, opt_state = parallel.replicate((variables, opt_state), mesh)
   if start:
-    params, opt_state = checkpoints.restore(mngr, start, params, opt_state)
+    variables, opt_state = checkpoints.restore(mngr, start, variables, opt_state)
     logging.info('classify: resumed from step %d', start)
 
   class_index = ClassIndex(sources.all_labels(train_source))
@@ -120,13 +126,13 @@ def train(cfg, workdir: str) -> None:
   for step in range(start, total):
     batch = parallel.shard_batch(next(batches), mesh)
     use_con = jnp.asarray(step // spe >= cfg.classify.contrastive_from_epoch)
-    params, opt_state, m = step_fn(params, opt_state, batch, use_con)
+    variables, opt_state, m = step_fn(variables, opt_state, batch, use_con)
     acc = m if acc is None else acc.merge(m)
     done = step + 1
     if done % cfg.classify.log_every_steps == 0 or done == total:
       log.write(done, {k: np.asarray(v) for k, v in acc.compute().items()})
       acc = None
     if done % spe == 0 or done % cfg.classify.checkpoint_every_steps == 0:
-      checkpoints.save(mngr, done, params, opt_state)
+      checkpoints.save(mngr, done, variables, opt_state)
   mngr.wait_until_finished()
   mngr.close()

@@ -27,6 +27,9 @@ USAGE = (f'usage: cows-jax {{{",".join([*STAGES, "pipeline"])}}} --config FILE '
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file (configs/*.py[:arg]).',
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory of this run\'s outputs.')
+_DISTRIBUTED = flags.DEFINE_bool(
+    'distributed', False, 'Call jax.distributed.initialize() first (multi-host, e.g. TPU pods; '
+    'coordinator and process ids come from the environment).')
 
 
 def run_stage(stage: str, cfg, workdir: str) -> None:
@@ -44,6 +47,9 @@ def main(argv):
     raise app.UsageError(USAGE)
   if _CONFIG.value is None or _WORKDIR.value is None:
     raise app.UsageError('--config and --workdir are required\n' + USAGE)
+  if _DISTRIBUTED.value:
+    import jax
+    jax.distributed.initialize()
   try:
     run_stage(argv[1], _CONFIG.value, _WORKDIR.value)
   except (FileNotFoundError, ValueError) as e:

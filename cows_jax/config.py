@@ -36,7 +36,7 @@ def paper_defaults() -> ml_collections.ConfigDict:
   c.model = ml_collections.ConfigDict()
   c.model.width = 1.0  # channel multiplier of the VGG backbone (1.0 = paper).
   c.model.feature_dim = 512  # channels of the three new conv layers (F); scaled by width.
-  c.model.norm = 'none'  # 'group': GroupNorm in the backbone, for training from scratch.
+  c.model.norm = 'none'  # 'batch': BatchNorm in the backbone, for training from scratch.
   c.model.dtype = 'float32'  # compute dtype; 'bfloat16' for TPU/GPU.
 
   c.classify = ml_collections.ConfigDict()

@@ -106,10 +106,9 @@ def load_maps(path: str) -> tuple[np.ndarray, np.ndarray]:
 class MapComputer:
   """Jitted pieces of the localization: features, and the co-attention head on pairs."""
 
-  def __init__(self, model, params):
-    self._features = jax.jit(lambda x: model.apply({'params': params}, x,
-                                                   method=model.features))
-    self._pair_maps = jax.jit(lambda a, b: model.apply({'params': params}, a, b,
+  def __init__(self, model, variables):
+    self._features = jax.jit(lambda x: model.apply(variables, x, method=model.features))
+    self._pair_maps = jax.jit(lambda a, b: model.apply(variables, a, b,
                                                        method=model.pair_maps))
 
   def features(self, images: np.ndarray) -> np.ndarray:
@@ -168,12 +167,12 @@ def run(cfg, workdir: str) -> None:
   train = sources.load(cfg)['train']
   spe = classify.steps_per_epoch(cfg, len(train))
   model = classify.create_model(cfg)
-  like = classify.abstract_params(model, cfg)
-  params, step = checkpoints.restore_params(classify.checkpoint_dir(workdir),
-                                            spe * cfg.classify.localize_epoch, like, 'classify')
+  like = classify.abstract_variables(model, cfg)
+  variables, step = checkpoints.restore_variables(
+      classify.checkpoint_dir(workdir), spe * cfg.classify.localize_epoch, like, 'classify')
   logging.info('localize: classifier checkpoint of step %d (epoch %d)', step,
                cfg.classify.localize_epoch)
-  computer = MapComputer(model, params)
+  computer = MapComputer(model, variables)
   class_index = ClassIndex(sources.all_labels(train))
   bs = cfg.localize.batch_size
   ids = [str(train[i]['id']) for i in range(len(train))]

@@ -35,14 +35,15 @@ def create_model(cfg):
                     head_dilation=cfg.segment.head_dilation, dtype=jnp.dtype(cfg.model.dtype))
 
 
-def init_params(model, cfg, rng):
+def init_variables(model, cfg, rng):
+  """{'params': ..., and 'batch_stats' when the backbone has BatchNorm}."""
   x = jnp.zeros((1, cfg.segment.crop_size, cfg.segment.crop_size, 3), jnp.float32)
-  return jax.jit(model.init)(rng, x)['params']
+  return dict(jax.jit(model.init)(rng, x))
 
 
-def abstract_params(model, cfg):
-  """Shapes and dtypes of the params, without compiling or running the init."""
-  return jax.eval_shape(lambda: init_params(model, cfg, jax.random.key(0)))
+def abstract_variables(model, cfg):
+  """Shapes and dtypes of the variables, without compiling or running the init."""
+  return jax.eval_shape(lambda: init_variables(model, cfg, jax.random.key(0)))
 
 
 def make_optimizer(cfg, params):
@@ -55,18 +56,21 @@ def make_optimizer(cfg, params):
   return optax.MultiSteps(inner, every_k_schedule=s.accumulation_steps)
 
 
-def train_step(params, opt_state, batch, *, model, tx, ignore_index):
+def train_step(variables, opt_state, batch, *, model, tx, ignore_index):
   """One micro-batch: gradients accumulate in MultiSteps, applied every k calls."""
+  params, state = variables['params'], {k: v for k, v in variables.items() if k != 'params'}
 
   def loss_fn(p):
-    logits = model.apply({'params': p}, batch['image'])
+    logits, new_state = model.apply({'params': p, **state}, batch['image'], train=True,
+                                    mutable=list(state))
     logits = losses.upsample_logits(logits, batch['label'].shape[1:3])
-    return losses.pixel_cross_entropy(logits, batch['label'], ignore_index)
+    return losses.pixel_cross_entropy(logits, batch['label'], ignore_index), dict(new_state)
 
-  loss, grads = jax.value_and_grad(loss_fn)(params)
+  (loss, state), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
   updates, opt_state = tx.update(grads, opt_state, params)
   params = optax.apply_updates(params, updates)
-  return params, opt_state, TrainMetrics.single_from_model_output(loss=loss)
+  return ({'params': params, **state}, opt_state,
+          TrainMetrics.single_from_model_output(loss=loss))
 
 
 def pseudo_label_reader(workdir: str, ids: list[str]):
@@ -93,12 +97,12 @@ def train(cfg, workdir: str) -> None:
   mesh = parallel.data_mesh()
   parallel.check_divisible(s.batch_size, mesh, 'segment.batch_size')
   model = create_model(cfg)
-  params = init_params(model, cfg, jax.random.key(cfg.seed + 1))
-  tx = make_optimizer(cfg, params)
-  opt_state = tx.init(params)
-  params, opt_state = parallel.replicate((params, opt_state), mesh)
+  variables = init_variables(model, cfg, jax.random.key(cfg.seed + 1))
+  tx = make_optimizer(cfg, variables['params'])
+  opt_state = tx.init(variables['params'])
+  variables, opt_state = parallel.replicate((variables, opt_state), mesh)
   if start:
-    params, opt_state = checkpoints.restore(mngr, start, params, opt_state)
+    variables, opt_state = checkpoints.restore(mngr, start, variables, opt_state)
     logging.info('segment: resumed from micro-step %d', start)
   ds = input_pipeline.segment_dataset(train_source, pseudo_label_reader(workdir, ids), cfg,
                                       micro_steps, s.batch_size, seed=cfg.seed + 1)
@@ -111,14 +115,14 @@ def train(cfg, workdir: str) -> None:
   acc = None
   for step in range(start, micro_steps):
     batch = parallel.shard_batch(next(batches), mesh)
-    params, opt_state, m = step_fn(params, opt_state, batch)
+    variables, opt_state, m = step_fn(variables, opt_state, batch)
     acc = m if acc is None else acc.merge(m)
     done = step + 1
     if done % s.log_every_steps == 0 or done == micro_steps:
       log.write(done, {k: np.asarray(v) for k, v in acc.compute().items()})
       acc = None
     if done % s.checkpoint_every_steps == 0 or done == micro_steps:
-      checkpoints.save(mngr, done, params, opt_state)
+      checkpoints.save(mngr, done, variables, opt_state)
   mngr.wait_until_finished()
   mngr.close()
 
@@ -126,12 +130,12 @@ def train(cfg, workdir: str) -> None:
 def load_predictor(cfg, workdir: str):
   """A function uint8 image [H,W,3] batch of equal sizes -> int label maps [B,H,W]."""
   model = create_model(cfg)
-  like = abstract_params(model, cfg)
-  params, _ = checkpoints.restore_params(checkpoint_dir(workdir), None, like, 'segment')
+  like = abstract_variables(model, cfg)
+  variables, _ = checkpoints.restore_variables(checkpoint_dir(workdir), None, like, 'segment')
 
   @jax.jit
   def probabilities(images):
-    logits = model.apply({'params': params}, images)
+    logits = model.apply(variables, images)
     return jax.nn.softmax(losses.upsample_logits(logits, images.shape[1:3]), axis=-1)
 
   def predict(images: np.ndarray) -> np.ndarray:

@@ -12,8 +12,8 @@ from cows_jax import checkpoints, classify
 
 def _final_params(cfg, workdir):
   model = classify.create_model(cfg)
-  like = classify.abstract_params(model, cfg)
-  params, step = checkpoints.restore_params(classify.checkpoint_dir(workdir), None, like,
+  like = classify.abstract_variables(model, cfg)
+  params, step = checkpoints.restore_variables(classify.checkpoint_dir(workdir), None, like,
                                             'classify')
   return jax.device_get(params), step
 

@@ -16,8 +16,8 @@ SCRIPT = textwrap.dedent('''
     cfg = synthetic.get_config('tiny')
     cfg.input.size = 32
     model = classify.create_model(cfg)
-    params = classify.init_params(model, cfg, jax.random.key(0))
-    tx = classify.make_optimizer(cfg, params, 10)
+    params = classify.init_variables(model, cfg, jax.random.key(0))
+    tx = classify.make_optimizer(cfg, params['params'], 10)
     rng = np.random.default_rng(0)
     batch = {'image_m': rng.normal(size=(8, 32, 32, 3)).astype(np.float32),
              'image_n': rng.normal(size=(8, 32, 32, 3)).astype(np.float32),
@@ -28,7 +28,7 @@ SCRIPT = textwrap.dedent('''
     outs = []
     for devices in (jax.devices()[:1], jax.devices()):
       mesh = parallel.data_mesh(devices)
-      p, o = parallel.replicate((params, tx.init(params)), mesh)
+      p, o = parallel.replicate((params, tx.init(params['params'])), mesh)
       b = parallel.shard_batch(batch, mesh)
       assert len(b['image_m'].sharding.device_set) == len(devices)
       for _ in range(2):

@@ -62,9 +62,9 @@ class CoAttentionNet(nn.Module):
                         kernel_init=nn.initializers.normal(0.01))
     self.co_weight = self.param('co_weight', nn.initializers.normal(0.01), (dim, dim))
 
-  def features(self, images):
+  def features(self, images, train: bool = False):
     """Feature map F [B, H/8, W/8, D] of normalized images [B, H, W, 3]."""
-    x = self.backbone(images)
+    x = self.backbone(images, train)
     for conv in self.extra:
       x = nn.relu(conv(x))
     return x
@@ -96,8 +96,8 @@ class CoAttentionNet(nn.Module):
         co_m=pool(self.co_classifier(co_m)), co_n=pool(self.co_classifier(co_n)),
         con_m=pool(self.co_classifier(con_m)), con_n=pool(self.co_classifier(con_n)))
 
-  def __call__(self, images_m, images_n) -> PairScores:
+  def __call__(self, images_m, images_n, train: bool = False) -> PairScores:
     """Both images of a pair go through the backbone in one batched call."""
-    feats = self.features(jnp.concatenate([images_m, images_n], axis=0))
+    feats = self.features(jnp.concatenate([images_m, images_n], axis=0), train)
     f_m, f_n = jnp.split(feats, 2, axis=0)
     return self.pair_head(f_m, f_n)

@@ -38,9 +38,9 @@ class DeepLabVGG(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, images):
+  def __call__(self, images, train: bool = False):
     x = VGG16LargeFOV(width=self.width, norm=self.norm, dtype=self.dtype,
-                      name='backbone')(images)
+                      name='backbone')(images, train)
     x = LargeFOVHead(self.num_classes, scaled(self.head_channels, self.width),
                      self.head_dilation, self.dtype, name='head')(x)
     return x.astype(jnp.float32)
