@@ -70,4 +70,25 @@ class _QuietLibraries:
 def run():
   logging.set_verbosity(logging.INFO)
   logging.get_absl_logger().addFilter(_QuietLibraries())
-  app.run(main)
+  try:
+    app.run(main, flags_parser=_parse_flags)
+  except _UnknownConfigField as e:
+    sys.exit(f'cows-jax: error: {e}')
+
+
+class _UnknownConfigField(Exception):
+  pass
+
+
+def _parse_flags(argv):
+  """absl's parser, with config_flags' AttributeError for a misspelt `--config.a.b=...`
+  turned into a one-line error naming the override."""
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    sys.exit(f'cows-jax: error: {e}\n{USAGE}')
+  except AttributeError as e:
+    overrides = [a.split('=')[0] for a in argv if a.startswith('--config.')]
+    name = str(e).strip('"\'')
+    raise _UnknownConfigField(f'unknown config field {name!r} (overrides given: '
+                              f'{", ".join(overrides)})') from None
