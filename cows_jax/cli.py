@@ -5,6 +5,7 @@ them all. Each stage reads the previous stage's outputs from the workdir and ski
 whose complete outputs exist, so rerunning a stage or the pipeline resumes.
 """
 
+import logging as std_logging
 import os
 import sys
 import time
@@ -63,7 +64,7 @@ class _QuietLibraries:
   NOISY = ('/orbax/', '/tensorflow_datasets/')
 
   def filter(self, record):
-    return record.levelno >= logging.WARNING or not any(
+    return record.levelno >= std_logging.WARNING or not any(
         n in record.pathname for n in self.NOISY)
 
 

@@ -62,5 +62,9 @@ def run(cfg, workdir: str) -> None:
     written += 1
   logging.info('label: wrote %d pseudo labels (%d all-ignore: too little foreground), mode=%s',
                written, all_ignore, 'saliency' if cfg.label.use_saliency else 'bg threshold')
+  if written and all_ignore == written:
+    logging.warning('label: every pseudo label is all-ignore, so the segmenter gets no '
+                    'supervision; the classifier is too weak (train longer) or the '
+                    'thresholds in config.label are too strict')
   reporting.write_json_atomic(index_path(workdir), {'ids': ids,
                                                     'use_saliency': cfg.label.use_saliency})
