@@ -23,6 +23,8 @@ class TrainMetrics(metrics.Collection):
   single: metrics.Average.from_output('single')
   coattention: metrics.Average.from_output('coattention')
   contrastive: metrics.Average.from_output('contrastive')
+  self_single: metrics.Average.from_output('self_single')
+  self_coattention: metrics.Average.from_output('self_coattention')
 
 
 def create_model(cfg) -> CoAttentionNet:
@@ -58,21 +60,24 @@ def make_optimizer(cfg, params, spe: int):
   return optim.sgd(schedule, c.momentum, c.nesterov, c.weight_decay, mults)
 
 
-def loss_fn(params, state, model, batch, use_contrastive, weights):
+def loss_fn(params, state, model, batch, use_contrastive, weights, self_views=()):
   """Total loss; aux: the loss terms and the updated non-param state (batch statistics)."""
-  scores, state = model.apply({'params': params, **state}, batch['image_m'], batch['image_n'],
-                              train=True, mutable=list(state))
+  (scores, by_view), state = model.apply(
+      {'params': params, **state}, batch['image_m'], batch['image_n'], self_views, train=True,
+      method=model.training_scores, mutable=list(state))
   terms = losses.coattention_losses(scores, batch['labels_m'], batch['labels_n'],
                                     use_contrastive)
+  terms.update(losses.self_pair_losses(by_view, batch['labels_m']))
   total = sum(weights[k] * terms[k] for k in terms)
   return total, (terms, dict(state))
 
 
-def train_step(variables, opt_state, batch, use_contrastive, *, model, tx, weights):
+def train_step(variables, opt_state, batch, use_contrastive, *, model, tx, weights,
+               self_views=()):
   """One SGD step on a batch of pairs; pure, jitted by the caller."""
   params, state = variables['params'], {k: v for k, v in variables.items() if k != 'params'}
   (loss, (terms, state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-      params, state, model, batch, use_contrastive, weights)
+      params, state, model, batch, use_contrastive, weights, self_views)
   updates, opt_state = tx.update(grads, opt_state, params)
   params = optax.apply_updates(params, updates)
   return ({'params': params, **state}, opt_state,
@@ -82,7 +87,8 @@ def train_step(variables, opt_state, batch, use_contrastive, *, model, tx, weigh
 def loss_weights(cfg) -> dict:
   c = cfg.classify
   return {'single': c.loss_weight_single, 'coattention': c.loss_weight_coattention,
-          'contrastive': c.loss_weight_contrastive}
+          'contrastive': c.loss_weight_contrastive, 'self_single': c.loss_weight_single,
+          'self_coattention': c.loss_weight_coattention}
 
 
 def checkpoint_dir(workdir: str) -> str:
@@ -118,7 +124,9 @@ def train(cfg, workdir: str) -> None:
                                    cfg.classify.batch_pairs, seed=cfg.seed)
   batches = input_pipeline.iterate(ds, start, cfg)
   step_fn = jax.jit(functools.partial(train_step, model=model, tx=tx,
-                                      weights=loss_weights(cfg)), donate_argnums=(0, 1))
+                                      weights=loss_weights(cfg),
+                                      self_views=tuple(cfg.classify.self_views)),
+                    donate_argnums=(0, 1))
   log = reporting.MetricLog(os.path.join(workdir, 'logs', 'classify.jsonl'), total)
   logging.info('classify: %d steps (%d epochs x %d), %d devices', total, cfg.classify.epochs,
                spe, mesh.devices.size)

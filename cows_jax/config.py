@@ -52,6 +52,9 @@ def paper_defaults() -> ml_collections.ConfigDict:
   c.classify.lr_mult_pretrained_bias = 2.0
   c.classify.lr_mult_new_weight = 10.0
   c.classify.lr_mult_new_bias = 20.0
+  # The anchor is also paired with these views of itself (single + co-attention losses,
+  # target l_m, no contrastive loss); () trains on (m, n) pairs only.
+  c.classify.self_views = ('flip', 0.75, 2.0)
   c.classify.contrastive_from_epoch = 2  # epoch index from which contrastive losses count.
   c.classify.loss_weight_single = 1.0
   c.classify.loss_weight_coattention = 1.0

@@ -19,7 +19,7 @@ import numpy as np
 from absl import logging
 from PIL import Image
 
-from cows_jax import checkpoints, classify, reporting
+from cows_jax import checkpoints, classify, reporting, views
 from cows_jax.data import sources, transforms
 from cows_jax.data.pairs import ClassIndex
 
@@ -48,22 +48,6 @@ def aggregate(maps: jax.Array, gate: float) -> jax.Array:
   keep = jax.nn.sigmoid(jnp.mean(maps, axis=(1, 2))) > gate
   keep = keep.at[0].set(True)
   return jnp.sum(jnp.where(keep[:, None, None], scaled, 0.0), axis=0) / maps.shape[0]
-
-
-def view_images(images: np.ndarray, view) -> np.ndarray:
-  """A self-pair view of a batch of input images: 'flip' or a scale factor."""
-  if view == 'flip':
-    return images[:, :, ::-1]
-  size = int(round(images.shape[1] * float(view)))
-  return np.asarray(jax.image.resize(images, (images.shape[0], size, size, 3), 'bilinear'))
-
-
-def map_back(maps: jax.Array, view, size: tuple[int, int]) -> jax.Array:
-  """A view's class maps [B,h,w,C] back in the frame of the original map size (bicubic)."""
-  if view == 'flip':
-    return maps[:, :, ::-1]
-  b, _, _, c = maps.shape
-  return jax.image.resize(maps, (b, size[0], size[1], c), 'cubic', antialias=False)
 
 
 def resize_map(m: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -143,16 +127,16 @@ def image_maps(computer: MapComputer, feats_m: np.ndarray, all_feats: np.ndarray
     p = np.asarray(pair_n + [pair_n[0]] * (bucket - n))
     maps_m, _ = computer.pair_maps(feats_m[q], all_feats[p])
     cross = np.asarray(maps_m)[:n]
-  views = {}
+  view_maps = {}
   if cfg.localize.use_self_pairs:
     for view, fv in view_feats.items():
       _, maps_v = computer.pair_maps(feats_m, fv)
-      views[view] = np.asarray(map_back(maps_v, view, (h, w)))
+      view_maps[view] = np.asarray(views.map_back(maps_v, view, (h, w)))
   out, row = [], 0
   for i in range(b):
     per_class = []
     for c in classes[i]:
-      stack = [cross[row:row + k, :, :, c].mean(0)] + [v[i, :, :, c] for v in views.values()]
+      stack = [cross[row:row + k, :, :, c].mean(0)] + [v[i, :, :, c] for v in view_maps.values()]
       row += k
       per_class.append(np.asarray(aggregate(jnp.asarray(np.stack(stack)), cfg.localize.gate)))
     out.append(np.stack(per_class) if per_class else np.zeros((0, h, w), np.float32))
@@ -185,12 +169,13 @@ def run(cfg, workdir: str) -> None:
   todo = [i for i in range(len(train))
           if not os.path.isfile(os.path.join(maps_dir(workdir), ids[i] + '.npz'))]
   logging.info('localize: %d of %d images to do', len(todo), len(train))
-  views = tuple(cfg.localize.self_views) if cfg.localize.use_self_pairs else ()
+  self_views = tuple(cfg.localize.self_views) if cfg.localize.use_self_pairs else ()
   for s in range(0, len(todo), bs):
     chunk = todo[s:s + bs]
     batch = _padded(chunk, bs)
     images = _input_batch(train, batch, cfg)
-    view_feats = {v: computer.features(view_images(images, v)) for v in views}
+    view_feats = {v: computer.features(np.asarray(views.make_view(images, v)))
+                  for v in self_views}
     classes = [class_index.classes_of(i) for i in batch]
     related = [[related_images(class_index, i, int(c), cfg.localize.num_related,
                                cfg.localize.seed) for c in cls] for i, cls in zip(batch, classes)]

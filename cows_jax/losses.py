@@ -31,6 +31,18 @@ def coattention_losses(scores, labels_m, labels_n, use_contrastive):
   return {'single': single, 'coattention': co, 'contrastive': con}
 
 
+def self_pair_losses(scores_by_view, labels_m):
+  """Single and co-attention losses of m's self-pairs: target l_m on both sides, no
+  contrastive loss (a view shares every class with m). Zero when there are no views."""
+  single = co = jnp.zeros((), jnp.float32)
+  for scores in scores_by_view.values():
+    single += (multilabel_soft_margin(scores.single_m, labels_m)
+               + multilabel_soft_margin(scores.single_n, labels_m))
+    co += (multilabel_soft_margin(scores.co_m, labels_m)
+           + multilabel_soft_margin(scores.co_n, labels_m))
+  return {'self_single': single, 'self_coattention': co}
+
+
 def pixel_cross_entropy(logits, labels, ignore_index=255):
   """Mean softmax cross-entropy over non-ignored pixels; logits [B,H,W,C], labels [B,H,W]."""
   valid = labels != ignore_index

@@ -1,0 +1,61 @@
+"""Self-pairs in the training step: reusing the anchor's features (and batching the flip view
+with the pair) gives the gradients of the reference's naive procedure, one full pair forward
+per pairing (the anchor through the backbone four times)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from cows_jax import classify, losses, views
+from cows_jax.models.coattention import CoAttentionNet
+
+VIEWS = ('flip', 0.75, 2.0)
+
+
+def _naive_loss(params, model, batch):
+  """Reference procedure: every pairing is a separate forward of both images."""
+  apply = lambda *a, **k: model.apply({'params': params}, *a, **k)
+  l_m, l_n = batch['labels_m'], batch['labels_n']
+  terms = losses.coattention_losses(apply(batch['image_m'], batch['image_n']), l_m, l_n,
+                                    jnp.asarray(True))
+  by_view = {}
+  for view in VIEWS:
+    f_m = apply(batch['image_m'], method=model.features)
+    f_v = apply(views.make_view(batch['image_m'], view), method=model.features)
+    by_view[views.view_key(view)] = apply(f_m, f_v, method=model.pair_head)
+  terms.update(losses.self_pair_losses(by_view, l_m))
+  return sum(terms.values())
+
+
+def test_shared_anchor_features_give_the_naive_gradients():
+  model = CoAttentionNet(num_classes=6, width=0.125)
+  rng = np.random.default_rng(0)
+  batch = {'image_m': jnp.asarray(rng.normal(size=(2, 32, 32, 3)), jnp.float32),
+           'image_n': jnp.asarray(rng.normal(size=(2, 32, 32, 3)), jnp.float32),
+           'labels_m': jnp.asarray([[1, 0, 1, 0, 0, 0], [0, 1, 0, 0, 0, 0]], jnp.float32),
+           'labels_n': jnp.asarray([[1, 0, 0, 1, 0, 0], [0, 1, 0, 0, 0, 1]], jnp.float32)}
+  params = model.init(jax.random.key(0), batch['image_m'], batch['image_n'])['params']
+  weights = {k: 1.0 for k in ('single', 'coattention', 'contrastive', 'self_single',
+                              'self_coattention')}
+
+  def fast(p):
+    return classify.loss_fn(p, {}, model, batch, jnp.asarray(True), weights, VIEWS)[0]
+
+  loss_fast, g_fast = jax.value_and_grad(fast)(params)
+  loss_naive, g_naive = jax.value_and_grad(_naive_loss)(params, model, batch)
+  np.testing.assert_allclose(loss_fast, loss_naive, rtol=1e-6)
+  for a, b in zip(jax.tree.leaves(g_fast), jax.tree.leaves(g_naive)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+  # The self-pair terms are really in the loss.
+  no_views = classify.loss_fn(params, {}, model, batch, jnp.asarray(True), weights, ())[0]
+  assert loss_fast > no_views
+
+
+def test_self_pair_targets_are_the_anchor_labels():
+  from cows_jax.models.coattention import PairScores
+  logits = jnp.zeros((1, 3))
+  scores = {'flip': PairScores(*[logits] * 6)}
+  terms = losses.self_pair_losses(scores, jnp.asarray([[1.0, 0.0, 1.0]]))
+  np.testing.assert_allclose(terms['self_single'], 2 * np.log(2), rtol=1e-6)
+  np.testing.assert_allclose(terms['self_coattention'], 2 * np.log(2), rtol=1e-6)
+  assert losses.self_pair_losses({}, jnp.ones((1, 3)))['self_single'] == 0
