@@ -1,0 +1,58 @@
+"""Localization: the aggregation rule on hand-made maps, and the feature-reuse procedure
+against the reference's naive one (a full pair forward for every pairing)."""
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from cows_jax import localize, views
+from cows_jax.models.coattention import CoAttentionNet
+
+
+def test_aggregate_rule():
+  raw = np.zeros((3, 2, 2), np.float32)
+  raw[0] = [[2.0, 1.0], [0.0, -1.0]]      # first map: always added.
+  raw[1] = [[4.0, 0.0], [0.0, 0.0]]       # sigmoid(mean=1) > 0.1: added.
+  raw[2] = [[1.0, -9.0], [-9.0, -9.0]]    # sigmoid(mean=-6.5) = 0.0015 < 0.1: dropped.
+  out = np.asarray(localize.aggregate(jnp.asarray(raw), 0.1))
+  expected = (np.array([[255.0, 127.5], [0, 0]]) + np.array([[255.0, 0], [0, 0]])) / 3
+  np.testing.assert_allclose(out, expected, rtol=1e-6)
+
+
+def test_feature_reuse_equals_naive_pair_forwards():
+  model = CoAttentionNet(num_classes=4, width=0.125)
+  rng = np.random.default_rng(0)
+  images = rng.normal(size=(5, 32, 32, 3)).astype(np.float32)
+  variables = model.init(jax.random.key(1), images[:1], images[:1])
+  cfg = ml_collections.ConfigDict({'localize': {'num_related': 2, 'gate': 0.1,
+                                                'use_self_pairs': True},
+                                   'data': {'num_classes': 4}})
+  self_views = ('flip', 0.75, 2.0)
+  computer = localize.MapComputer(model, variables)
+  queries = [0, 3]
+  classes = [np.array([1, 2]), np.array([0])]
+  related = [[[1, 2], [4, 1]], [[2, 4]]]
+
+  all_feats = computer.features(images)
+  view_feats = {v: computer.features(np.asarray(views.make_view(images[queries], v)))
+                for v in self_views}
+  fast = localize.image_maps(computer, all_feats[queries], all_feats, view_feats, related,
+                             classes, cfg)
+
+  apply = lambda *a, **k: model.apply(variables, *a, **k)
+  for qi, q in enumerate(queries):
+    x_m = images[q:q + 1]
+    for ci, c in enumerate(classes[qi]):
+      cross = []
+      for n in related[qi][ci]:  # full forward of the pair (m, n), as the reference does.
+        f = apply(np.concatenate([x_m, images[n:n + 1]]), method=model.features)
+        cross.append(apply(f[:1], f[1:], method=model.pair_maps)[0][0, :, :, c])
+      stack = [np.mean(cross, axis=0)]
+      for v in self_views:
+        f_m = apply(x_m, method=model.features)
+        f_v = apply(views.make_view(x_m, v), method=model.features)
+        maps_v = apply(f_m, f_v, method=model.pair_maps)[1]
+        stack.append(views.map_back(maps_v, v, f_m.shape[1:3])[0, :, :, c])
+      naive = localize.aggregate(jnp.asarray(np.stack(stack)), 0.1)
+      np.testing.assert_allclose(fast[qi][ci], naive, rtol=1e-4, atol=1e-3)
