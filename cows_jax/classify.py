@@ -6,12 +6,11 @@ import os
 import flax.struct
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from absl import logging
 from clu import metrics
 
-from cows_jax import checkpoints, losses, optim, parallel, reporting
+from cows_jax import checkpoints, losses, optim, parallel, reporting, training
 from cows_jax.data import input_pipeline, sources
 from cows_jax.data.pairs import ClassIndex
 from cows_jax.models.coattention import PRETRAINED_GROUPS, CoAttentionNet
@@ -130,17 +129,8 @@ def train(cfg, workdir: str) -> None:
   log = reporting.MetricLog(os.path.join(workdir, 'logs', 'classify.jsonl'), total)
   logging.info('classify: %d steps (%d epochs x %d), %d devices', total, cfg.classify.epochs,
                spe, mesh.devices.size)
-  acc = None
-  for step in range(start, total):
-    batch = parallel.shard_batch(next(batches), mesh)
-    use_con = jnp.asarray(step // spe >= cfg.classify.contrastive_from_epoch)
-    variables, opt_state, m = step_fn(variables, opt_state, batch, use_con)
-    acc = m if acc is None else acc.merge(m)
-    done = step + 1
-    if done % cfg.classify.log_every_steps == 0 or done == total:
-      log.write(done, {k: np.asarray(v) for k, v in acc.compute().items()})
-      acc = None
-    if done % spe == 0 or done % cfg.classify.checkpoint_every_steps == 0:
-      checkpoints.save(mngr, done, variables, opt_state)
-  mngr.wait_until_finished()
-  mngr.close()
+  training.run_steps(
+      step_fn, variables, opt_state, batches, mesh, mngr, log, start, total,
+      cfg.classify.log_every_steps,
+      should_save=lambda done: done % spe == 0 or done % cfg.classify.checkpoint_every_steps == 0,
+      step_args=lambda step: (jnp.asarray(step // spe >= cfg.classify.contrastive_from_epoch),))

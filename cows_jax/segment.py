@@ -12,7 +12,8 @@ import optax
 from absl import logging
 from clu import metrics
 
-from cows_jax import checkpoints, label, losses, optim, parallel, reporting, visualize
+from cows_jax import (checkpoints, label, losses, optim, parallel, reporting, training,
+                      visualize)
 from cows_jax.data import input_pipeline, sources, transforms
 from cows_jax.models.deeplab import PRETRAINED_GROUPS, DeepLabVGG
 
@@ -112,19 +113,9 @@ def train(cfg, workdir: str) -> None:
   log = reporting.MetricLog(os.path.join(workdir, 'logs', 'segment.jsonl'), micro_steps)
   logging.info('segment: %d iterations x %d accumulation steps, %d devices', s.iterations,
                s.accumulation_steps, mesh.devices.size)
-  acc = None
-  for step in range(start, micro_steps):
-    batch = parallel.shard_batch(next(batches), mesh)
-    variables, opt_state, m = step_fn(variables, opt_state, batch)
-    acc = m if acc is None else acc.merge(m)
-    done = step + 1
-    if done % s.log_every_steps == 0 or done == micro_steps:
-      log.write(done, {k: np.asarray(v) for k, v in acc.compute().items()})
-      acc = None
-    if done % s.checkpoint_every_steps == 0 or done == micro_steps:
-      checkpoints.save(mngr, done, variables, opt_state)
-  mngr.wait_until_finished()
-  mngr.close()
+  training.run_steps(step_fn, variables, opt_state, batches, mesh, mngr, log, start,
+                     micro_steps, s.log_every_steps,
+                     should_save=lambda done: done % s.checkpoint_every_steps == 0)
 
 
 def load_predictor(cfg, workdir: str):
