@@ -19,7 +19,7 @@ import numpy as np
 from absl import logging
 from PIL import Image
 
-from cows_jax import checkpoints, classify, reporting, views
+from cows_jax import checkpoints, classify, files, reporting, views
 from cows_jax.data import sources, transforms
 from cows_jax.data.pairs import ClassIndex
 
@@ -71,10 +71,7 @@ def save_maps(path: str, maps: np.ndarray, classes: np.ndarray) -> None:
   """Atomic .npz: maps float16 [K,H,W] in 0..255, classes int32 [K]."""
   buf = io.BytesIO()
   np.savez_compressed(buf, maps=maps.astype(np.float16), classes=classes.astype(np.int32))
-  tmp = path + '.tmp'
-  with open(tmp, 'wb') as f:
-    f.write(buf.getvalue())
-  os.replace(tmp, path)
+  files.write_atomic(path, buf.getvalue())
 
 
 def load_maps(path: str) -> tuple[np.ndarray, np.ndarray]:

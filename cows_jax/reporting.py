@@ -6,28 +6,20 @@ depend on; metrics are written as JSON lines (one file per stage) plus the conso
 
 import json
 import os
-import tempfile
 import time
 
 import jax
 from absl import logging
 
+from cows_jax import files
+
 
 def write_json_atomic(path: str, obj) -> None:
-  """Write JSON to a temp file in the same directory, then rename over `path`."""
-  os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or '.', suffix='.tmp')
-  with os.fdopen(fd, 'w') as f:
-    json.dump(obj, f, indent=2, sort_keys=True)
-  os.replace(tmp, path)
+  files.write_atomic(path, json.dumps(obj, indent=2, sort_keys=True).encode())
 
 
 def write_text_atomic(path: str, text: str) -> None:
-  os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or '.', suffix='.tmp')
-  with os.fdopen(fd, 'w') as f:
-    f.write(text)
-  os.replace(tmp, path)
+  files.write_atomic(path, text.encode())
 
 
 def read_json(path: str, stage: str):

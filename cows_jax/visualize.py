@@ -6,12 +6,14 @@ pseudo-label job never leaves a truncated PNG that a later stage would read as a
 
 from __future__ import annotations
 
+import io
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
+
+from cows_jax import files
 
 
 def voc_palette(n: int = 256) -> np.ndarray:
@@ -25,18 +27,10 @@ def voc_palette(n: int = 256) -> np.ndarray:
 
 
 def _save_atomic(path: str | os.PathLike, image: Image.Image) -> None:
-    """Write a PNG next to its destination, then rename over it in one step."""
-    path = os.fspath(path)
-    directory = os.path.dirname(path) or "."
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            image.save(f, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    """Encode the PNG first, then write it atomically (an encoding error leaves no file)."""
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    files.write_atomic(path, buf.getvalue())
 
 
 def save_label_png(path: str | os.PathLike, label: np.ndarray, palette: bool = True) -> None:
