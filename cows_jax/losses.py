@@ -18,17 +18,28 @@ def pair_targets(labels_m, labels_n):
   return common, labels_m - common, labels_n - common
 
 
+def _pair_loss(logits_m, logits_n, targets_m, targets_n):
+  """One soft margin loss over the 2B images of a pair batch, as the reference computes it on
+  the concatenated scores: the mean of the m-side and n-side losses."""
+  return multilabel_soft_margin(jnp.concatenate([logits_m, logits_n]),
+                                jnp.concatenate([targets_m, targets_n]))
+
+
 def coattention_losses(scores, labels_m, labels_n, use_contrastive):
-  """The three losses of a pair batch (paper.md). Contrastive counts only when
-  `use_contrastive` (a traced bool: epoch gate) and some pair has a non-empty difference."""
+  """The three losses of a pair batch (paper.md, reference training step).
+
+  single and co-attention: one loss over both sides. Contrastive: one loss per side, each
+  counted only when `use_contrastive` (a traced bool: the epoch gate) and that side has a
+  non-empty difference somewhere in the batch.
+  """
   common, diff_m, diff_n = pair_targets(labels_m, labels_n)
-  single = (multilabel_soft_margin(scores.single_m, labels_m)
-            + multilabel_soft_margin(scores.single_n, labels_n))
-  co = multilabel_soft_margin(scores.co_m, common) + multilabel_soft_margin(scores.co_n, common)
-  con = multilabel_soft_margin(scores.con_m, diff_m) + multilabel_soft_margin(scores.con_n, diff_n)
-  has_difference = jnp.any(diff_m > 0) | jnp.any(diff_n > 0)
-  con = jnp.where(use_contrastive & has_difference, con, 0.0)
-  return {'single': single, 'coattention': co, 'contrastive': con}
+  single = _pair_loss(scores.single_m, scores.single_n, labels_m, labels_n)
+  co = _pair_loss(scores.co_m, scores.co_n, common, common)
+  con_m = jnp.where(use_contrastive & jnp.any(diff_m > 0),
+                    multilabel_soft_margin(scores.con_m, diff_m), 0.0)
+  con_n = jnp.where(use_contrastive & jnp.any(diff_n > 0),
+                    multilabel_soft_margin(scores.con_n, diff_n), 0.0)
+  return {'single': single, 'coattention': co, 'contrastive': con_m + con_n}
 
 
 def self_pair_losses(scores_by_view, labels_m):
@@ -36,10 +47,8 @@ def self_pair_losses(scores_by_view, labels_m):
   contrastive loss (a view shares every class with m). Zero when there are no views."""
   single = co = jnp.zeros((), jnp.float32)
   for scores in scores_by_view.values():
-    single += (multilabel_soft_margin(scores.single_m, labels_m)
-               + multilabel_soft_margin(scores.single_n, labels_m))
-    co += (multilabel_soft_margin(scores.co_m, labels_m)
-           + multilabel_soft_margin(scores.co_n, labels_m))
+    single += _pair_loss(scores.single_m, scores.single_n, labels_m, labels_m)
+    co += _pair_loss(scores.co_m, scores.co_n, labels_m, labels_m)
   return {'self_single': single, 'self_coattention': co}
 
 

@@ -86,7 +86,11 @@ def test_contrastive_loss_gated_by_epoch_and_difference():
   on = losses.coattention_losses(_scores(0.3), same, other, jnp.asarray(True))
   off = losses.coattention_losses(_scores(0.3), same, other, jnp.asarray(False))
   no_diff = losses.coattention_losses(_scores(0.3), same, same, jnp.asarray(True))
-  assert on['contrastive'] > 0
+  # m's labels are a subset of n's: only n's side has a difference, so only it counts.
+  _, _, diff_n = losses.pair_targets(same, other)
+  np.testing.assert_allclose(on['contrastive'],
+                             losses.multilabel_soft_margin(jnp.full((2, 4), 0.3), diff_n),
+                             rtol=1e-6)
   assert off['contrastive'] == 0 and no_diff['contrastive'] == 0
   # Co-attention targets are the common classes: identical scores, different targets.
   assert not np.isclose(on['coattention'], losses.coattention_losses(

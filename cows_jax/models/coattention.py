@@ -51,17 +51,19 @@ class CoAttentionNet(nn.Module):
 
   def setup(self):
     dim = scaled(self.feature_dim, self.width)
-    init = nn.initializers.kaiming_normal()
+    # The reference's initializations: its VGG init (normal, std sqrt(2 / fan_out), zero bias)
+    # for the three new convs and the classifier; PyTorch's layer default
+    # (uniform +-1/sqrt(fan_in)) for the co-attention W, classifier and gate.
+    vgg_init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
+    torch_default = nn.initializers.variance_scaling(1.0 / 3.0, 'fan_in', 'uniform')
     self.backbone = VGG16LargeFOV(width=self.width, norm=self.norm, dtype=self.dtype)
-    self.extra = [nn.Conv(dim, (3, 3), padding=1, dtype=self.dtype, kernel_init=init,
+    self.extra = [nn.Conv(dim, (3, 3), padding=1, dtype=self.dtype, kernel_init=vgg_init,
                           name=f'extra{i}') for i in (1, 2, 3)]
-    self.classifier = nn.Conv(self.num_classes, (1, 1), dtype=self.dtype,
-                              kernel_init=nn.initializers.normal(0.01))
+    self.classifier = nn.Conv(self.num_classes, (1, 1), dtype=self.dtype, kernel_init=vgg_init)
     self.co_classifier = nn.Conv(self.num_classes, (1, 1), use_bias=False, dtype=self.dtype,
-                                 kernel_init=nn.initializers.normal(0.01))
-    self.gate = nn.Conv(1, (1, 1), use_bias=False, dtype=self.dtype,
-                        kernel_init=nn.initializers.normal(0.01))
-    self.co_weight = self.param('co_weight', nn.initializers.normal(0.01), (dim, dim))
+                                 kernel_init=torch_default)
+    self.gate = nn.Conv(1, (1, 1), use_bias=False, dtype=self.dtype, kernel_init=torch_default)
+    self.co_weight = self.param('co_weight', torch_default, (dim, dim))
 
   def features(self, images, train: bool = False):
     """Feature map F [B, H/8, W/8, D] of normalized images [B, H, W, 3]."""
