@@ -66,8 +66,10 @@ def paper_defaults() -> ml_collections.ConfigDict:
   c.localize = ml_collections.ConfigDict()
   c.localize.num_related = 3  # K related images per class.
   c.localize.gate = 0.1  # add a map only if sigmoid(mean(raw map)) > gate.
-  c.localize.self_views = ('flip', 0.75, 2.0)
-  c.localize.use_self_pairs = True
+  c.localize.self_views = ('flip', 0.75, 2.0)  # () = cross-image context only.
+  # 'coattention': the paper's maps (co-attention with related images and self views);
+  # 'cam': plain single-image CAMs of the classifier (the ablation's baseline inference).
+  c.localize.method = 'coattention'
   c.localize.batch_size = 16
   c.localize.seed = 0
 

@@ -24,6 +24,9 @@ from cows_jax.data import sources, transforms
 from cows_jax.data.pairs import ClassIndex
 
 
+METHODS = ('coattention', 'cam')
+
+
 def maps_dir(workdir: str) -> str:
   return os.path.join(workdir, 'maps')
 
@@ -91,6 +94,7 @@ class MapComputer:
     self._features = jax.jit(lambda x: model.apply(variables, x, method=model.features))
     self._pair_maps = jax.jit(lambda a, b: model.apply(variables, a, b,
                                                        method=model.pair_maps))
+    self._cams = jax.jit(lambda f: model.apply(variables, f, method=model.cam))
 
   def features(self, images: np.ndarray) -> np.ndarray:
     return np.asarray(self._features(images))
@@ -98,15 +102,21 @@ class MapComputer:
   def pair_maps(self, f_m, f_n):
     return self._pair_maps(f_m, f_n)
 
+  def cams(self, feats) -> np.ndarray:
+    return np.asarray(self._cams(feats))
+
 
 def image_maps(computer: MapComputer, feats_m: np.ndarray, all_feats: np.ndarray,
                view_feats: dict, related: list[list[list[int]]],
                classes: list[np.ndarray], cfg) -> list[np.ndarray]:
-  """Aggregated maps at feature resolution for a batch of query images.
+  """Aggregated co-attention maps at feature resolution for a batch of query images.
 
   feats_m [B,h,w,D]: the queries; all_feats [N,h,w,D]: every training image; view_feats:
-  {view: [B,hv,wv,D]}; related[b][j]: the K partners for class classes[b][j].
-  Returns per query a [K_b, h, w] array (0..255).
+  {view: [B,hv,wv,D]}, in config order; related[b][j]: the K partners for class
+  classes[b][j]. Per class the maps are, in the reference's order (its test script): m's
+  map in the pair with the first view, each view's map mapped back, then the mean over the
+  K related images; with the three default views that is the paper's 5 maps. Returns per
+  query a [K_b, h, w] array (0..255).
   """
   b, h, w, _ = feats_m.shape
   k = cfg.localize.num_related
@@ -124,20 +134,33 @@ def image_maps(computer: MapComputer, feats_m: np.ndarray, all_feats: np.ndarray
     p = np.asarray(pair_n + [pair_n[0]] * (bucket - n))
     maps_m, _ = computer.pair_maps(feats_m[q], all_feats[p])
     cross = np.asarray(maps_m)[:n]
-  view_maps = {}
-  if cfg.localize.use_self_pairs:
-    for view, fv in view_feats.items():
-      _, maps_v = computer.pair_maps(feats_m, fv)
-      view_maps[view] = np.asarray(views.map_back(maps_v, view, (h, w)))
+  # Self-pairs, in the reference's order: m's own map from the pair with the first view,
+  # then each view's map brought back to m's frame.
+  self_maps = []
+  for j, (view, fv) in enumerate(view_feats.items()):
+    maps_m, maps_v = computer.pair_maps(feats_m, fv)
+    if j == 0:
+      self_maps.append(np.asarray(maps_m))
+    self_maps.append(np.asarray(views.map_back(maps_v, view, (h, w))))
   out, row = [], 0
   for i in range(b):
     per_class = []
     for c in classes[i]:
-      stack = [cross[row:row + k, :, :, c].mean(0)] + [v[i, :, :, c] for v in view_maps.values()]
+      stack = [m[i, :, :, c] for m in self_maps] + [cross[row:row + k, :, :, c].mean(0)]
       row += k
       per_class.append(np.asarray(aggregate(jnp.asarray(np.stack(stack)), cfg.localize.gate)))
     out.append(np.stack(per_class) if per_class else np.zeros((0, h, w), np.float32))
   return out
+
+
+def cam_maps(computer: MapComputer, feats: np.ndarray, classes: list[np.ndarray]):
+  """Plain single-image CAMs (the ablation's baseline inference): the classifier's class
+  maps of each image alone, ReLU and scaled to 0..255 by their max (the aggregation rule
+  over one map)."""
+  cams = computer.cams(feats)
+  return [np.stack([np.asarray(aggregate(jnp.asarray(cams[i, None, :, :, c]), 0.0))
+                    for c in cls]) if len(cls) else np.zeros((0, *cams.shape[1:3]), np.float32)
+          for i, cls in enumerate(classes)]
 
 
 def run(cfg, workdir: str) -> None:
@@ -158,30 +181,38 @@ def run(cfg, workdir: str) -> None:
   bs = cfg.localize.batch_size
   ids = [str(train[i]['id']) for i in range(len(train))]
 
-  all_feats = np.concatenate([
-      computer.features(_input_batch(train, _padded(list(range(s, min(s + bs, len(train)))), bs),
-                                     cfg))[:min(bs, len(train) - s)]
-      for s in range(0, len(train), bs)])
+  method = cfg.localize.method
+  if method not in METHODS:
+    raise ValueError(f'localize.method={method!r}: expected one of {METHODS}')
+  if method == 'coattention':  # every image can be a related image: features of all.
+    all_feats = np.concatenate([
+        computer.features(_input_batch(train, _padded(list(range(s, min(s + bs, len(train)))),
+                                                      bs), cfg))[:min(bs, len(train) - s)]
+        for s in range(0, len(train), bs)])
   os.makedirs(maps_dir(workdir), exist_ok=True)
   todo = [i for i in range(len(train))
           if not os.path.isfile(os.path.join(maps_dir(workdir), ids[i] + '.npz'))]
-  logging.info('localize: %d of %d images to do', len(todo), len(train))
-  self_views = tuple(cfg.localize.self_views) if cfg.localize.use_self_pairs else ()
+  logging.info('localize: %s maps, %d of %d images to do', method, len(todo), len(train))
   for s in range(0, len(todo), bs):
     chunk = todo[s:s + bs]
     batch = _padded(chunk, bs)
-    images = _input_batch(train, batch, cfg)
-    view_feats = {v: computer.features(np.asarray(views.make_view(images, v)))
-                  for v in self_views}
     classes = [class_index.classes_of(i) for i in batch]
-    related = [[related_images(class_index, i, int(c), cfg.localize.num_related,
-                               cfg.localize.seed) for c in cls] for i, cls in zip(batch, classes)]
-    small = image_maps(computer, all_feats[np.asarray(batch)], all_feats, view_feats, related,
-                       classes, cfg)
+    if method == 'cam':
+      small = cam_maps(computer, computer.features(_input_batch(train, batch, cfg)), classes)
+    else:
+      images = _input_batch(train, batch, cfg)
+      view_feats = {v: computer.features(np.asarray(views.make_view(images, v)))
+                    for v in cfg.localize.self_views}
+      related = [[related_images(class_index, i, int(c), cfg.localize.num_related,
+                                 cfg.localize.seed) for c in cls]
+                 for i, cls in zip(batch, classes)]
+      small = image_maps(computer, all_feats[np.asarray(batch)], all_feats, view_feats,
+                         related, classes, cfg)
     for j, i in enumerate(chunk):
       record = train[i]
       size = record['image'].shape[:2]
       full = np.stack([resize_map(m, size) for m in small[j]])
       save_maps(os.path.join(maps_dir(workdir), ids[i] + '.npz'), full, classes[j])
     logging.log_every_n_seconds(logging.INFO, 'localize: %d/%d', 30, s + len(chunk), len(todo))
-  reporting.write_json_atomic(index_path(workdir), {'ids': ids, 'checkpoint_step': step})
+  reporting.write_json_atomic(index_path(workdir),
+                              {'ids': ids, 'checkpoint_step': step, 'method': method})

@@ -25,8 +25,7 @@ def test_feature_reuse_equals_naive_pair_forwards():
   rng = np.random.default_rng(0)
   images = rng.normal(size=(5, 32, 32, 3)).astype(np.float32)
   variables = model.init(jax.random.key(1), images[:1], images[:1])
-  cfg = ml_collections.ConfigDict({'localize': {'num_related': 2, 'gate': 0.1,
-                                                'use_self_pairs': True},
+  cfg = ml_collections.ConfigDict({'localize': {'num_related': 2, 'gate': 0.1},
                                    'data': {'num_classes': 4}})
   self_views = ('flip', 0.75, 2.0)
   computer = localize.MapComputer(model, variables)
@@ -48,11 +47,31 @@ def test_feature_reuse_equals_naive_pair_forwards():
       for n in related[qi][ci]:  # full forward of the pair (m, n), as the reference does.
         f = apply(np.concatenate([x_m, images[n:n + 1]]), method=model.features)
         cross.append(apply(f[:1], f[1:], method=model.pair_maps)[0][0, :, :, c])
-      stack = [np.mean(cross, axis=0)]
-      for v in self_views:
-        f_m = apply(x_m, method=model.features)
+      stack = []
+      for j, v in enumerate(self_views):  # a full forward of the self-pair (m, view).
+        f = apply(x_m, method=model.features)
         f_v = apply(views.make_view(x_m, v), method=model.features)
-        maps_v = apply(f_m, f_v, method=model.pair_maps)[1]
-        stack.append(views.map_back(maps_v, v, f_m.shape[1:3])[0, :, :, c])
+        maps_m, maps_v = apply(f, f_v, method=model.pair_maps)
+        if j == 0:  # the reference's first map: m's own side of the pair with the flip.
+          stack.append(maps_m[0, :, :, c])
+        stack.append(views.map_back(maps_v, v, f.shape[1:3])[0, :, :, c])
+      stack.append(np.mean(cross, axis=0))
+      assert len(stack) == 5  # the paper's 5 maps.
       naive = localize.aggregate(jnp.asarray(np.stack(stack)), 0.1)
       np.testing.assert_allclose(fast[qi][ci], naive, rtol=1e-4, atol=1e-3)
+
+
+def test_cam_maps_are_the_scaled_single_image_class_maps():
+  model = CoAttentionNet(num_classes=3, width=0.125)
+  images = np.random.default_rng(0).normal(size=(2, 32, 32, 3)).astype(np.float32)
+  variables = model.init(jax.random.key(0), images[:1], images[:1])
+  # A positive bias so that every class map has a positive part to scale.
+  variables['params']['classifier']['bias'] = jnp.full((3,), 1.0)
+  computer = localize.MapComputer(model, variables)
+  feats = computer.features(images)
+  out = localize.cam_maps(computer, feats, [np.array([0, 2]), np.array([1])])
+  cams = np.maximum(np.asarray(model.apply(variables, feats, method=model.cam)), 0)
+  for i, cls in enumerate([[0, 2], [1]]):
+    for j, c in enumerate(cls):
+      expected = cams[i, :, :, c] / cams[i, :, :, c].max() * 255
+      np.testing.assert_allclose(out[i][j], expected, rtol=1e-5, atol=1e-3)
