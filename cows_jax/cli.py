@@ -13,7 +13,7 @@ import time
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from cows_jax import classify, evaluate, label, localize, segment
+from cows_jax import ablate, classify, evaluate, label, localize, segment
 
 STAGES = {
     'classify': classify.train,
@@ -22,7 +22,9 @@ STAGES = {
     'segment': segment.train,
     'evaluate': evaluate.run,
 }
-USAGE = (f'usage: cows-jax {{{",".join([*STAGES, "pipeline"])}}} --config FILE '
+# Commands that take --config and --workdir: the stages, the whole pipeline, the ablation.
+COMMANDS = [*STAGES, 'pipeline', 'ablate']
+USAGE = (f'usage: cows-jax {{{",".join(COMMANDS)}}} --config FILE '
          '--workdir DIR [--config.FIELD=VALUE ...]')
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file (configs/*.py[:arg]).',
@@ -44,7 +46,7 @@ def run_stage(stage: str, cfg, workdir: str) -> None:
 
 
 def main(argv):
-  if len(argv) != 2 or argv[1] not in [*STAGES, 'pipeline']:
+  if len(argv) != 2 or argv[1] not in COMMANDS:
     raise app.UsageError(USAGE)
   if _CONFIG.value is None or _WORKDIR.value is None:
     raise app.UsageError('--config and --workdir are required\n' + USAGE)
@@ -52,7 +54,10 @@ def main(argv):
     import jax
     jax.distributed.initialize()
   try:
-    run_stage(argv[1], _CONFIG.value, _WORKDIR.value)
+    if argv[1] == 'ablate':
+      ablate.run(_CONFIG.value, _WORKDIR.value)
+    else:
+      run_stage(argv[1], _CONFIG.value, _WORKDIR.value)
   except (FileNotFoundError, ValueError) as e:
     logging.error('%s', e)
     print(f'cows-jax {argv[1]}: error: {e}', file=sys.stderr)

@@ -42,6 +42,23 @@ def evaluate_pseudo_labels(cfg, train, ids, workdir):
   return acc
 
 
+def localization_report(cfg, workdir: str) -> dict:
+  """Stage-2 numbers only (no segmenter needed): CAM mIoU of the maps at the best threshold
+  of the background sweep, and pseudo-label mIoU, both on train."""
+  ids = reporting.read_json(label.index_path(workdir), 'label')['ids']
+  train = sources.load(cfg)['train']
+  best_t, cam_miou, curve, _ = evaluate_cams(cfg, train, ids, workdir)
+  pseudo = evaluate_pseudo_labels(cfg, train, ids, workdir)
+  return {'cam_miou': cam_miou, 'cam_bg_threshold': best_t,
+          'cam_threshold_sweep': [{'threshold': t, 'miou': m} for t, m in curve],
+          'pseudo_label_miou': pseudo.miou(),
+          'pseudo_label_ignored_fraction': _ignored_fraction(pseudo)}
+
+
+def _ignored_fraction(acc) -> float:
+  return float(acc.matrix[:, -1].sum() / acc.matrix.sum())
+
+
 def predict_split(cfg, source, predict):
   """Predictions for every record, batched over images of equal size."""
   bs = cfg.segment.eval_batch_size
@@ -112,7 +129,7 @@ def run(cfg, workdir: str) -> dict:
       'cam_miou': cam_miou, 'cam_bg_threshold': best_t,
       'cam_threshold_sweep': [{'threshold': t, 'miou': m} for t, m in curve],
       'pseudo_label_miou': pseudo.miou(),
-      'pseudo_label_ignored_fraction': float(pseudo.matrix[:, -1].sum() / pseudo.matrix.sum()),
+      'pseudo_label_ignored_fraction': _ignored_fraction(pseudo),
       'segmentation_miou': seg.miou(),
       'all_background_miou': floor.miou(),
       'num_train': len(train), 'num_val': len(val),

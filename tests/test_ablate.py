@@ -1,0 +1,55 @@
+"""The ablation's variants really differ in what the issue says, and only in that."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from cows_jax import ablate, classify
+
+
+def test_variants_change_only_their_axis(tiny_config):
+  cfgs = [ablate.variant_config(tiny_config, v) for v in ablate.VARIANTS]
+  c = [x.classify for x in cfgs]
+  assert [x.loss_weight_coattention for x in c] == [0.0, 1.0, 1.0, 1.0]
+  assert [x.loss_weight_contrastive for x in c] == [0.0, 0.0, 1.0, 1.0]
+  assert [x.localize.method for x in cfgs] == ['cam', 'cam', 'cam', 'coattention']
+  # The last two share one classifier; everything else equals the base config.
+  assert ablate.VARIANTS[2].training == ablate.VARIANTS[3].training
+  varied = {f for v in ablate.VARIANTS for f, _ in v.overrides}
+
+  def rest(cfg):
+    d = cfg.to_dict()
+    for field in varied:
+      section, name = field.split('.')
+      del d[section][name]
+    return d
+
+  assert all(rest(x) == rest(tiny_config) for x in cfgs)
+  assert tiny_config.localize.method == 'coattention'  # the input is left alone.
+
+
+def test_baseline_trains_no_coattention_layer(tiny_config):
+  """With the co-attention and contrastive weights at 0 the co-attention layers get no
+  gradient: variant 1 is a plain single-image classifier."""
+  cfg = ablate.variant_config(tiny_config, ablate.VARIANTS[0])
+  cfg.model.norm = 'none'
+  model = classify.create_model(cfg)
+  params = classify.init_variables(model, cfg, jax.random.key(0))['params']
+  rng = np.random.default_rng(0)
+  size = cfg.input.size
+  batch = {'image_m': rng.normal(size=(2, size, size, 3)).astype(np.float32),
+           'image_n': rng.normal(size=(2, size, size, 3)).astype(np.float32),
+           'labels_m': np.eye(cfg.data.num_classes, dtype=np.float32)[[0, 1]],
+           'labels_n': np.eye(cfg.data.num_classes, dtype=np.float32)[[0, 2]]}
+  grads = jax.grad(lambda p: classify.loss_fn(
+      p, {}, model, batch, jnp.asarray(True), classify.loss_weights(cfg), ('flip',))[0])(params)
+  for name in ('co_weight', 'co_classifier', 'gate'):
+    assert all(np.all(g == 0) for g in jax.tree.leaves(grads[name])), name
+  assert np.any(grads['classifier']['kernel'] != 0)
+
+
+def test_markdown_table_rows():
+  rows = [{'variant': 'a', 'cam_miou': 12.345, 'pseudo_label_miou': 20.0,
+           'cam_bg_threshold': 0.3}]
+  table = ablate.markdown_table(rows)
+  assert table.splitlines()[2] == '| a | 12.3 | 20.0 | 0.30 |'
