@@ -1,0 +1,160 @@
+"""Weight import: state dicts in the exact torchvision layout (made here by a PyTorch model),
+a Caffe model written with protobuf, and the errors a wrong file gives."""
+
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from cows_jax import weights
+from cows_jax.models.vgg import VGG16LargeFOV
+
+torch = pytest.importorskip('torch', reason='torch is not installed: .ci/run installs it; '
+                            'pip install torch==2.13.0 to run the import tests')
+nn = torch.nn
+
+
+def _torch_vgg16_largefov():
+  """torchvision's vgg16 `features` layout (same indices, so the same keys) with the
+  LargeFOV changes: pool4 3x3 stride 1, no pool5, dilated conv5; plus the fc classifier
+  keys of the torchvision file, which the importer must ignore."""
+  layers, cin = [], 3
+  for block, (n, cout) in enumerate(((2, 64), (2, 128), (3, 256), (3, 512), (3, 512)), 1):
+    d = 2 if block == 5 else 1
+    for _ in range(n):
+      layers += [nn.Conv2d(cin, cout, 3, padding=d, dilation=d), nn.ReLU()]
+      cin = cout
+    if block <= 3:
+      layers.append(nn.MaxPool2d(2, 2))
+    elif block == 4:
+      layers.append(nn.MaxPool2d(3, 1, 1))
+  model = nn.Module()
+  model.features = nn.Sequential(*layers)
+  model.classifier = nn.Sequential(nn.Linear(8, 4), nn.ReLU(), nn.Dropout(), nn.Linear(4, 4))
+  return model
+
+
+@pytest.fixture(scope='module')
+def torch_vgg():
+  torch.manual_seed(0)
+  return _torch_vgg16_largefov().eval()
+
+
+def _check_forward(torch_vgg, out_dir):
+  x = np.random.default_rng(0).normal(size=(2, 3, 40, 40)).astype(np.float32)
+  with torch.no_grad():
+    expected = torch_vgg.features(torch.from_numpy(x)).numpy().transpose(0, 2, 3, 1)
+  model = VGG16LargeFOV()
+  like = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 40, 40, 3)))
+  variables = weights.load_backbone(out_dir, 'vgg16', dict(like))
+  got = np.asarray(model.apply(variables, x.transpose(0, 2, 3, 1)))
+  np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
+
+
+@pytest.mark.parametrize('fmt', ['pth', 'safetensors'])
+def test_torchvision_vgg16_matches_pytorch_forward(torch_vgg, tmp_path, fmt):
+  src = str(tmp_path / f'vgg16.{fmt}')
+  state = torch_vgg.state_dict()
+  if fmt == 'pth':
+    torch.save(state, src)
+  else:
+    from safetensors.torch import save_file
+    save_file({k: v.contiguous() for k, v in state.items()}, src)
+  provenance = weights.import_weights('vgg16', src, str(tmp_path / 'out'))
+  assert provenance['input']['name'] == 'torchvision'
+  assert provenance['ignored_keys'] == sorted(k for k in state if k.startswith('classifier'))
+  _check_forward(torch_vgg, str(tmp_path / 'out'))
+
+
+def _write_caffemodel(path, layers):
+  msgs = weights._caffe_messages()
+  net = msgs['NetParameter'](name='test')
+  for name, blobs in layers.items():
+    layer = net.layer.add(name=name, type='Convolution')
+    for b in blobs:
+      blob = layer.blobs.add()
+      blob.shape.dim.extend(b.shape)
+      blob.data.extend(b.ravel().tolist())
+  with open(path, 'wb') as f:
+    f.write(net.SerializeToString())
+
+
+def test_caffe_vgg16_takes_rgb_and_caffe_mean(torch_vgg, tmp_path):
+  state = {k: v.numpy() for k, v in torch_vgg.state_dict().items()}
+  layers = {}
+  for index, name in zip(weights._VGG16_FEATURE_CONVS, weights._VGG16_NAMES):
+    w = state[f'features.{index}.weight']
+    if name == 'conv1_1':
+      w = w[:, ::-1]  # a Caffe model expects BGR input.
+    layers[name] = [np.ascontiguousarray(w), state[f'features.{index}.bias']]
+  layers['fc8'] = [np.zeros((3, 4), np.float32)]
+  src = str(tmp_path / 'vgg16.caffemodel')
+  _write_caffemodel(src, layers)
+  provenance = weights.import_weights('vgg16', src, str(tmp_path / 'out'))
+  assert provenance['ignored_keys'] == ['fc8']
+  np.testing.assert_allclose(np.array(provenance['input']['mean']) * 255,
+                             [122.675, 116.669, 104.008], rtol=1e-6)
+  _check_forward(torch_vgg, str(tmp_path / 'out'))  # RGB in, as the torch model.
+
+
+def test_wrong_files_give_clear_errors(torch_vgg, tmp_path):
+  state = torch_vgg.state_dict()
+  truncated = tmp_path / 'truncated.pth'
+  torch.save(state, truncated)
+  truncated.write_bytes(truncated.read_bytes()[:1000])
+  with pytest.raises(weights.WeightsError, match='truncated.pth: not a readable PyTorch'):
+    weights.import_weights('vgg16', str(truncated), str(tmp_path / 'a'))
+
+  other = tmp_path / 'resnet_like.pth'
+  torch.save({'conv1.weight': torch.zeros(64, 3, 7, 7), 'fc.weight': torch.zeros(10, 2048)},
+             other)
+  with pytest.raises(weights.WeightsError, match='resnet_like.pth: none of its keys.*another architecture'):
+    weights.import_weights('vgg16', str(other), str(tmp_path / 'b'))
+
+  bad_shape = {k: v for k, v in state.items()}
+  bad_shape['features.0.weight'] = torch.zeros(32, 3, 3, 3)
+  torch.save(bad_shape, tmp_path / 'bad.pth')
+  with pytest.raises(weights.WeightsError, match=r'conv1_1/kernel: file \(3, 3, 3, 32\)'):
+    weights.import_weights('vgg16', str(tmp_path / 'bad.pth'), str(tmp_path / 'c'))
+
+  (tmp_path / 'junk.caffemodel').write_bytes(b'\xff' * 64)
+  with pytest.raises(weights.WeightsError, match='junk.caffemodel'):
+    weights.import_weights('vgg16', str(tmp_path / 'junk.caffemodel'), str(tmp_path / 'd'))
+  for out in 'abcd':
+    assert not os.path.exists(tmp_path / out / 'provenance.json')
+
+
+def test_load_checks_arch_and_width(torch_vgg, tmp_path):
+  src = str(tmp_path / 'vgg16.pth')
+  torch.save(torch_vgg.state_dict(), src)
+  weights.import_weights('vgg16', src, str(tmp_path / 'out'))
+  with pytest.raises(weights.WeightsError, match='holds vgg16 weights, the model needs resnet101'):
+    weights.load_backbone(str(tmp_path / 'out'), 'resnet101', {})
+  small = jax.eval_shape(VGG16LargeFOV(width=0.5).init, jax.random.key(0),
+                         jnp.zeros((1, 32, 32, 3)))
+  with pytest.raises(weights.WeightsError, match='shape mismatch'):
+    weights.load_backbone(str(tmp_path / 'out'), 'vgg16', dict(small))
+
+
+def test_classifier_starts_from_imported_backbone(torch_vgg, tmp_path, tiny_config):
+  from cows_jax import classify
+  src = str(tmp_path / 'vgg16.caffemodel')
+  state = {k: v.numpy() for k, v in torch_vgg.state_dict().items()}
+  _write_caffemodel(src, {name: [state[f'features.{i}.weight'], state[f'features.{i}.bias']]
+                          for i, name in zip(weights._VGG16_FEATURE_CONVS, weights._VGG16_NAMES)})
+  weights.import_weights('vgg16', src, str(tmp_path / 'out'))
+  cfg = tiny_config
+  cfg.model.width, cfg.model.norm, cfg.input.size = 1.0, 'none', 32
+  cfg.model.init_from = str(tmp_path / 'out')
+  model = classify.create_model(cfg)
+  variables = classify.init_variables(model, cfg, jax.random.key(0))
+  w = variables['params']['backbone']['conv2_1']['kernel']
+  np.testing.assert_array_equal(w, state['features.5.weight'].transpose(2, 3, 1, 0))
+  assert variables['params']['backbone']['conv1_1']['kernel'].shape == (3, 3, 3, 64)
+  # New layers keep their own initialization.
+  fresh = classify.abstract_variables(model, cfg)
+  assert variables['params']['co_weight'].shape == fresh['params']['co_weight'].shape
+  weights.apply_input_convention(cfg)
+  np.testing.assert_allclose(np.array(cfg.input.std) * 255, [1, 1, 1], rtol=1e-6)
