@@ -211,16 +211,89 @@ def _sha256(path: str) -> str:
   return h.hexdigest()
 
 
+def _resnet_blocks(stage_sizes):
+  """(torchvision layer name, block index, Caffe block name) of every bottleneck."""
+  for i, n in enumerate(stage_sizes):
+    for b in range(n):
+      if b == 0:
+        caffe = f'{i + 2}a'
+      elif n > 3:  # res3 and res4 of ResNet-101: b1, b2, ...
+        caffe = f'{i + 2}b{b}'
+      else:
+        caffe = f'{i + 2}{chr(ord("a") + b)}'
+      yield f'layer{i + 1}', b, caffe
+
+
+def _resnet_layers():
+  """Per conv + batch norm: (flax conv path, flax bn path, torchvision conv and bn prefixes,
+  Caffe conv, BatchNorm and Scale layer names)."""
+  from cows_jax.models.resnet import RESNET101_STAGES
+  yield ('conv1',), ('bn1',), 'conv1', 'bn1', 'conv1', 'bn_conv1', 'scale_conv1'
+  for layer, b, c in _resnet_blocks(RESNET101_STAGES):
+    for k, branch in ((1, '2a'), (2, '2b'), (3, '2c')):
+      yield ((layer, str(b), f'conv{k}'), (layer, str(b), f'bn{k}'), f'{layer}.{b}.conv{k}',
+             f'{layer}.{b}.bn{k}', f'res{c}_branch{branch}', f'bn{c}_branch{branch}',
+             f'scale{c}_branch{branch}')
+    if b == 0:
+      yield ((layer, '0', 'downsample', '0'), (layer, '0', 'downsample', '1'),
+             f'{layer}.0.downsample.0', f'{layer}.0.downsample.1', f'res{c}_branch1',
+             f'bn{c}_branch1', f'scale{c}_branch1')
+
+
+def _put(tree, path, value):
+  for p in path[:-1]:
+    tree = tree.setdefault(p, {})
+  tree[path[-1]] = value
+
+
+def resnet101_from_torchvision(tensors: dict) -> tuple[dict, list[str]]:
+  """params (conv kernels) and frozen_bn (scale, bias, mean, var) of models/resnet.py from
+  torchvision/timm resnet101 keys."""
+  params, frozen, used = {}, {}, set()
+  for conv_path, bn_path, conv, bn, *_ in _resnet_layers():
+    keys = {f'{conv}.weight': 'kernel', f'{bn}.weight': 'scale', f'{bn}.bias': 'bias',
+            f'{bn}.running_mean': 'mean', f'{bn}.running_var': 'var'}
+    if not all(k in tensors for k in keys):
+      continue
+    _put(params, conv_path + ('kernel',), _conv_kernel(tensors[f'{conv}.weight']))
+    for k, name in list(keys.items())[1:]:
+      _put(frozen, bn_path + (name,), np.asarray(tensors[k], np.float32))
+    used |= set(keys) | {f'{bn}.num_batches_tracked'}
+  return {'params': params, 'frozen_bn': frozen}, sorted(set(tensors) - used)
+
+
+def resnet101_from_caffe(layers: dict) -> tuple[dict, list[str]]:
+  """The same from a Caffe (MSRA/DeepLab) ResNet-101: BatchNorm blobs (mean, var, moving
+  average factor) + Scale blobs (gamma, beta); the first conv is turned from BGR to RGB."""
+  params, frozen, used = {}, {}, set()
+  for conv_path, bn_path, _, _, conv, bn, scale in _resnet_layers():
+    if not all(k in layers for k in (conv, bn, scale)):
+      continue
+    w = layers[conv][0]
+    _put(params, conv_path + ('kernel',), _conv_kernel(w[:, ::-1] if conv == 'conv1' else w))
+    mean, var, factor = (layers[bn] + [np.ones(1, np.float32)])[:3]
+    factor = float(factor.ravel()[0]) or 1.0
+    gamma, beta = layers[scale][:2]
+    for name, value in (('scale', gamma), ('bias', beta), ('mean', mean / factor),
+                        ('var', var / factor)):
+      _put(frozen, bn_path + (name,), np.asarray(value, np.float32).ravel())
+    used |= {conv, bn, scale}
+  return {'params': params, 'frozen_bn': frozen}, sorted(set(layers) - used)
+
+
 CONVERTERS = {('vgg16', 'torchvision'): vgg16_from_torchvision,
-              ('vgg16', 'caffe'): vgg16_from_caffe}
+              ('vgg16', 'caffe'): vgg16_from_caffe,
+              ('resnet101', 'torchvision'): resnet101_from_torchvision,
+              ('resnet101', 'caffe'): resnet101_from_caffe}
 
 
 def expected_variables(arch: str) -> dict:
   """Shapes of the full-size backbone's variables ({'params': ..., ...})."""
   import jax
   import jax.numpy as jnp
+  from cows_jax.models.resnet import ResNet
   from cows_jax.models.vgg import VGG16LargeFOV
-  models = {'vgg16': VGG16LargeFOV}
+  models = {'vgg16': VGG16LargeFOV, 'resnet101': ResNet}
   x = jnp.zeros((1, 32, 32, 3))
   return jax.tree.map(lambda a: a, dict(jax.eval_shape(models[arch]().init,
                                                        jax.random.key(0), x)))
@@ -262,6 +335,8 @@ def import_weights(arch: str, src: str, out: str) -> dict:
   provenance = {'arch': arch, 'source': os.path.abspath(src), 'sha256': _sha256(src),
                 'format': 'caffe' if src.endswith('.caffemodel') else 'torchvision',
                 'input': convention, 'ignored_keys': ignored}
+  if arch == 'resnet101':  # where the stride of a downsampling block sits (models/resnet.py).
+    provenance['stride_in_1x1'] = provenance['format'] == 'caffe'
   reporting.write_json_atomic(os.path.join(out, 'provenance.json'), provenance)
   return provenance
 

@@ -149,12 +149,125 @@ def test_classifier_starts_from_imported_backbone(torch_vgg, tmp_path, tiny_conf
   cfg.model.width, cfg.model.norm, cfg.input.size = 1.0, 'none', 32
   cfg.model.init_from = str(tmp_path / 'out')
   model = classify.create_model(cfg)
-  variables = classify.init_variables(model, cfg, jax.random.key(0))
+  # The random init as classify.init_variables makes it (zeros here: no compile needed).
+  fresh = jax.tree.map(lambda a: np.zeros(a.shape, a.dtype),
+                       classify.abstract_variables(model, cfg))
+  variables = weights.with_pretrained_backbone(fresh, cfg, 'vgg16')
   w = variables['params']['backbone']['conv2_1']['kernel']
   np.testing.assert_array_equal(w, state['features.5.weight'].transpose(2, 3, 1, 0))
-  assert variables['params']['backbone']['conv1_1']['kernel'].shape == (3, 3, 3, 64)
+  # conv1_1 came from a BGR Caffe model: RGB order now.
+  np.testing.assert_array_equal(variables['params']['backbone']['conv1_1']['kernel'],
+                                state['features.0.weight'][:, ::-1].transpose(2, 3, 1, 0))
   # New layers keep their own initialization.
-  fresh = classify.abstract_variables(model, cfg)
-  assert variables['params']['co_weight'].shape == fresh['params']['co_weight'].shape
+  assert not np.any(variables['params']['co_weight'])
   weights.apply_input_convention(cfg)
   np.testing.assert_allclose(np.array(cfg.input.std) * 255, [1, 1, 1], rtol=1e-6)
+
+
+class _TorchBottleneck(nn.Module):
+  """torchvision's Bottleneck keys; stride on the 1x1 (Caffe) or on the 3x3 (torchvision);
+  every block of a dilated stage dilated, as DeepLab-v2."""
+
+  def __init__(self, cin, width, stride, dilation, project, stride_in_1x1):
+    super().__init__()
+    s1, s3 = (stride, 1) if stride_in_1x1 else (1, stride)
+    self.conv1 = nn.Conv2d(cin, width, 1, s1, bias=False)
+    self.bn1 = nn.BatchNorm2d(width)
+    self.conv2 = nn.Conv2d(width, width, 3, s3, dilation, dilation, bias=False)
+    self.bn2 = nn.BatchNorm2d(width)
+    self.conv3 = nn.Conv2d(width, width * 4, 1, bias=False)
+    self.bn3 = nn.BatchNorm2d(width * 4)
+    self.downsample = nn.Sequential(nn.Conv2d(cin, width * 4, 1, stride, bias=False),
+                                    nn.BatchNorm2d(width * 4)) if project else None
+
+  def forward(self, x):
+    y = torch.relu(self.bn1(self.conv1(x)))
+    y = torch.relu(self.bn2(self.conv2(y)))
+    y = self.bn3(self.conv3(y))
+    return torch.relu(y + (self.downsample(x) if self.downsample is not None else x))
+
+
+class _TorchResNet101(nn.Module):
+  def __init__(self, width_mult, stride_in_1x1):
+    super().__init__()
+    from cows_jax.models.vgg import scaled
+    stem = scaled(64, width_mult)
+    self.conv1 = nn.Conv2d(3, stem, 7, 2, 3, bias=False)
+    self.bn1 = nn.BatchNorm2d(stem)
+    cin = stem
+    for i, (n, dilation) in enumerate(zip((3, 4, 23, 3), (1, 1, 2, 4))):
+      width, stride = scaled(64 * 2**i, width_mult), 2 if i == 1 else 1
+      blocks = [_TorchBottleneck(cin if b == 0 else width * 4, width, stride if b == 0 else 1,
+                                 dilation, b == 0, stride_in_1x1) for b in range(n)]
+      setattr(self, f'layer{i + 1}', nn.Sequential(*blocks))
+      cin = width * 4
+    self.fc = nn.Linear(cin, 10)
+
+  def forward(self, x):
+    x = torch.relu(self.bn1(self.conv1(x)))
+    x = torch.nn.functional.max_pool2d(x, 3, 2, 1)
+    for i in range(1, 5):
+      x = getattr(self, f'layer{i}')(x)
+    return x
+
+
+def _torch_resnet(width_mult, stride_in_1x1):
+  torch.manual_seed(0)
+  model = _TorchResNet101(width_mult, stride_in_1x1)
+  for m in model.modules():  # non-trivial statistics and affine in every batch norm.
+    if isinstance(m, nn.BatchNorm2d):
+      m.running_mean.uniform_(-0.5, 0.5)
+      m.running_var.uniform_(0.5, 2.0)
+      m.weight.data.uniform_(0.5, 1.5)
+      m.bias.data.uniform_(-0.2, 0.2)
+  return model.eval()
+
+
+def _check_resnet_forward(torch_model, variables, width_mult, stride_in_1x1, bgr=False):
+  from cows_jax.models.resnet import ResNet
+  x = np.random.default_rng(0).normal(size=(1, 3, 48, 48)).astype(np.float32)
+  with torch.no_grad():
+    expected = torch_model(torch.from_numpy(x[:, ::-1].copy() if bgr else x)).numpy()
+  model = ResNet(width=width_mult, stride_in_1x1=stride_in_1x1)
+  got = np.asarray(model.apply(variables, x.transpose(0, 2, 3, 1)))
+  np.testing.assert_allclose(got, expected.transpose(0, 2, 3, 1), rtol=1e-4,
+                             atol=1e-4 * np.abs(expected).max())
+
+
+def test_torchvision_resnet101_matches_pytorch_forward():
+  model = _torch_resnet(0.0625, stride_in_1x1=False)
+  variables, ignored = weights.resnet101_from_torchvision(
+      {k: v.numpy() for k, v in model.state_dict().items()})
+  assert ignored == ['fc.bias', 'fc.weight']
+  _check_resnet_forward(model, variables, 0.0625, stride_in_1x1=False)
+
+
+def test_caffe_resnet101_matches_pytorch_forward(tmp_path):
+  """A tiny caffemodel in the MSRA/DeepLab naming (conv + BatchNorm with a moving-average
+  factor + Scale), BGR first conv, written with protobuf."""
+  model = _torch_resnet(0.0625, stride_in_1x1=True)
+  state = {k: v.numpy() for k, v in model.state_dict().items()}
+  layers = {}
+  for _, _, conv, bn, c_conv, c_bn, c_scale in weights._resnet_layers():
+    w = state[f'{conv}.weight']
+    layers[c_conv] = [np.ascontiguousarray(w[:, ::-1] if conv == 'conv1' else w)]
+    factor = 7.0  # Caffe stores mean and var multiplied by this factor.
+    layers[c_bn] = [state[f'{bn}.running_mean'] * factor, state[f'{bn}.running_var'] * factor,
+                    np.array([factor], np.float32)]
+    layers[c_scale] = [state[f'{bn}.weight'], state[f'{bn}.bias']]
+  layers['fc1_voc12_c0'] = [np.zeros((21, 8, 3, 3), np.float32)]
+  src = str(tmp_path / 'init.caffemodel')
+  _write_caffemodel(src, layers)
+  variables, ignored = weights.resnet101_from_caffe(weights.read_caffemodel(src))
+  assert ignored == ['fc1_voc12_c0']
+  _check_resnet_forward(model, variables, 0.0625, stride_in_1x1=True)
+
+
+def test_full_size_resnet101_import(tmp_path):
+  from safetensors.torch import save_file
+  model = _torch_resnet(1.0, stride_in_1x1=False)
+  src = str(tmp_path / 'resnet101.safetensors')
+  save_file({k: v.contiguous() for k, v in model.state_dict().items()}, src)
+  provenance = weights.import_weights('resnet101', src, str(tmp_path / 'out'))
+  assert provenance['arch'] == 'resnet101'
+  assert provenance['ignored_keys'] == ['fc.bias', 'fc.weight']
