@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import data_fixtures as fx
-from cows_jax.data import image_lists, voc
+from cows_jax.data import image_lists, sources, voc
 
 WNIDS = ('n01443537', 'n01503061', 'n02084071')
 
@@ -83,3 +83,20 @@ def test_folder_with_an_unknown_class_name_is_an_error(tmp_path):
     image_lists.FolderLayout(voc.CLASS_NAMES, root).entries()
   with pytest.raises(FileNotFoundError, match='image folder root .*nowhere not found'):
     image_lists.FolderLayout(voc.CLASS_NAMES, str(tmp_path / 'nowhere')).entries()
+
+
+def test_lid20_config_reads_the_list_layout(tmp_path):
+  import lid20  # configs/lid20.py
+  layout = _lid(tmp_path)
+  cfg = lid20.get_config()
+  cfg.data.num_classes = 3
+  cfg.data.lists.class_list = str(tmp_path / 'lid' / 'classes.txt')
+  cfg.data.lists.image_root, cfg.data.lists.mask_dir = layout.image_root, layout.mask_dir
+  cfg.data.lists.train, cfg.data.lists.val = layout.lists[0][1], layout.lists[1][1]
+  cfg.data.data_dir = str(tmp_path / 'built')
+  data = sources.load(cfg)
+  assert (len(data['train']), len(data['val'])) == (3, 1)
+  assert sources.class_names(cfg) == WNIDS
+  cfg.data.num_classes = 200
+  with pytest.raises(ValueError, match="data.num_classes=200 but dataset 'image_lists' has 3"):
+    sources.load(cfg)

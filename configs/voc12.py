@@ -1,0 +1,17 @@
+"""Setting 1: PASCAL VOC 2012, image-level labels only (classifier, maps, pseudo labels and
+segmenter on train_aug, 10,582 images; evaluation on val, 1,449), paper hyperparameters.
+
+    cows-jax data check --config configs/voc12.py --config.data.manual_dir=/data/VOCdevkit \
+        --config.data.saliency_dir=/data/saliency_aug
+    cows-jax pipeline --config configs/voc12.py --workdir runs/voc12 --config.data...
+
+The augmented set as SegmentationClassAug PNGs (default) or the SBD release:
+--config.data.voc.aug_layout=sbd --config.data.voc.aug_dir=/data/benchmark_RELEASE.
+`configs/voc12.py:runlocal` runs the whole pipeline on a 2-core CPU in minutes.
+"""
+
+from cows_jax import config_presets
+
+
+def get_config(arg: str | None = None):
+  return config_presets.with_arg(config_presets.voc12(), arg, 'configs/voc12.py')

@@ -1,0 +1,56 @@
+"""Shared parts of the real-data configs (configs/voc12*.py, configs/lid20.py).
+
+Config files are loaded by path, so what they share lives here: the VOC data fields, and the
+`:runlocal` shrink that lets the whole pipeline run on a 2-core CPU in minutes on the same
+data (a smoke run of the code path, not a result to report).
+"""
+
+import ml_collections
+
+from cows_jax.config import paper_defaults
+
+
+def voc12() -> ml_collections.ConfigDict:
+  """Setting 1: the paper defaults on the user's copy of VOC 2012 + the augmented set."""
+  c = paper_defaults()
+  c.data.name = 'voc12'
+  c.data.num_classes = 20
+  c.data.image_size = 0  # original image sizes
+  c.data.classify_split = 'train_aug'
+  c.data.train_split = 'train_aug'
+  c.data.eval_split = 'val'
+  return c
+
+
+def runlocal(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Shrinks `c` in place: a sample of each split, small square images, a width-scaled
+  backbone trained from scratch (hence the synthetic config's learning rates), few steps."""
+  c.data.max_per_split = 200
+  c.data.image_size = 128
+  c.input.size = 64
+  c.model.width = 0.125
+  c.model.norm = 'batch'
+  c.classify.epochs, c.classify.lr_decay_epochs, c.classify.localize_epoch = 4, (3,), 4
+  c.classify.batch_pairs = 8
+  c.classify.base_lr = 5e-2
+  c.classify.lr_mult_new_weight, c.classify.lr_mult_new_bias = 1.0, 2.0
+  c.classify.contrastive_from_epoch = 1
+  c.classify.self_views = ()
+  c.classify.log_every_steps = 10
+  c.segment.crop_size = 96
+  c.segment.batch_size = 8
+  c.segment.accumulation_steps = 1
+  c.segment.iterations = 100
+  c.segment.base_lr = 1e-2
+  c.segment.head_dilation = 4
+  c.segment.log_every_steps = 20
+  return c
+
+
+def with_arg(c: ml_collections.ConfigDict, arg: str | None, file: str):
+  """Applies the config-file argument (`FILE:runlocal`); anything else is an error."""
+  if arg == 'runlocal':
+    return runlocal(c)
+  if arg:
+    raise ValueError(f'{file}: unknown config argument {arg!r} (known: runlocal)')
+  return c
