@@ -48,6 +48,13 @@ class MixPlan:
     return self.num_primary + int(_cycle_order(seed, cycle, self.num_extra)[position])
 
 
+def make_plan(num_primary: int, num_extra: int = 0, ratio: float = 0.0) -> MixPlan:
+  """The plan of `num_primary` images mixed with `num_extra` at `ratio` (no labels needed)."""
+  if ratio < 0:
+    raise ValueError(f'data.extra.ratio={ratio} must be >= 0')
+  return MixPlan(num_primary, num_extra, int(round(ratio * num_primary)) if num_extra else 0)
+
+
 @functools.lru_cache(maxsize=4)
 def _cycle_order(seed: int, cycle: int, n: int) -> np.ndarray:
   return np.random.default_rng([seed, cycle, n]).permutation(n)
@@ -91,11 +98,9 @@ def make_pool(primary, extra=None, ratio: float = 0.0, is_noisy_source: bool = F
   if mixing == 'clean_partners' and not is_noisy_source:
     raise ValueError("data.extra.mixing='clean_partners' acts on noisy sources only; set "
                      'data.extra.is_noisy_source=True or data.extra.mixing=plain')
-  if ratio < 0:
-    raise ValueError(f'data.extra.ratio={ratio} must be >= 0')
   source = ConcatSource(primary, extra)
-  noisy = np.arange(len(source)) >= len(primary) if is_noisy_source else np.zeros(len(source),
-                                                                                   bool)
+  noisy = np.zeros(len(source), bool)
+  noisy[len(primary):] = is_noisy_source
   partners = ~noisy if mixing == 'clean_partners' else None
-  plan = MixPlan(len(primary), len(extra), int(round(ratio * len(primary))))
-  return PairPool(source, ClassIndex(source.labels(), partners), plan, noisy)
+  return PairPool(source, ClassIndex(source.labels(), partners),
+                  make_plan(len(primary), len(extra), ratio), noisy)
