@@ -1,0 +1,93 @@
+"""Test-time inference: sliding windows, scales and flips against whole-image forwards."""
+
+import functools
+
+import jax
+import numpy as np
+import pytest
+
+from cows_jax import config, inference, losses
+from cows_jax.data import transforms
+from cows_jax.models.deeplab import DeepLab
+
+MEAN, STD = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
+
+
+@pytest.fixture(scope='module')
+def tiny_model():
+  model = DeepLab(num_classes=3, width=1 / 16, head_channels=64, head_dilation=2)
+  rng = np.random.default_rng(0)
+  shapes = jax.eval_shape(model.init, jax.random.key(0), np.zeros((1, 32, 32, 3), np.float32))
+  variables = jax.tree.map(lambda s: rng.normal(0, 0.3, s.shape).astype(s.dtype), shapes)
+  return model, variables
+
+
+def _image(h, w, seed=1):
+  return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+def _whole(model, variables, x):
+  """Single-scale probabilities of a normalized [H,W,3] image, one plain forward."""
+  logits = model.apply(variables, x[None])
+  return jax.nn.softmax(losses.upsample_logits(logits, x.shape[:2]), -1)[0]
+
+
+def test_one_scale_no_flip_equals_single_scale(tiny_model):
+  model, variables = tiny_model
+  image = _image(40, 56)
+  probs_fn = functools.partial(inference.window_probabilities(model, False), variables)
+  got = inference.predict(image, probs_fn, inference.Settings((1.0,), False, 0), MEAN, STD)
+  want = jax.jit(functools.partial(_whole, model))(variables,
+                                                   transforms.normalize(image, MEAN, STD))
+  np.testing.assert_allclose(got, want, atol=1e-6)
+  twice = inference.predict(image, probs_fn, inference.Settings((1.0, 1.0), False, 0), MEAN, STD)
+  np.testing.assert_allclose(twice, want, atol=1e-6)
+
+
+def test_window_covering_the_image_equals_whole_padded_image(tiny_model):
+  """A 64 px window over a 40x56 image: one forward of the mean-padded (centred) image."""
+  model, variables = tiny_model
+  image = _image(40, 56)
+  probs_fn = functools.partial(inference.window_probabilities(model, False), variables)
+  got = inference.predict(image, probs_fn, inference.Settings((1.0,), False, 64), MEAN, STD)
+  padded = np.pad(transforms.normalize(image, MEAN, STD), ((12, 12), (4, 4), (0, 0)))
+  want = np.asarray(probs_fn(padded[None]))[0, 12:52, 4:60]
+  np.testing.assert_allclose(got, want, atol=1e-6)
+
+
+def test_overlapping_windows_stitch_back_exactly():
+  """A per-pixel model gives the same probabilities whatever the windows: 16 px windows with
+  overlaps over 40x56 (and 10x56: padded rows) equal one whole-image pass."""
+  w = np.random.default_rng(0).normal(size=(3, 4)).astype(np.float32)
+  pixelwise = lambda x: np.asarray(jax.nn.softmax(x @ w, -1))
+  for h in (40, 10):
+    image = transforms.normalize(_image(h, 56), MEAN, STD)
+    crops, boxes, shape, pad = inference.tile(image, 16, 2 / 3)
+    assert len(boxes) == (4 if h == 40 else 1) * 5
+    np.testing.assert_allclose(inference.stitch(pixelwise(crops), boxes, shape, pad, (h, 56)),
+                               pixelwise(image), atol=1e-6)
+
+
+def test_flip_averages_the_mirrored_prediction(tiny_model):
+  model, variables = tiny_model
+  x = transforms.normalize(_image(32, 32)[None], MEAN, STD)
+  plain = np.asarray(inference.window_probabilities(model, False)(variables, x))
+  mirrored = np.asarray(inference.window_probabilities(model, False)(variables, x[:, :, ::-1]))
+  both = inference.window_probabilities(model, True)(variables, x)
+  np.testing.assert_allclose(both, (plain + mirrored[:, :, ::-1]) / 2, atol=1e-6)
+
+
+def test_resize_and_settings():
+  x = np.random.default_rng(0).normal(size=(6, 9, 2)).astype(np.float32)
+  for size in ((12, 18), (4, 5), (6, 9), (13, 7)):
+    want = jax.image.resize(x, (*size, 2), 'linear', antialias=False)
+    np.testing.assert_allclose(inference.resize_bilinear(x, size), want, atol=1e-5)
+  assert [inference.bucket(n) for n in (1, 3, 8, 9, 17)] == [1, 4, 8, 16, 24]
+  assert inference.window_starts(401, 401, 268) == [0]
+  assert inference.window_starts(750, 401, 268) == [0, 268, 349]
+  cfg = config.paper_defaults()
+  assert inference.Settings.from_config(cfg) == inference.Settings(
+      (0.5, 0.75, 1.0, 1.25, 1.5), True, 401, 2 / 3)
+  cfg.inference.window_stride = 0.0
+  with pytest.raises(ValueError, match='inference.window_stride'):
+    inference.Settings.from_config(cfg)
