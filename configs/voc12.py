@@ -7,6 +7,8 @@ segmenter on train_aug, 10,582 images; evaluation on val, 1,449), paper hyperpar
 
 The augmented set as SegmentationClassAug PNGs (default) or the SBD release:
 --config.data.voc.aug_layout=sbd --config.data.voc.aug_dir=/data/benchmark_RELEASE.
+The paper starts from ImageNet weights: --config.model.init_from=DIR (README, "Pretrained
+weights"); without it the backbone starts from random weights.
 `configs/voc12.py:runlocal` runs the whole pipeline on a 2-core CPU in minutes.
 """
 
