@@ -1,0 +1,43 @@
+"""Dense CRF refinement of the segmenter's probabilities (paper.md, Stage 3): mean-field
+inference with a Gaussian (position) and a bilateral (position and colour) Potts kernel.
+
+Needs the optional extra `cows_jax[crf]`: pydensecrf2, built from source (a C++ compiler).
+"""
+
+import numpy as np
+
+INSTALL_HINT = ("pip install 'cows_jax[crf]' (pydensecrf2; needs a C++ compiler), or turn the "
+                'CRF off with --config.evaluate.crf=False')
+MIN_PROBABILITY = 1e-5  # unary -log p, clipped as pydensecrf's unary_from_softmax does.
+
+
+def _densecrf():
+  try:
+    import pydensecrf.densecrf as dcrf  # pylint: disable=import-outside-toplevel
+  except ImportError as e:
+    raise ValueError(f'the dense CRF is requested but not installed ({e}): {INSTALL_HINT}') from e
+  return dcrf
+
+
+def check_available() -> None:
+  """Fails early, before hours of inference, when the extra is missing."""
+  _densecrf()
+
+
+def refine(image: np.ndarray, probs: np.ndarray, params) -> np.ndarray:
+  """float32 [H, W, C] marginals after `params.iterations` mean-field steps.
+
+  `image` uint8 [H, W, 3]; `probs` [H, W, C] softmax; `params` the `crf` config section.
+  """
+  dcrf = _densecrf()
+  h, w, c = probs.shape
+  if image.shape != (h, w, 3) or image.dtype != np.uint8:
+    raise ValueError(f'CRF image must be uint8 [{h}, {w}, 3], got {image.dtype} {image.shape}')
+  crf = dcrf.DenseCRF2D(w, h, c)
+  unary = -np.log(np.clip(probs, MIN_PROBABILITY, 1.0)).transpose(2, 0, 1).reshape(c, -1)
+  crf.setUnaryEnergy(np.ascontiguousarray(unary, np.float32))
+  crf.addPairwiseGaussian(sxy=params.gaussian_sxy, compat=params.gaussian_compat)
+  crf.addPairwiseBilateral(sxy=params.bilateral_sxy, srgb=params.bilateral_srgb,
+                           rgbim=np.ascontiguousarray(image), compat=params.bilateral_compat)
+  q = np.asarray(crf.inference(params.iterations), np.float32)
+  return q.reshape(c, h, w).transpose(1, 2, 0)
