@@ -38,6 +38,7 @@ def refine(image: np.ndarray, probs: np.ndarray, params) -> np.ndarray:
   crf.setUnaryEnergy(np.ascontiguousarray(unary, np.float32))
   crf.addPairwiseGaussian(sxy=params.gaussian_sxy, compat=params.gaussian_compat)
   crf.addPairwiseBilateral(sxy=params.bilateral_sxy, srgb=params.bilateral_srgb,
-                           rgbim=np.ascontiguousarray(image), compat=params.bilateral_compat)
+                           rgbim=np.require(image, requirements=('C', 'W')),
+                           compat=params.bilateral_compat)
   q = np.asarray(crf.inference(params.iterations), np.float32)
   return q.reshape(c, h, w).transpose(1, 2, 0)

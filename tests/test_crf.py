@@ -16,6 +16,7 @@ def test_boundary_moves_to_the_colour_edge():
   image = np.zeros((h, w, 3), np.uint8)
   image[:, :edge] = (200, 40, 40)
   image[:, edge:] = (40, 40, 200)
+  image.flags.writeable = False  # dataset records are read-only.
   # Confident away from the edge, wrong (p = 0.6 for class 1) in a 6 px band left of it.
   x = np.arange(w)
   p1 = np.select([x < wrong, x < edge], [0.2, 0.6], 0.8)[None].repeat(h, 0)
