@@ -13,7 +13,7 @@ export JAX_PLATFORMS ?= cpu
 $(BIN)/cows-jax: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e ".[test]"
+	$(BIN)/pip install --quiet -e ".[test,crf]"
 	touch $@
 
 install: $(BIN)/cows-jax

@@ -10,9 +10,8 @@ import optax
 from absl import logging
 from clu import metrics
 
-from cows_jax import checkpoints, losses, optim, parallel, reporting, training
+from cows_jax import checkpoints, losses, optim, parallel, reporting, training, weights
 from cows_jax.data import input_pipeline, sources
-from cows_jax.data.pairs import ClassIndex
 from cows_jax.models.coattention import PRETRAINED_GROUPS, CoAttentionNet
 
 
@@ -31,15 +30,21 @@ def create_model(cfg) -> CoAttentionNet:
                         feature_dim=cfg.model.feature_dim, dtype=jnp.dtype(cfg.model.dtype))
 
 
-def init_variables(model: CoAttentionNet, cfg, rng):
-  """{'params': ..., and 'batch_stats' when the backbone has BatchNorm}."""
+def _random_variables(model: CoAttentionNet, cfg, rng):
   x = jnp.zeros((1, cfg.input.size, cfg.input.size, 3), jnp.float32)
   return dict(jax.jit(model.init)(rng, x, x))
 
 
+def init_variables(model: CoAttentionNet, cfg, rng):
+  """{'params': ..., and 'batch_stats' when the backbone has BatchNorm}; the backbone from
+  model.init_from when set (new layers keep their own init, as in the reference)."""
+  return weights.with_pretrained_backbone(_random_variables(model, cfg, rng),
+                                          cfg.model.init_from, 'vgg16')
+
+
 def abstract_variables(model: CoAttentionNet, cfg):
   """Shapes and dtypes of the variables, without compiling or running the init."""
-  return jax.eval_shape(lambda: init_variables(model, cfg, jax.random.key(0)))
+  return jax.eval_shape(lambda: _random_variables(model, cfg, jax.random.key(0)))
 
 
 def steps_per_epoch(cfg, num_train: int) -> int:
@@ -63,7 +68,8 @@ def loss_fn(params, state, model, batch, use_contrastive, weights, self_views=()
   """Total loss; aux: the loss terms and the updated non-param state (batch statistics)."""
   (scores, by_view), state = model.apply(
       {'params': params, **state}, batch['image_m'], batch['image_n'], self_views, train=True,
-      method=model.training_scores, mutable=list(state))
+      view_source=batch.get('image_m_plain'), method=model.training_scores,
+      mutable=list(state))
   terms = losses.coattention_losses(scores, batch['labels_m'], batch['labels_n'],
                                     use_contrastive)
   terms.update(losses.self_pair_losses(by_view, batch['labels_m']))
@@ -96,8 +102,8 @@ def checkpoint_dir(workdir: str) -> str:
 
 def train(cfg, workdir: str) -> None:
   """Train (or resume) the classifier; skips when the last epoch's checkpoint exists."""
-  train_source = sources.load(cfg)['train']
-  spe = steps_per_epoch(cfg, len(train_source))
+  pool = sources.classifier_pool(cfg)
+  spe = steps_per_epoch(cfg, pool.plan.epoch_length)
   total = spe * cfg.classify.epochs
   mngr = checkpoints.manager(checkpoint_dir(workdir), keep_period=spe,
                              max_to_keep=2)
@@ -118,9 +124,8 @@ def train(cfg, workdir: str) -> None:
     variables, opt_state = checkpoints.restore(mngr, start, variables, opt_state)
     logging.info('classify: resumed from step %d', start)
 
-  class_index = ClassIndex(sources.all_labels(train_source))
-  ds = input_pipeline.pair_dataset(train_source, class_index, cfg, cfg.classify.epochs,
-                                   cfg.classify.batch_pairs, seed=cfg.seed)
+  ds = input_pipeline.pair_dataset(pool.source, pool.class_index, cfg, cfg.classify.epochs,
+                                   cfg.classify.batch_pairs, seed=cfg.seed, plan=pool.plan)
   batches = input_pipeline.iterate(ds, start, cfg)
   step_fn = jax.jit(functools.partial(train_step, model=model, tx=tx,
                                       weights=loss_weights(cfg),

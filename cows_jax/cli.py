@@ -13,7 +13,9 @@ import time
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from cows_jax import ablate, classify, evaluate, label, localize, segment
+from cows_jax import (ablate, bench, classify, evaluate, label, localize, model_summary,
+                      predict, segment, weights)
+from cows_jax.data import check
 
 STAGES = {
     'classify': classify.train,
@@ -22,14 +24,20 @@ STAGES = {
     'segment': segment.train,
     'evaluate': evaluate.run,
 }
-# Commands that take --config and --workdir: the stages, the whole pipeline, the ablation.
-COMMANDS = [*STAGES, 'pipeline', 'ablate']
+# Commands that take --config and --workdir: the stages, the whole pipeline, the ablation,
+# the segmenter's label maps of a split.
+COMMANDS = [*STAGES, 'pipeline', 'ablate', 'predict-split']
 USAGE = (f'usage: cows-jax {{{",".join(COMMANDS)}}} --config FILE '
-         '--workdir DIR [--config.FIELD=VALUE ...]')
+         '--workdir DIR [--config.FIELD=VALUE ...]\n'
+         '       cows-jax data check --config FILE [--config.FIELD=VALUE ...]\n'
+         '       cows-jax summary --config FILE [--config.FIELD=VALUE ...]\n'
+         '       cows-jax weights import --arch {vgg16,resnet101} --src FILE --out DIR\n'
+         '       cows-jax bench {train-step,localize} --size S ... (see --help)')
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file (configs/*.py[:arg]).',
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory of this run\'s outputs.')
+_SPLIT = flags.DEFINE_string('split', 'test', 'predict-split: the dataset split to predict.')
 _DISTRIBUTED = flags.DEFINE_bool(
     'distributed', False, 'Call jax.distributed.initialize() first (multi-host, e.g. TPU pods; '
     'coordinator and process ids come from the environment).')
@@ -45,7 +53,34 @@ def run_stage(stage: str, cfg, workdir: str) -> None:
     logging.info('=== %s: %.1f s ===', name, time.time() - start)
 
 
+def data_check() -> None:
+  """`cows-jax data check`: the data summary; exit status 1 on problems."""
+  if _CONFIG.value is None:
+    raise app.UsageError('--config is required\n' + USAGE)
+  try:
+    sys.exit(check.run(_CONFIG.value))
+  except (FileNotFoundError, ValueError) as e:
+    print(f'cows-jax data check: error: {e}', file=sys.stderr)
+    sys.exit(1)
+
+
+def summary() -> None:
+  """`cows-jax summary`: every trained model with parameter counts and FLOPs per image."""
+  if _CONFIG.value is None:
+    raise app.UsageError('--config is required\n' + USAGE)
+  try:
+    print(model_summary.run(_CONFIG.value))
+  except ValueError as e:
+    print(f'cows-jax summary: error: {e}', file=sys.stderr)
+    sys.exit(1)
+  sys.exit(0)
+
+
 def main(argv):
+  if argv[1:] == ['data', 'check']:
+    data_check()
+  if argv[1:] == ['summary']:
+    summary()
   if len(argv) != 2 or argv[1] not in COMMANDS:
     raise app.UsageError(USAGE)
   if _CONFIG.value is None or _WORKDIR.value is None:
@@ -54,8 +89,11 @@ def main(argv):
     import jax
     jax.distributed.initialize()
   try:
+    weights.apply_input_convention(_CONFIG.value)
     if argv[1] == 'ablate':
       ablate.run(_CONFIG.value, _WORKDIR.value)
+    elif argv[1] == 'predict-split':
+      predict.write_split(_CONFIG.value, _WORKDIR.value, _SPLIT.value)
     else:
       run_stage(argv[1], _CONFIG.value, _WORKDIR.value)
   except (FileNotFoundError, ValueError) as e:
@@ -74,6 +112,10 @@ class _QuietLibraries:
 
 
 def run():
+  if sys.argv[1:2] == ['weights']:  # its own arguments: no config, no workdir.
+    sys.exit(weights.main(sys.argv[2:]))
+  if sys.argv[1:2] == ['bench']:  # its own arguments too.
+    sys.exit(bench.main(sys.argv[2:]))
   logging.set_verbosity(logging.INFO)
   logging.get_absl_logger().addFilter(_QuietLibraries())
   try:

@@ -19,11 +19,39 @@ def paper_defaults() -> ml_collections.ConfigDict:
   c.data.name = 'synthetic'
   c.data.data_dir = ''  # '' -> WORKDIR/../data or $COWS_DATA_DIR; see data.sources.
   c.data.num_classes = 10  # object classes, background excluded.
+  # synthetic: the generated size; real datasets: records resized to this square size when
+  # read (0 = original sizes).
   c.data.image_size = 96
   c.data.train_size = 2000
   c.data.val_size = 300
   c.data.seed = 0
   c.data.max_objects = 3
+  c.data.classify_split = 'train'  # the classifier's split (VOC: 'train_aug').
+  c.data.train_split = 'train'  # split given maps and pseudo labels; trains the segmenter.
+  c.data.eval_split = 'val'  # split the segmenter is evaluated on.
+  c.data.max_per_split = 0  # > 0: an evenly spaced sample of this many records per split.
+  c.data.manual_dir = ''  # voc12: the user's copy (VOCdevkit/VOC2012 at or under it).
+  c.data.saliency_dir = ''  # real datasets: saliency maps <id>.png (0..255), joined by id.
+  c.data.max_skipped_fraction = 0.01  # a build fails when more of a split is unusable.
+  c.data.voc = ml_collections.ConfigDict()
+  c.data.voc.aug_layout = 'seg_class_aug'  # 'seg_class_aug' | 'sbd' | 'none' (data.voc).
+  c.data.voc.aug_dir = ''  # '' -> VOC2012/SegmentationClassAug or MANUAL_DIR/benchmark_RELEASE.
+  c.data.voc.train_aug_list = ''  # '' -> VOC2012/ImageSets/SegmentationAug/train_aug.txt.
+  c.data.lists = ml_collections.ConfigDict()  # image_lists: splits as list files.
+  c.data.lists.class_list = ''
+  c.data.lists.image_root = ''
+  c.data.lists.train = ''
+  c.data.lists.val = ''
+  c.data.lists.test = ''
+  c.data.lists.mask_dir = ''
+  c.data.lists.masked_splits = ('val',)
+  c.data.extra = ml_collections.ConfigDict()  # settings 2 and 3: extra classifier images.
+  c.data.extra.layout = 'none'  # 'folders' (ROOT/<class>/*.jpg) | 'list' | 'none'.
+  c.data.extra.root = ''  # folders: their root; list: the image root.
+  c.data.extra.list_file = ''
+  c.data.extra.is_noisy_source = False  # web images: labels from search queries.
+  c.data.extra.ratio = 1.0  # extra anchors per epoch, per primary image.
+  c.data.extra.mixing = 'plain'  # 'plain' (paper) | 'clean_partners' (noisy sources).
 
   c.input = ml_collections.ConfigDict()
   c.input.size = 256  # square resize of classifier inputs.
@@ -38,6 +66,9 @@ def paper_defaults() -> ml_collections.ConfigDict:
   c.model.feature_dim = 512  # channels of the three new conv layers (F); scaled by width.
   c.model.norm = 'none'  # 'batch': BatchNorm in the backbone, for training from scratch.
   c.model.dtype = 'float32'  # compute dtype; 'bfloat16' for TPU/GPU.
+  # Directory made by `cows-jax weights import` (ImageNet weights): the backbone starts from
+  # it and the input mean/std follow its convention. '' = random init (the synthetic demo).
+  c.model.init_from = ''
 
   c.classify = ml_collections.ConfigDict()
   c.classify.epochs = 15
@@ -83,7 +114,12 @@ def paper_defaults() -> ml_collections.ConfigDict:
   c.label.bg_threshold = 0.3  # saliency-free mode only.
 
   c.segment = ml_collections.ConfigDict()
-  c.segment.backbone = 'vgg16'
+  # Like model.init_from, for the segmenter's backbone (e.g. the DeepLab ResNet-101 Caffe
+  # init); its input mean/std (0..1 scale, RGB) follow the weights' convention when set.
+  c.segment.init_from = ''
+  c.segment.mean = IMAGENET_MEAN
+  c.segment.std = IMAGENET_STD
+  c.segment.backbone = 'resnet101'  # 'resnet101' (the paper's headline number) | 'vgg16'.
   c.segment.crop_size = 321
   c.segment.scale_range = (0.7, 1.3)
   c.segment.mirror = True
@@ -98,14 +134,37 @@ def paper_defaults() -> ml_collections.ConfigDict:
   c.segment.lr_mult_backbone_bias = 2.0
   c.segment.lr_mult_head_weight = 10.0
   c.segment.lr_mult_head_bias = 20.0
+  c.segment.head = 'largefov'  # 'largefov' (paper) | 'aspp' (DeepLab-v2 ResNet).
   c.segment.head_dilation = 12
   c.segment.head_channels = 1024  # scaled by model.width.
+  c.segment.aspp_rates = (6, 12, 18, 24)
+  # resnet101: stride on the first 1x1 conv of a block (Caffe DeepLab-v2) or on the 3x3 conv
+  # (torchvision); it must match the imported ImageNet weights.
+  c.segment.resnet_stride_in_1x1 = True
+  c.segment.dtype = 'float32'  # compute dtype ('bfloat16': mixed precision, params float32).
   c.segment.ignore_index = 255
+  # One segmenter per entry: 'pseudo' (the paper's) and 'ground_truth' (the same segmenter on
+  # the masks of data.train_split: the fully supervised upper bound every report shows).
+  c.segment.supervisions = ('pseudo', 'ground_truth')
   c.segment.log_every_steps = 100
-  c.segment.eval_batch_size = 8
   c.segment.checkpoint_every_steps = 1000
+
+  c.inference = ml_collections.ConfigDict()  # the segmenter at test time (inference.py).
+  c.inference.scales = (0.5, 0.75, 1.0, 1.25, 1.5)
+  c.inference.flip = True  # average with the mirrored image's prediction.
+  c.inference.window = 401  # sliding window (0: each scaled image whole).
+  c.inference.window_stride = 2 / 3  # window step, a fraction of the window.
+
+  c.crf = ml_collections.ConfigDict()  # dense CRF on the segmenter's output (crf.py).
+  c.crf.iterations = 1
+  c.crf.gaussian_sxy = 3
+  c.crf.gaussian_compat = 1
+  c.crf.bilateral_sxy = 80
+  c.crf.bilateral_srgb = 4
+  c.crf.bilateral_compat = 3
 
   c.evaluate = ml_collections.ConfigDict()
   c.evaluate.cam_thresholds = tuple(round(0.05 * i, 2) for i in range(1, 13))
   c.evaluate.num_visualize = 6
+  c.evaluate.crf = True  # also report the segmenter with the dense CRF (extra cows_jax[crf]).
   return c

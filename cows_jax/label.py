@@ -54,7 +54,12 @@ def run(cfg, workdir: str) -> None:
     if os.path.isfile(label_path(workdir, image_id)):
       continue
     maps, classes = localize.load_maps(os.path.join(localize.maps_dir(workdir), image_id + '.npz'))
-    label = make_label(maps, classes, train[i]['saliency'], cfg)
+    saliency = train[i]['saliency']
+    if cfg.label.use_saliency and not saliency.size:
+      raise ValueError(f'label: image {image_id} has no saliency map; give the maps with '
+                       '--config.data.saliency_dir=DIR (<id>.png) or use the saliency-free '
+                       'mode with --config.label.use_saliency=False')
+    label = make_label(maps, classes, saliency, cfg)
     all_ignore += int((label == 255).all())
     visualize.save_label_png(os.path.join(labels_dir(workdir, 'palette'), image_id + '.png'),
                              label, palette=True)

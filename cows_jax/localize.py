@@ -169,7 +169,7 @@ def run(cfg, workdir: str) -> None:
     logging.info('localize: complete (%s exists), skipping', index_path(workdir))
     return
   train = sources.load(cfg)['train']
-  spe = classify.steps_per_epoch(cfg, len(train))
+  spe = classify.steps_per_epoch(cfg, sources.classifier_plan(cfg).epoch_length)
   model = classify.create_model(cfg)
   like = classify.abstract_variables(model, cfg)
   variables, step = checkpoints.restore_variables(

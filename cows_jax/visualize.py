@@ -162,3 +162,33 @@ def per_class_iou_markdown(class_names: Sequence[str], ious_by_column: Mapping[s
         lines.append(f"| {name} | " + " | ".join(cell(v[i]) for v in columns.values()) + " |")
     lines.append("| mIoU | " + " | ".join(cell(mean(v)) for v in columns.values()) + " |")
     return "\n".join(lines) + "\n"
+
+
+def confusion_matrix_image(matrix: np.ndarray, class_names: Sequence[str], title: str = "", cell: int = 16) -> np.ndarray:
+    """uint8 RGB picture of a confusion matrix (rows ground truth, columns prediction), each row
+    normalized to 1 (white 0, dark blue 1): where each class's pixels go. Rows are labelled
+    'i name', columns 'i'; an invalid-prediction column (metrics' last) is left out."""
+    n = len(class_names)
+    cm = np.asarray(matrix, np.float64)
+    if cm.ndim != 2 or cm.shape[0] != n or cm.shape[1] not in (n, n + 1):
+        raise ValueError(f"matrix must be [{n}, {n}] or [{n}, {n + 1}], got {cm.shape}")
+    totals = cm.sum(axis=1, keepdims=True)
+    frac = np.divide(cm[:, :n], totals, out=np.zeros((n, n)), where=totals > 0)
+    font = ImageFont.load_default()
+    labels = [f"{i} {name}" for i, name in enumerate(class_names)]
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    left = max(probe.textbbox((0, 0), t, font=font)[2] for t in labels) + 6
+    line = _title_height(font, [title, "0"])
+    top = 2 * line + 2
+    canvas = Image.new("RGB", (max(left + n * cell, probe.textbbox((0, 0), title, font=font)[2] + 4), top + n * cell + 2), "white")
+    draw = ImageDraw.Draw(canvas)
+    draw.text((2, 2), title, fill=(0, 0, 0), font=font)
+    for i in range(n):
+        draw.text((2, top + i * cell + 2), labels[i], fill=(0, 0, 0), font=font)
+        draw.text((left + i * cell + 2, line + 2), str(i), fill=(0, 0, 0), font=font)
+        for j in range(n):
+            v = frac[i, j]
+            colour = (int(255 - 225 * v), int(255 - 185 * v), int(255 - 95 * v))
+            x, y = left + j * cell, top + i * cell
+            draw.rectangle((x, y, x + cell - 2, y + cell - 2), fill=colour)
+    return np.asarray(canvas)

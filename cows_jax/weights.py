@@ -371,24 +371,29 @@ def jax_tree_to_dict(tree) -> dict:
           for k, v in tree.items()}
 
 
-def with_pretrained_backbone(variables: dict, cfg, arch: str) -> dict:
+def with_pretrained_backbone(variables: dict, init_from: str, arch: str) -> dict:
   """`variables` with the 'backbone' entries of each collection replaced by the imported
-  weights of model.init_from; unchanged when it is ''."""
-  if not cfg.model.init_from:
+  weights in `init_from`; unchanged when it is ''."""
+  if not init_from:
     return variables
   like = {col: tree['backbone'] for col, tree in variables.items() if 'backbone' in tree}
-  loaded = load_backbone(cfg.model.init_from, arch, like)
+  loaded = load_backbone(init_from, arch, like)
   return {col: {**tree, 'backbone': loaded[col]} if col in loaded else tree
           for col, tree in variables.items()}
 
 
 def apply_input_convention(cfg) -> None:
-  """Set cfg.input.mean/std to the convention of the weights in model.init_from."""
-  if not cfg.model.init_from:
-    return
-  convention = read_provenance(cfg.model.init_from)['input']
-  cfg.input.mean = tuple(convention['mean'])
-  cfg.input.std = tuple(convention['std'])
+  """Make the input mean/std of the classifier (model.init_from) and of the segmenter
+  (segment.init_from) those of their weights, and the ResNet block layout the file's."""
+  if cfg.model.init_from:
+    convention = read_provenance(cfg.model.init_from)['input']
+    cfg.input.mean, cfg.input.std = tuple(convention['mean']), tuple(convention['std'])
+  if cfg.segment.init_from:
+    provenance = read_provenance(cfg.segment.init_from)
+    cfg.segment.mean = tuple(provenance['input']['mean'])
+    cfg.segment.std = tuple(provenance['input']['std'])
+    if 'stride_in_1x1' in provenance:
+      cfg.segment.resnet_stride_in_1x1 = provenance['stride_in_1x1']
 
 
 def main(argv: list[str]) -> int:

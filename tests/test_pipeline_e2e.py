@@ -8,14 +8,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cows_jax import cli, evaluate, visualize
+from cows_jax import cli, evaluate, predict, visualize
 
 
 def test_tiny_pipeline_end_to_end(tiny_config, tmp_path):
   workdir = str(tmp_path / 'run')
   cli.run_stage('pipeline', tiny_config, workdir)
   summary = json.load(open(os.path.join(workdir, 'reports', 'summary.json')))
-  for key in ('cam_miou', 'pseudo_label_miou', 'segmentation_miou', 'all_background_miou'):
+  for key in ('cam_miou', 'pseudo_label_miou', 'segmentation_miou', 'segmentation_miou_crf',
+              'fully_supervised_miou', 'fully_supervised_miou_crf', 'all_background_miou'):
     assert 0.0 <= summary[key] <= 100.0, (key, summary[key])
   ids = json.load(open(os.path.join(workdir, 'pseudo_labels', 'index.json')))['ids']
   assert len(ids) == tiny_config.data.train_size
@@ -26,7 +27,18 @@ def test_tiny_pipeline_end_to_end(tiny_config, tmp_path):
   assert palette.mode == 'P'
   table = open(os.path.join(workdir, 'reports', 'per_class_iou.md')).read()
   assert 'background' in table and 'mIoU' in table
-  assert os.path.isfile(os.path.join(workdir, 'reports', 'train_pipeline.png'))
+  assert 'fully supervised + CRF (val)' in table
+  for name in ('train_pipeline.png', 'val_predictions.png', 'confusion_matrix.png'):
+    assert os.path.isfile(os.path.join(workdir, 'reports', name))
+
+  # predict-split: VOC-format palette PNGs of class indices, one per image, original sizes.
+  out = predict.write_split(tiny_config, workdir, 'val')
+  pngs = sorted(os.listdir(out))
+  assert len(pngs) == tiny_config.data.val_size
+  with Image.open(os.path.join(out, pngs[0])) as png:
+    assert png.mode == 'P' and png.size == (tiny_config.data.image_size,) * 2
+  with pytest.raises(ValueError, match="--split='test' is not a split"):
+    predict.write_split(tiny_config, workdir, 'test')
 
   # Rerunning skips every stage and leaves the outputs as they were.
   before = os.path.getmtime(os.path.join(workdir, 'maps', 'index.json'))

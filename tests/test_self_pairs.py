@@ -21,7 +21,8 @@ def _naive_loss(params, model, batch):
   by_view = {}
   for view in VIEWS:
     f_m = apply(batch['image_m'], method=model.features)
-    f_v = apply(views.make_view(batch['image_m'], view), method=model.features)
+    # The reference's views come from m before colour jitter.
+    f_v = apply(views.make_view(batch['image_m_plain'], view), method=model.features)
     by_view[views.view_key(view)] = apply(f_m, f_v, method=model.pair_head)
   terms.update(losses.self_pair_losses(by_view, l_m))
   return sum(terms.values())
@@ -32,6 +33,7 @@ def test_shared_anchor_features_give_the_naive_gradients():
   rng = np.random.default_rng(0)
   batch = {'image_m': jnp.asarray(rng.normal(size=(2, 32, 32, 3)), jnp.float32),
            'image_n': jnp.asarray(rng.normal(size=(2, 32, 32, 3)), jnp.float32),
+           'image_m_plain': jnp.asarray(rng.normal(size=(2, 32, 32, 3)), jnp.float32),
            'labels_m': jnp.asarray([[1, 0, 1, 0, 0, 0], [0, 1, 0, 0, 0, 0]], jnp.float32),
            'labels_n': jnp.asarray([[1, 0, 0, 1, 0, 0], [0, 1, 0, 0, 0, 1]], jnp.float32)}
   params = model.init(jax.random.key(0), batch['image_m'], batch['image_n'])['params']

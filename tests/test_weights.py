@@ -152,7 +152,7 @@ def test_classifier_starts_from_imported_backbone(torch_vgg, tmp_path, tiny_conf
   # The random init as classify.init_variables makes it (zeros here: no compile needed).
   fresh = jax.tree.map(lambda a: np.zeros(a.shape, a.dtype),
                        classify.abstract_variables(model, cfg))
-  variables = weights.with_pretrained_backbone(fresh, cfg, 'vgg16')
+  variables = weights.with_pretrained_backbone(fresh, cfg.model.init_from, 'vgg16')
   w = variables['params']['backbone']['conv2_1']['kernel']
   np.testing.assert_array_equal(w, state['features.5.weight'].transpose(2, 3, 1, 0))
   # conv1_1 came from a BGR Caffe model: RGB order now.
@@ -263,11 +263,25 @@ def test_caffe_resnet101_matches_pytorch_forward(tmp_path):
   _check_resnet_forward(model, variables, 0.0625, stride_in_1x1=True)
 
 
-def test_full_size_resnet101_import(tmp_path):
+def test_full_size_resnet101_import_into_the_segmenter(tmp_path, tiny_config):
   from safetensors.torch import save_file
+
+  from cows_jax import segment
   model = _torch_resnet(1.0, stride_in_1x1=False)
   src = str(tmp_path / 'resnet101.safetensors')
   save_file({k: v.contiguous() for k, v in model.state_dict().items()}, src)
   provenance = weights.import_weights('resnet101', src, str(tmp_path / 'out'))
   assert provenance['arch'] == 'resnet101'
   assert provenance['ignored_keys'] == ['fc.bias', 'fc.weight']
+
+  cfg = tiny_config
+  cfg.model.width, cfg.segment.backbone = 1.0, 'resnet101'
+  cfg.segment.init_from = str(tmp_path / 'out')
+  weights.apply_input_convention(cfg)
+  assert cfg.segment.resnet_stride_in_1x1 is False  # torchvision's layout.
+  fresh = jax.tree.map(lambda a: np.zeros(a.shape, a.dtype),
+                       segment.abstract_variables(segment.create_model(cfg), cfg))
+  variables = weights.with_pretrained_backbone(fresh, cfg.segment.init_from, 'resnet101')
+  np.testing.assert_array_equal(variables['frozen_bn']['backbone']['layer3']['5']['bn2']['var'],
+                                model.layer3[5].bn2.running_var.numpy())
+  assert not np.any(jax.tree.leaves(variables['params']['head'])[0])  # head: own init.

@@ -10,6 +10,7 @@ import jax
 import numpy as np
 
 from cows_jax.data import transforms
+from cows_jax.data.mixing import MixPlan
 from cows_jax.data.pairs import ClassIndex
 
 
@@ -20,28 +21,41 @@ def _local_batch(global_batch: int) -> int:
   return global_batch // n
 
 
-def _prepare(image, rng, cfg):
+def _prepare(image, rng, cfg, jitter: bool = True):
   image = transforms.resize_image(image, (cfg.input.size, cfg.input.size))
-  if cfg.input.color_jitter is not None and any(cfg.input.color_jitter):
+  if jitter and cfg.input.color_jitter is not None and any(cfg.input.color_jitter):
     image = transforms.color_jitter(image, rng, tuple(cfg.input.color_jitter))
   return transforms.normalize(image, cfg.input.mean, cfg.input.std)
 
 
 def pair_dataset(source, class_index: ClassIndex, cfg, num_epochs: int, global_batch: int,
-                 seed: int):
-  """MapDataset of batches {'image_m','image_n','labels_m','labels_n'} over all epochs."""
+                 seed: int, plan: MixPlan | None = None):
+  """MapDataset of batches {'image_m','image_n','labels_m','labels_n'} over all epochs
+  (and 'image_m_plain', m without colour jitter, when the classifier uses self views).
+
+  `plan` says which record each anchor slot of an epoch holds (extra images mixed in);
+  by default every record once per epoch.
+  """
 
   def make_pair(anchor, rng):
     partner = class_index.sample_partner(int(anchor), rng)
     m, n = source[int(anchor)], source[partner]
-    return {'image_m': _prepare(m['image'], rng, cfg), 'image_n': _prepare(n['image'], rng, cfg),
+    pair = {'image_m': _prepare(m['image'], rng, cfg),
+            'image_n': _prepare(n['image'], rng, cfg),
             'labels_m': m['labels'].astype(np.float32),
             'labels_n': n['labels'].astype(np.float32)}
+    if cfg.classify.self_views:  # the reference makes m's self views before colour jitter.
+      pair['image_m_plain'] = _prepare(m['image'], None, cfg, jitter=False)
+    return pair
 
-  ds = grain.MapDataset.range(len(source)).shuffle(seed=seed).repeat(num_epochs)
+  plan = plan or MixPlan(len(source))
+  epoch_len = plan.epoch_length
+  slots = grain.MapDataset.range(epoch_len).shuffle(seed=seed).repeat(num_epochs)
+  ds = grain.MapDataset.range(len(slots)).map(
+      lambda i: plan.anchor(i // epoch_len, slots[i], seed))
   # Drop each epoch's remainder so that every step belongs to exactly one epoch.
-  steps_per_epoch = len(source) // global_batch
-  ds = _whole_batches(ds, len(source), steps_per_epoch * global_batch)
+  steps_per_epoch = epoch_len // global_batch
+  ds = _whole_batches(ds, epoch_len, steps_per_epoch * global_batch)
   ds = ds.random_map(make_pair, seed=seed)
   ds = ds[jax.process_index()::jax.process_count()]
   return ds.batch(_local_batch(global_batch), drop_remainder=True)
@@ -65,8 +79,8 @@ def segment_dataset(source, labels_for, cfg, num_steps: int, global_batch: int, 
     record = source[int(index)]
     image, label = transforms.random_scale_crop(
         record['image'], labels_for(int(index), record), rng, tuple(seg.scale_range),
-        seg.crop_size, seg.mirror, cfg.input.mean)
-    return {'image': transforms.normalize(image, cfg.input.mean, cfg.input.std),
+        seg.crop_size, seg.mirror, seg.mean)
+    return {'image': transforms.normalize(image, seg.mean, seg.std),
             'label': label.astype(np.int32)}
 
   epochs = -(-num_steps * global_batch // len(source))

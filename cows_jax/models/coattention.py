@@ -105,21 +105,25 @@ class CoAttentionNet(nn.Module):
     f_m, f_n = jnp.split(feats, 2, axis=0)
     return self.pair_head(f_m, f_n)
 
-  def training_scores(self, images_m, images_n, self_views=(), train: bool = True):
+  def training_scores(self, images_m, images_n, self_views=(), train: bool = True,
+                      view_source=None):
     """Scores of the (m, n) pair and of m paired with each of its self views.
 
-    The reference runs a full pair forward per pairing (m's backbone four times); here m's
-    features are computed once and reused, and the flip view shares the (m, n) backbone
-    call. Returns (PairScores of (m, n), {view_key: PairScores of (m, view)}).
+    The views are made from `view_source` when given: the reference builds them from the
+    image before colour jitter. The reference runs a full pair forward per pairing (m's
+    backbone four times); here m's features are computed once and reused, and the flip view
+    shares the (m, n) backbone call. Returns (PairScores of (m, n), {view_key: PairScores
+    of (m, view)}).
     """
     b = images_m.shape[0]
-    same = [views_lib.make_view(images_m, v) for v in self_views if views_lib.same_size(v)]
+    source = images_m if view_source is None else view_source
+    same = [views_lib.make_view(source, v) for v in self_views if views_lib.same_size(v)]
     feats = self.features(jnp.concatenate([images_m, images_n, *same], axis=0), train)
     f_m, f_n = feats[:b], feats[b:2 * b]
     same_feats = iter(jnp.split(feats[2 * b:], len(same)) if same else ())
     by_view = {}
     for view in self_views:
       f_v = (next(same_feats) if views_lib.same_size(view)
-             else self.features(views_lib.make_view(images_m, view), train))
+             else self.features(views_lib.make_view(source, view), train))
       by_view[views_lib.view_key(view)] = self.pair_head(f_m, f_v)
     return self.pair_head(f_m, f_n), by_view
