@@ -32,7 +32,7 @@ def test_baseline_trains_no_coattention_layer(tiny_config):
   """With the co-attention and contrastive weights at 0 the co-attention layers get no
   gradient: variant 1 is a plain single-image classifier."""
   cfg = ablate.variant_config(tiny_config, ablate.VARIANTS[0])
-  cfg.model.norm = 'none'
+  cfg.model.norm, cfg.input.size = 'none', 32
   model = classify.create_model(cfg)
   params = classify.init_variables(model, cfg, jax.random.key(0))['params']
   rng = np.random.default_rng(0)
