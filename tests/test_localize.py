@@ -75,3 +75,15 @@ def test_cam_maps_are_the_scaled_single_image_class_maps():
     for j, c in enumerate(cls):
       expected = cams[i, :, :, c] / cams[i, :, :, c].max() * 255
       np.testing.assert_allclose(out[i][j], expected, rtol=1e-5, atol=1e-3)
+
+
+def test_map_back_is_pytorch_bicubic():
+  torch = __import__('pytest').importorskip('torch', reason='torch is not installed')
+  rng = np.random.default_rng(0)
+  for h in (24, 64):  # the 0.75x and 2x views of a 32 x 32 map.
+    maps = rng.normal(size=(2, h, h, 3)).astype(np.float32)
+    expected = torch.nn.functional.interpolate(
+        torch.from_numpy(maps.transpose(0, 3, 1, 2)), size=(32, 32), mode='bicubic',
+        align_corners=False).numpy().transpose(0, 2, 3, 1)
+    got = np.asarray(views.map_back(jnp.asarray(maps), 2.0, (32, 32)))
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
