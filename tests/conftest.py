@@ -5,6 +5,12 @@ import sys
 
 import pytest
 
+# The test programs are tiny: XLA's default CPU optimization spends far longer compiling them
+# than running them (the suite's time is mostly compiles), so tests compile fast.
+FAST_COMPILE_FLAGS = ('--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true'
+                      ' --xla_cpu_use_fusion_emitters=false')
+os.environ['XLA_FLAGS'] = f"{os.environ.get('XLA_FLAGS', '')} {FAST_COMPILE_FLAGS}".strip()
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, 'configs'))
 

@@ -44,8 +44,8 @@ SCRIPT = textwrap.dedent('''
 
 def test_eight_device_step_equals_one_device_step():
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8',
-             JAX_PLATFORMS='cpu')
+  flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=8"
+  env = dict(os.environ, XLA_FLAGS=flags.strip(), JAX_PLATFORMS='cpu')
   out = subprocess.run([sys.executable, '-c', SCRIPT], cwd=root, env=env, capture_output=True,
                        text=True, timeout=300)
   assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-4000:]
