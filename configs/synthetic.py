@@ -3,9 +3,11 @@
 Starts from the paper defaults (cows_jax/config.py) and shrinks what a CPU cannot afford:
 backbone width, input size, epochs (with the lr decay epochs scaled alike) and segmenter
 iterations. Trained from scratch (no ImageNet weights exist for a width-scaled VGG), hence the
-larger base learning rates. Every change against the paper is listed here.
+larger base learning rates. Every change against the paper is listed here or in
+`config_presets.cpu_from_scratch`.
 """
 
+from cows_jax import config_presets
 from cows_jax.config import paper_defaults
 
 
@@ -16,36 +18,17 @@ def get_config(arg: str | None = None):
   c.data.train_size = 2000
   c.data.val_size = 300
 
-  c.input.size = 64
-  c.model.width = 0.125
-  c.model.norm = 'batch'
-
+  config_presets.cpu_from_scratch(c)
   c.classify.epochs = 6
   c.classify.lr_decay_epochs = (4, 5)
   c.classify.localize_epoch = 6
-  # Nothing is pretrained here, so every layer gets the multipliers of the paper's new
-  # layers' *pretrained* counterparts (1x weights, 2x biases); 10x on a from-scratch head
-  # kills its ReLUs (measured: 3% active after 400 steps at base 4e-2).
-  c.classify.base_lr = 5e-2
-  c.classify.lr_mult_new_weight = 1.0
-  c.classify.lr_mult_new_bias = 2.0
   # The synthetic classes differ partly by hue: a +-0.1 turn hue jitter moves one class into
   # another's hue range (on VOC it does not change what the object is).
   c.input.color_jitter = (0.3, 0.3, 0.3, 0.0)
-  c.classify.batch_pairs = 8
-  c.classify.contrastive_from_epoch = 1
-  # Self-pairs cost 3.8x the backbone work of a (m, n) pair (flip, 0.75x and 2x views);
-  # the CPU budget of the demo spends it on more (m, n) steps instead.
-  c.classify.self_views = ()
 
   # VGG16 with BatchNorm trains from scratch; ResNet's frozen BN needs ImageNet statistics.
   c.segment.backbone = 'vgg16'
-  c.segment.crop_size = 96
-  c.segment.batch_size = 8
-  c.segment.accumulation_steps = 1
   c.segment.iterations = 750
-  c.segment.base_lr = 1e-2
-  c.segment.head_dilation = 4
   # 96 px images leave a 401 px window nothing to slide over: each scaled image runs whole.
   # Three scales instead of five (x flip): measured on a busy 2-core CPU, the paper's five
   # cost 185 ms per image and segmenter, the dense CRF 81 ms.
