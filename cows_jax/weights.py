@@ -295,8 +295,7 @@ def expected_variables(arch: str) -> dict:
   from cows_jax.models.vgg import VGG16LargeFOV
   models = {'vgg16': VGG16LargeFOV, 'resnet101': ResNet}
   x = jnp.zeros((1, 32, 32, 3))
-  return jax.tree.map(lambda a: a, dict(jax.eval_shape(models[arch]().init,
-                                                       jax.random.key(0), x)))
+  return dict(jax.eval_shape(models[arch]().init, jax.random.key(0), x))
 
 
 def convert(arch: str, src: str) -> tuple[dict, list[str], dict]:
