@@ -6,26 +6,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cows_jax import classify, losses, views
+from cows_jax import bench, classify, losses
 from cows_jax.models.coattention import CoAttentionNet
 
 VIEWS = ('flip', 0.75, 2.0)
-
-
-def _naive_loss(params, model, batch):
-  """Reference procedure: every pairing is a separate forward of both images."""
-  apply = lambda *a, **k: model.apply({'params': params}, *a, **k)
-  l_m, l_n = batch['labels_m'], batch['labels_n']
-  terms = losses.coattention_losses(apply(batch['image_m'], batch['image_n']), l_m, l_n,
-                                    jnp.asarray(True))
-  by_view = {}
-  for view in VIEWS:
-    f_m = apply(batch['image_m'], method=model.features)
-    # The reference's views come from m before colour jitter.
-    f_v = apply(views.make_view(batch['image_m_plain'], view), method=model.features)
-    by_view[views.view_key(view)] = apply(f_m, f_v, method=model.pair_head)
-  terms.update(losses.self_pair_losses(by_view, l_m))
-  return sum(terms.values())
 
 
 def test_shared_anchor_features_give_the_naive_gradients():
@@ -44,7 +28,8 @@ def test_shared_anchor_features_give_the_naive_gradients():
     return classify.loss_fn(p, {}, model, batch, jnp.asarray(True), weights, VIEWS)[0]
 
   loss_fast, g_fast = jax.value_and_grad(fast)(params)
-  loss_naive, g_naive = jax.value_and_grad(_naive_loss)(params, model, batch)
+  loss_naive, g_naive = jax.value_and_grad(bench.reference_procedure_loss)(
+      params, model, batch, jnp.asarray(True), weights, VIEWS)
   np.testing.assert_allclose(loss_fast, loss_naive, rtol=1e-6)
   for a, b in zip(jax.tree.leaves(g_fast), jax.tree.leaves(g_naive)):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
