@@ -10,8 +10,10 @@ the same). Per-image maps are written atomically to WORKDIR/maps/<id>.npz, so an
 run resumes where it stopped; maps/index.json marks the stage complete.
 """
 
+import contextlib
 import io
 import os
+import tempfile
 
 import jax
 import jax.numpy as jnp
@@ -178,21 +180,49 @@ def run(cfg, workdir: str) -> None:
                cfg.classify.localize_epoch)
   computer = MapComputer(model, variables)
   class_index = ClassIndex(sources.all_labels(train))
-  bs = cfg.localize.batch_size
   ids = [str(train[i]['id']) for i in range(len(train))]
 
   method = cfg.localize.method
   if method not in METHODS:
     raise ValueError(f'localize.method={method!r}: expected one of {METHODS}')
-  if method == 'coattention':  # every image can be a related image: features of all.
-    all_feats = np.concatenate([
-        computer.features(_input_batch(train, _padded(list(range(s, min(s + bs, len(train)))),
-                                                      bs), cfg))[:min(bs, len(train) - s)]
-        for s in range(0, len(train), bs)])
   os.makedirs(maps_dir(workdir), exist_ok=True)
   todo = [i for i in range(len(train))
           if not os.path.isfile(os.path.join(maps_dir(workdir), ids[i] + '.npz'))]
   logging.info('localize: %s maps, %d of %d images to do', method, len(todo), len(train))
+  # Co-attention: every image can be a related image, so the features of all of them.
+  store = (_feature_store(computer, train, cfg, maps_dir(workdir))
+           if method == 'coattention' and todo else contextlib.nullcontext())
+  with store as all_feats:
+    _write_maps(computer, train, ids, todo, class_index, all_feats, cfg, workdir)
+  reporting.write_json_atomic(index_path(workdir),
+                              {'ids': ids, 'checkpoint_step': step, 'method': method})
+
+
+@contextlib.contextmanager
+def _feature_store(computer: MapComputer, train, cfg, directory: str):
+  """Backbone features of every training image in a memory-mapped file that is deleted on
+  exit: VOC's 10,582 images at 256 px take 22 GB in float32, more than many hosts' memory;
+  the page cache keeps them in memory where it fits."""
+  bs, n = cfg.localize.batch_size, len(train)
+  fd, path = tempfile.mkstemp(dir=directory, prefix='.features.', suffix='.npy')
+  os.close(fd)
+  try:
+    store = None
+    for s in range(0, n, bs):
+      chunk = list(range(s, min(s + bs, n)))
+      feats = computer.features(_input_batch(train, _padded(chunk, bs), cfg))[:len(chunk)]
+      if store is None:
+        store = np.lib.format.open_memmap(path, 'w+', feats.dtype, (n, *feats.shape[1:]))
+      store[s:s + len(chunk)] = feats
+    yield store
+  finally:
+    os.unlink(path)
+
+
+def _write_maps(computer: MapComputer, train, ids: list[str], todo: list[int],
+                class_index: ClassIndex, all_feats, cfg, workdir: str) -> None:
+  """Maps of the training images `todo`, in batches, one file per image."""
+  method, bs = cfg.localize.method, cfg.localize.batch_size
   for s in range(0, len(todo), bs):
     chunk = todo[s:s + bs]
     batch = _padded(chunk, bs)
@@ -214,5 +244,3 @@ def run(cfg, workdir: str) -> None:
       full = np.stack([resize_map(m, size) for m in small[j]])
       save_maps(os.path.join(maps_dir(workdir), ids[i] + '.npz'), full, classes[j])
     logging.log_every_n_seconds(logging.INFO, 'localize: %d/%d', 30, s + len(chunk), len(todo))
-  reporting.write_json_atomic(index_path(workdir),
-                              {'ids': ids, 'checkpoint_step': step, 'method': method})

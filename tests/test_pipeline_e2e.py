@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cows_jax import cli, evaluate, predict, visualize
+from cows_jax import cli, evaluate, localize, predict, visualize
 
 
 def test_tiny_pipeline_end_to_end(tiny_config, tmp_path):
@@ -45,10 +45,20 @@ def test_tiny_pipeline_end_to_end(tiny_config, tmp_path):
   cli.run_stage('localize', tiny_config, workdir)
   assert os.path.getmtime(os.path.join(workdir, 'maps', 'index.json')) == before
 
-  # A missing map file is reported by name with the command that makes it.
-  os.remove(os.path.join(workdir, 'maps', ids[0] + '.npz'))
+  # The features' temporary store is gone.
+  assert not [f for f in os.listdir(os.path.join(workdir, 'maps')) if f.startswith('.')]
+
+  # A missing map file is reported by name with the command that makes it ...
+  map_path = os.path.join(workdir, 'maps', ids[0] + '.npz')
+  expected = localize.load_maps(map_path)
+  os.remove(map_path)
   with pytest.raises(ValueError, match='cows-jax localize'):
     evaluate.run(tiny_config, workdir)
+  # ... and an interrupted localize (no index yet) makes only the missing one, the same.
+  os.remove(localize.index_path(workdir))
+  cli.run_stage('localize', tiny_config, workdir)
+  for a, b in zip(localize.load_maps(map_path), expected):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-4)
 
 
 @pytest.mark.parametrize('stage,missing', [('localize', 'classify'), ('label', 'localize'),
