@@ -26,13 +26,9 @@ def get_config(arg: str | None = None):
   # another's hue range (on VOC it does not change what the object is).
   c.input.color_jitter = (0.3, 0.3, 0.3, 0.0)
 
-  # VGG16 with BatchNorm trains from scratch; ResNet's frozen BN needs ImageNet statistics.
-  c.segment.backbone = 'vgg16'
   c.segment.iterations = 750
-  # 96 px images leave a 401 px window nothing to slide over: each scaled image runs whole.
   # Three scales instead of five (x flip): measured on a busy 2-core CPU, the paper's five
   # cost 185 ms per image and segmenter, the dense CRF 81 ms.
-  c.inference.window = 0
   c.inference.scales = (0.75, 1.0, 1.25)
 
   if arg == 'tiny':  # the end-to-end test: minutes become seconds.

@@ -39,11 +39,16 @@ def cpu_from_scratch(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   # Self-pairs cost 3.8x the backbone work of a (m, n) pair (flip, 0.75x and 2x views);
   # the CPU budget spends it on more (m, n) steps instead.
   c.classify.self_views = ()
+  # VGG16 with BatchNorm trains from scratch; ResNet's frozen BN needs ImageNet statistics.
+  c.segment.backbone = 'vgg16'
   c.segment.crop_size = 96
   c.segment.batch_size = 8
   c.segment.accumulation_steps = 1
   c.segment.base_lr = 1e-2
   c.segment.head_dilation = 4
+  # Images of 128 px or less leave a 401 px window nothing to slide over (it would only pad
+  # them): each scaled image runs whole.
+  c.inference.window = 0
   return c
 
 
