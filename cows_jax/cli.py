@@ -7,6 +7,7 @@ whose complete outputs exist, so rerunning a stage or the pipeline resumes.
 
 import logging as std_logging
 import os
+import re
 import sys
 import time
 
@@ -129,14 +130,40 @@ class _UnknownConfigField(Exception):
 
 
 def _parse_flags(argv):
-  """absl's parser, with config_flags' AttributeError for a misspelt `--config.a.b=...`
-  turned into a one-line error naming the override."""
+  """absl's parser, with its errors as one line (config_flags puts a config file's whole
+  traceback in the message), and config_flags' AttributeError or KeyError for a misspelt
+  `--config.a.b=...` turned into a one-line error naming the override."""
   try:
-    return flags.FLAGS(argv)
+    argv = flags.FLAGS(argv)
   except flags.Error as e:
-    sys.exit(f'cows-jax: error: {e}\n{USAGE}')
-  except AttributeError as e:
+    sys.exit(f'cows-jax: error: {_one_line(e)}\n{USAGE}')
+  except (AttributeError, KeyError) as e:  # a missing field, a missing parent of a field.
     overrides = [a.split('=')[0] for a in argv if a.startswith('--config.')]
-    name = str(e).strip('"\'')
-    raise _UnknownConfigField(f'unknown config field {name!r} (overrides given: '
+    raise _UnknownConfigField(f'unknown config field {_field_error(e)} (overrides given: '
                               f'{", ".join(overrides)})') from None
+  try:  # config_flags loads a missing or broken file lazily, on the first access.
+    if _CONFIG.value is not None:
+      _CONFIG.value.keys()
+  except OSError as e:
+    reason = str(e).strip().splitlines()[-1].strip()
+    sys.exit(f'cows-jax: error: --config={flags.FLAGS["config"].config_filename}: '
+             f'cannot load the config file: {reason}')
+  return argv
+
+
+def _field_error(error: Exception) -> str:
+  """'name' (and ml_collections' suggestion) from its quoted, escaped KeyError text."""
+  text = str(error).replace('\\', '')
+  name = re.search(r'[A-Za-z_]\w*', text)
+  hint = re.search(r'Did you mean "(\w+)"', text)
+  out = repr(name.group(0)) if name else text
+  return f'{out}, did you mean {hint.group(1)!r}?' if hint else out
+
+
+def _one_line(error: Exception) -> str:
+  """The message without a traceback in it: its first line, and the traceback's last line
+  (the exception that caused it) where it has one."""
+  lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+  if len(lines) > 1 and any(line.startswith('Traceback') for line in lines):
+    return f'{lines[0]} {lines[-1]}'
+  return ' '.join(lines)
