@@ -28,11 +28,8 @@ def _cam_items(train, ids, workdir):
 def evaluate_cams(cfg, train, ids, workdir):
   """(best threshold, mIoU, curve, per-class IoU at the best threshold)."""
   n = cfg.data.num_classes + 1
-  best_t, best_miou, curve = metrics.sweep_bg_threshold(
+  best_t, best_miou, curve, acc = metrics.sweep_bg_threshold(
       _cam_items(train, ids, workdir), cfg.evaluate.cam_thresholds, n)
-  acc = metrics.ConfusionAccumulator(n)
-  for maps, classes, gt in _cam_items(train, ids, workdir):
-    acc.add(metrics.cam_scores_to_label(maps, classes, best_t), gt)
   return best_t, best_miou, curve, acc.per_class_iou()
 
 

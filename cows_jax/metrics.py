@@ -78,25 +78,17 @@ def _max_normalized_best(maps: np.ndarray, classes: np.ndarray) -> tuple[np.ndar
     return maps.max(axis=0), classes[np.argmax(maps, axis=0)] + 1
 
 
-def cam_scores_to_label(maps_full: np.ndarray, classes: np.ndarray, bg_threshold: float) -> np.ndarray:
-    """Classic CAM labelling: argmax over [bg_threshold, normalized maps]; ties go to background.
-
-    Returns int64 [H,W] labels (0 bg, class id + 1); never ignore.
-    """
-    best, best_label = _max_normalized_best(maps_full, classes)
-    return np.where(best > bg_threshold, best_label, 0)
-
-
 def sweep_bg_threshold(
     cams_and_gts: Iterable[tuple[np.ndarray, np.ndarray, np.ndarray]],
     thresholds: Sequence[float],
     num_classes: int,
     ignore_index: int = 255,
-) -> tuple[float, float, list[tuple[float, float]]]:
+) -> tuple[float, float, list[tuple[float, float]], "ConfusionAccumulator"]:
     """CAM mIoU for every background threshold in one pass over (maps, classes, gt) items.
 
-    One pass matters because computing CAMs is the expensive part. Returns (best threshold,
-    its mIoU in percent, [(threshold, mIoU), ...] in the given order); ties keep the first.
+    One pass matters because reading or computing CAMs is the expensive part. Returns (best
+    threshold, its mIoU in percent, [(threshold, mIoU), ...] in the given order, the best
+    threshold's confusion accumulator); ties keep the first.
     """
     thresholds = [float(t) for t in thresholds]
     if not thresholds:
@@ -107,8 +99,8 @@ def sweep_bg_threshold(
         for t, acc in zip(thresholds, accs):
             acc.add(np.where(best > t, best_label, 0), gt)
     curve = [(t, acc.miou()) for t, acc in zip(thresholds, accs)]
-    best_t, best_miou = max(curve, key=lambda tm: -np.inf if np.isnan(tm[1]) else tm[1])
-    return best_t, best_miou, curve
+    best = max(range(len(curve)), key=lambda i: -np.inf if np.isnan(curve[i][1]) else curve[i][1])
+    return curve[best][0], curve[best][1], curve, accs[best]
 
 
 class ConfusionAccumulator:

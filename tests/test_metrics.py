@@ -5,7 +5,6 @@ import pytest
 
 from cows_jax.metrics import (
     ConfusionAccumulator,
-    cam_scores_to_label,
     confusion_matrix,
     iou_from_confusion,
     mean_iou,
@@ -68,13 +67,20 @@ def test_accumulator_sums_images():
     assert acc.miou() == pytest.approx(100 * EXPECTED_IOU.mean())
 
 
-def test_cam_scores_to_label_relu_max_normalization_and_ties_to_background():
+def test_cam_labelling_relu_max_normalization_and_ties_to_background():
+    """The sweep's labels are exact where its mIoU against them as ground truth is 100."""
     maps = np.array([[[0.0, 2.0, 4.0, 10.0]], [[-5.0, 6.0, 1.0, 0.0]], [[-1.0, -2.0, -3.0, -4.0]]])
     # normalized: [0, .2, .4, 1], [0, 1, 1/6, 0], all-negative map -> zeros
-    np.testing.assert_array_equal(cam_scores_to_label(maps, np.array([0, 4, 7]), 0.3), [[0, 5, 1, 1]])
-    np.testing.assert_array_equal(cam_scores_to_label(maps[:1], np.array([0]), 0.4), [[0, 0, 0, 1]])
-    np.testing.assert_array_equal(cam_scores_to_label(np.zeros((0, 1, 2)), np.array([], int), 0.3), [[0, 0]])
-
+    cases = [
+        (maps, np.array([0, 4, 7]), 0.3, [[0, 5, 1, 1]]),
+        (maps[:1], np.array([0]), 0.4, [[0, 0, 0, 1]]),  # 0.4 ties go to background
+        (np.zeros((0, 1, 2)), np.array([], int), 0.3, [[0, 0]]),  # no classes: background
+    ]
+    for cams, classes, t, expected in cases:
+        _, miou, _, _ = sweep_bg_threshold([(cams, classes, np.array(expected))], [t], num_classes=9)
+        assert miou == pytest.approx(100.0), (classes, t)
+        _, miou, _, _ = sweep_bg_threshold([(cams, classes, np.array(expected) * 0 + 1)], [t], 9)
+        assert miou < 100.0
 
 def test_sweep_picks_the_threshold_that_separates_the_hand_made_case():
     items = iter(  # an iterator: the sweep must need only one pass
@@ -83,9 +89,10 @@ def test_sweep_picks_the_threshold_that_separates_the_hand_made_case():
             (np.array([[[-1.0, 5.0]]]), np.array([1]), np.array([[0, 2]])),  # [0, 1]
         ]
     )
-    best_t, best_miou, curve = sweep_bg_threshold(items, [0.1, 0.3, 0.5], num_classes=3)
+    best_t, best_miou, curve, acc = sweep_bg_threshold(items, [0.1, 0.3, 0.5], num_classes=3)
     assert best_t == 0.3
     assert best_miou == pytest.approx(100.0)
+    assert acc.miou() == pytest.approx(100.0) and acc.matrix.sum() == 6  # the best's pixels
     # t=0.1: IoU 2/3, 2/3, 1 -> 77.78; t=0.5: IoU 3/4, 1/2, 1 -> 75.0
     assert [t for t, _ in curve] == [0.1, 0.3, 0.5]
     np.testing.assert_allclose([m for _, m in curve], [700 / 9, 100.0, 75.0])
