@@ -6,6 +6,7 @@ inside the jitted step. The same code runs on 1 device, N devices or several hos
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 
@@ -38,3 +39,14 @@ def shard_batch(batch, mesh: Mesh):
 
 def replicate(tree, mesh: Mesh):
   return jax.device_put(tree, replicated(mesh))
+
+
+def process_zero_first(fn, name: str):
+  """fn() on process 0, then, after a barrier, on every other process: for work on storage
+  the hosts may share, such as a dataset build, which fn then finds complete and reuses
+  (hosts with their own disks each build after process 0). One process: just fn()."""
+  if jax.process_count() == 1:
+    return fn()
+  out = fn() if jax.process_index() == 0 else None
+  multihost_utils.sync_global_devices(f'cows_jax: {name}')
+  return out if jax.process_index() == 0 else fn()

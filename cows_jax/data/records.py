@@ -25,6 +25,8 @@ import tensorflow_datasets as tfds
 from absl import logging
 from PIL import Image
 
+from cows_jax import parallel
+
 IGNORE_INDEX = 255
 UNLABELLED_SPLITS = ('test',)  # images without classes are kept only here
 _CHUNK = 64  # images validated concurrently (PIL decodes without the GIL)
@@ -267,7 +269,8 @@ def fingerprint(builder_cls: type, layout, entries: dict) -> str:
 
 
 def load(builder_cls: type, layout, data_dir: str, max_skipped_fraction: float) -> dict:
-  """Builds unless a complete build of the same fingerprint exists; {split: RecordSource}."""
+  """Builds unless a complete build of the same fingerprint exists (process 0 first, with
+  several processes); {split: RecordSource}."""
   entries = layout.entries()  # structural errors surface here, before any writing
   for split, es in entries.items():
     if not es:
@@ -275,12 +278,18 @@ def load(builder_cls: type, layout, data_dir: str, max_skipped_fraction: float) 
   name = fingerprint(builder_cls, layout, entries)
   config = LayoutConfig(name=name, description=repr(layout), layout=layout,
                         max_skipped_fraction=max_skipped_fraction)
-  builder = builder_cls(config=config, data_dir=data_dir, file_format='array_record')
-  if builder.is_prepared():
-    logging.info('Reusing %s at %s', builder.name, builder.data_dir)
-  else:
-    logging.info('Building %s at %s from %s', builder.name, builder.data_dir, layout)
-    builder.download_and_prepare()
+  make = lambda: builder_cls(config=config, data_dir=data_dir, file_format='array_record')
+
+  def build_here() -> None:
+    builder = make()
+    if builder.is_prepared():
+      logging.info('Reusing %s at %s', builder.name, builder.data_dir)
+    else:
+      logging.info('Building %s at %s from %s', builder.name, builder.data_dir, layout)
+      builder.download_and_prepare()
+
+  parallel.process_zero_first(build_here, f'{builder_cls.__name__} {name}')
+  builder = make()  # reads the finished build's info, whichever process wrote it.
   sources = builder.as_data_source()
   return {split: RecordSource(sources[split], builder.info.metadata[split], str(builder.data_dir))
           for split in entries}

@@ -26,6 +26,8 @@ import tensorflow_datasets as tfds
 from absl import logging
 from PIL import Image
 
+from cows_jax import parallel
+
 # Bumped whenever rendering changes, so that datasets built by older code are not reused.
 _GENERATOR_VERSION = 1
 SPLITS = ("train", "val")
@@ -532,16 +534,20 @@ def build(spec: SyntheticSpec, data_dir: str) -> str:
     """Builds the dataset for `spec` unless a complete build exists; returns its directory.
 
     TFDS writes into an `incomplete.*` directory and renames it when done, so an
-    interrupted build is never taken for a complete one.
+    interrupted build is never taken for a complete one. With several processes, process 0
+    builds first (parallel.process_zero_first).
     """
-    builder = _builder(spec, data_dir)
-    if builder.is_prepared():
-        logging.info("Reusing synthetic dataset %s at %s", spec, builder.data_dir)
-    else:
-        logging.info("Building synthetic dataset %s at %s", spec, builder.data_dir)
-        builder.download_and_prepare()
-        logging.info("Built synthetic dataset at %s", builder.data_dir)
-    return str(builder.data_dir)
+    def build_here() -> str:
+        builder = _builder(spec, data_dir)
+        if builder.is_prepared():
+            logging.info("Reusing synthetic dataset %s at %s", spec, builder.data_dir)
+        else:
+            logging.info("Building synthetic dataset %s at %s", spec, builder.data_dir)
+            builder.download_and_prepare()
+            logging.info("Built synthetic dataset at %s", builder.data_dir)
+        return str(builder.data_dir)
+
+    return parallel.process_zero_first(build_here, f"synthetic dataset {spec.fingerprint()}")
 
 
 class DecodedSource:
