@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 
 from cows_jax import views as views_lib
+from cows_jax.models.conv import Conv
 from cows_jax.models.vgg import VGG16LargeFOV, scaled
 
 PRETRAINED_GROUPS = ('backbone',)
@@ -57,12 +58,12 @@ class CoAttentionNet(nn.Module):
     vgg_init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
     torch_default = nn.initializers.variance_scaling(1.0 / 3.0, 'fan_in', 'uniform')
     self.backbone = VGG16LargeFOV(width=self.width, norm=self.norm, dtype=self.dtype)
-    self.extra = [nn.Conv(dim, (3, 3), padding=1, dtype=self.dtype, kernel_init=vgg_init,
+    self.extra = [Conv(dim, (3, 3), padding=1, dtype=self.dtype, kernel_init=vgg_init,
                           name=f'extra{i}') for i in (1, 2, 3)]
-    self.classifier = nn.Conv(self.num_classes, (1, 1), dtype=self.dtype, kernel_init=vgg_init)
-    self.co_classifier = nn.Conv(self.num_classes, (1, 1), use_bias=False, dtype=self.dtype,
+    self.classifier = Conv(self.num_classes, (1, 1), dtype=self.dtype, kernel_init=vgg_init)
+    self.co_classifier = Conv(self.num_classes, (1, 1), use_bias=False, dtype=self.dtype,
                                  kernel_init=torch_default)
-    self.gate = nn.Conv(1, (1, 1), use_bias=False, dtype=self.dtype, kernel_init=torch_default)
+    self.gate = Conv(1, (1, 1), use_bias=False, dtype=self.dtype, kernel_init=torch_default)
     self.co_weight = self.param('co_weight', torch_default, (dim, dim))
 
   def features(self, images, train: bool = False):

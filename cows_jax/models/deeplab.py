@@ -9,6 +9,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from cows_jax.models.conv import Conv
 from cows_jax.models.resnet import RESNET101_STAGES, ResNet
 from cows_jax.models.vgg import VGG16LargeFOV, scaled
 
@@ -26,11 +27,11 @@ class LargeFOVHead(nn.Module):
   @nn.compact
   def __call__(self, x):
     init = nn.initializers.kaiming_normal()
-    x = nn.Conv(self.channels, (3, 3), padding=self.dilation, kernel_dilation=self.dilation,
+    x = Conv(self.channels, (3, 3), padding=self.dilation, kernel_dilation=self.dilation,
                 use_bias=False, dtype=self.dtype, kernel_init=init, name='fc6')(x)
-    x = nn.Conv(self.channels, (1, 1), use_bias=False, dtype=self.dtype, kernel_init=init,
+    x = Conv(self.channels, (1, 1), use_bias=False, dtype=self.dtype, kernel_init=init,
                 name='fc7')(nn.relu(x))
-    return nn.Conv(self.num_classes, (1, 1), dtype=self.dtype,
+    return Conv(self.num_classes, (1, 1), dtype=self.dtype,
                    kernel_init=nn.initializers.normal(0.01), name='fc8')(nn.relu(x))
 
 
@@ -42,7 +43,7 @@ class ASPPHead(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    return sum(nn.Conv(self.num_classes, (3, 3), padding=r, kernel_dilation=r, dtype=self.dtype,
+    return sum(Conv(self.num_classes, (3, 3), padding=r, kernel_dilation=r, dtype=self.dtype,
                        kernel_init=nn.initializers.normal(0.01), name=f'c{i}')(x)
                for i, r in enumerate(self.rates))
 

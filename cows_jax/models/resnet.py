@@ -19,6 +19,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from cows_jax.models.conv import Conv
 from cows_jax.models.vgg import scaled
 
 FROZEN_BN = 'frozen_bn'
@@ -43,7 +44,7 @@ class FrozenBatchNorm(nn.Module):
 
 def _conv(features, size, stride=1, dilation=1, dtype=jnp.float32, name=None):
   pad = dilation * (size - 1) // 2
-  return nn.Conv(features, (size, size), strides=stride, padding=pad, kernel_dilation=dilation,
+  return Conv(features, (size, size), strides=stride, padding=pad, kernel_dilation=dilation,
                  use_bias=False, dtype=dtype, kernel_init=nn.initializers.kaiming_normal(),
                  name=name)
 

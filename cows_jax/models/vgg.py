@@ -14,6 +14,8 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from cows_jax.models.conv import Conv
+
 VGG16_BLOCKS = ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512), (512, 512, 512))
 
 
@@ -41,7 +43,7 @@ class VGG16LargeFOV(nn.Module):
     for block, channels in enumerate(VGG16_BLOCKS, start=1):
       dilation = 2 if block == 5 else 1
       for i, ch in enumerate(channels, start=1):
-        x = nn.Conv(scaled(ch, self.width), (3, 3), padding=dilation, kernel_dilation=dilation,
+        x = Conv(scaled(ch, self.width), (3, 3), padding=dilation, kernel_dilation=dilation,
                     dtype=self.dtype, kernel_init=nn.initializers.kaiming_normal(),
                     name=f'conv{block}_{i}')(x)
         if self.norm == 'batch':
