@@ -25,7 +25,7 @@ import tensorflow_datasets as tfds
 from absl import logging
 from PIL import Image
 
-from cows_jax import parallel
+from cows_jax.data import builds
 
 IGNORE_INDEX = 255
 UNLABELLED_SPLITS = ('test',)  # images without classes are kept only here
@@ -278,18 +278,9 @@ def load(builder_cls: type, layout, data_dir: str, max_skipped_fraction: float) 
   name = fingerprint(builder_cls, layout, entries)
   config = LayoutConfig(name=name, description=repr(layout), layout=layout,
                         max_skipped_fraction=max_skipped_fraction)
-  make = lambda: builder_cls(config=config, data_dir=data_dir, file_format='array_record')
-
-  def build_here() -> None:
-    builder = make()
-    if builder.is_prepared():
-      logging.info('Reusing %s at %s', builder.name, builder.data_dir)
-    else:
-      logging.info('Building %s at %s from %s', builder.name, builder.data_dir, layout)
-      builder.download_and_prepare()
-
-  parallel.process_zero_first(build_here, f'{builder_cls.__name__} {name}')
-  builder = make()  # reads the finished build's info, whichever process wrote it.
+  builder = builds.prepared(
+      lambda: builder_cls(config=config, data_dir=data_dir, file_format='array_record'),
+      f'{builder_cls.name} {name} from {layout}')
   sources = builder.as_data_source()
   return {split: RecordSource(sources[split], builder.info.metadata[split], str(builder.data_dir))
           for split in entries}

@@ -23,10 +23,9 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 import tensorflow_datasets as tfds
-from absl import logging
 from PIL import Image
 
-from cows_jax import parallel
+from cows_jax.data import builds
 
 # Bumped whenever rendering changes, so that datasets built by older code are not reused.
 _GENERATOR_VERSION = 1
@@ -531,23 +530,13 @@ def _builder(spec: SyntheticSpec, data_dir: str) -> CowsSynthetic:
 
 
 def build(spec: SyntheticSpec, data_dir: str) -> str:
-    """Builds the dataset for `spec` unless a complete build exists; returns its directory.
+    """Builds the dataset for `spec` unless a complete build exists (builds.prepared);
+    returns its directory."""
+    return str(_prepared(spec, data_dir).data_dir)
 
-    TFDS writes into an `incomplete.*` directory and renames it when done, so an
-    interrupted build is never taken for a complete one. With several processes, process 0
-    builds first (parallel.process_zero_first).
-    """
-    def build_here() -> str:
-        builder = _builder(spec, data_dir)
-        if builder.is_prepared():
-            logging.info("Reusing synthetic dataset %s at %s", spec, builder.data_dir)
-        else:
-            logging.info("Building synthetic dataset %s at %s", spec, builder.data_dir)
-            builder.download_and_prepare()
-            logging.info("Built synthetic dataset at %s", builder.data_dir)
-        return str(builder.data_dir)
 
-    return parallel.process_zero_first(build_here, f"synthetic dataset {spec.fingerprint()}")
+def _prepared(spec: SyntheticSpec, data_dir: str) -> CowsSynthetic:
+    return builds.prepared(lambda: _builder(spec, data_dir), f"synthetic dataset {spec}")
 
 
 class DecodedSource:
@@ -575,6 +564,5 @@ class DecodedSource:
 
 def load_sources(spec: SyntheticSpec, data_dir: str) -> dict[str, Sequence[dict]]:
     """Builds if needed, then returns {'train': source, 'val': source} of decoded records."""
-    build(spec, data_dir)
-    sources = _builder(spec, data_dir).as_data_source()
+    sources = _prepared(spec, data_dir).as_data_source()
     return {split: DecodedSource(sources[split]) for split in SPLITS}
