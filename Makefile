@@ -8,7 +8,7 @@ CONFIG ?= configs/synthetic.py
 # One CPU device per process unless the caller says otherwise.
 export JAX_PLATFORMS ?= cpu
 
-.PHONY: demo test install clean
+.PHONY: demo test install clean format
 
 $(BIN)/cows-jax: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,7 +23,13 @@ demo: install
 	@cat $(WORKDIR)/reports/summary.json
 
 test: install
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest tests
 
 clean:
 	rm -rf $(VENV) workdir
+
+format: install
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .

@@ -27,19 +27,29 @@ class Variant:
   overrides: tuple  # ((dotted config field, value), ...)
 
 
-_NO_COATTENTION = (('classify.loss_weight_coattention', 0.0),
-                   ('classify.loss_weight_contrastive', 0.0))
+_NO_COATTENTION = (
+  ('classify.loss_weight_coattention', 0.0),
+  ('classify.loss_weight_contrastive', 0.0),
+)
 _NO_CONTRASTIVE = (('classify.loss_weight_contrastive', 0.0),)
 _CAM = (('localize.method', 'cam'),)
 _COATTENTION = (('localize.method', 'coattention'),)
 
 VARIANTS = (
-    Variant('baseline CAM (single-image loss, CAM inference)', 'baseline_cam', 'single',
-            _NO_COATTENTION + _CAM),
-    Variant('+ co-attention loss', 'coattention_loss', 'coattention', _NO_CONTRASTIVE + _CAM),
-    Variant('+ contrastive co-attention loss', 'contrastive_loss', 'full', _CAM),
-    Variant('+ co-attention inference with cross-image context (full method)', 'full_method',
-            'full', _COATTENTION),
+  Variant(
+    'baseline CAM (single-image loss, CAM inference)',
+    'baseline_cam',
+    'single',
+    _NO_COATTENTION + _CAM,
+  ),
+  Variant('+ co-attention loss', 'coattention_loss', 'coattention', _NO_CONTRASTIVE + _CAM),
+  Variant('+ contrastive co-attention loss', 'contrastive_loss', 'full', _CAM),
+  Variant(
+    '+ co-attention inference with cross-image context (full method)',
+    'full_method',
+    'full',
+    _COATTENTION,
+  ),
 )
 
 
@@ -80,8 +90,15 @@ def run(cfg, workdir: str) -> list[dict]:
     localize.run(vcfg, variant_dir)
     label.run(vcfg, variant_dir)
     report = evaluate.localization_report(vcfg, variant_dir)
-    rows.append({'variant': variant.name, 'slug': variant.slug,
-                 'training': variant.training, 'inference': vcfg.localize.method, **report})
+    rows.append(
+      {
+        'variant': variant.name,
+        'slug': variant.slug,
+        'training': variant.training,
+        'inference': vcfg.localize.method,
+        **report,
+      }
+    )
   out = os.path.join(workdir, 'reports')
   reporting.write_json_atomic(os.path.join(out, 'ablation.json'), rows)
   reporting.write_text_atomic(os.path.join(out, 'ablation.md'), markdown_table(rows))
@@ -90,8 +107,13 @@ def run(cfg, workdir: str) -> list[dict]:
 
 
 def markdown_table(rows: list[dict]) -> str:
-  lines = ['| variant | CAM mIoU % (train) | pseudo-label mIoU % (train) | bg threshold |',
-           '|---|---:|---:|---:|']
-  lines += [f"| {r['variant']} | {r['cam_miou']:.1f} | {r['pseudo_label_miou']:.1f} | "
-            f"{r['cam_bg_threshold']:.2f} |" for r in rows]
+  lines = [
+    '| variant | CAM mIoU % (train) | pseudo-label mIoU % (train) | bg threshold |',
+    '|---|---:|---:|---:|',
+  ]
+  lines += [
+    f'| {r["variant"]} | {r["cam_miou"]:.1f} | {r["pseudo_label_miou"]:.1f} | '
+    f'{r["cam_bg_threshold"]:.2f} |'
+    for r in rows
+  ]
   return '\n'.join(lines) + '\n'

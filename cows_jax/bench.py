@@ -37,6 +37,7 @@ def random_params(model, size: int, seed: int):
       return 0.1 * rng.normal(size=leaf.shape).astype(np.float32)
     fan_in = int(np.prod(leaf.shape[:-1]))
     return (rng.normal(size=leaf.shape) * np.sqrt(2.0 / fan_in)).astype(np.float32)
+
   return jax.tree_util.tree_map_with_path(draw, shapes)
 
 
@@ -71,6 +72,7 @@ def _cpu_only_jax():
 
 # --- train-step ---------------------------------------------------------------------------
 
+
 def _pair_batch(args):
   """Random normalized images and labels; every pair shares at least one class."""
   rng = np.random.default_rng(0)
@@ -81,9 +83,12 @@ def _pair_batch(args):
     common, own_m, own_n = rng.integers(args.classes, size=3)
     labels_m[b, [common, own_m]] = 1
     labels_n[b, [common, own_n]] = 1
-  return {'image_m': rng.normal(size=shape).astype(np.float32),
-          'image_n': rng.normal(size=shape).astype(np.float32),
-          'labels_m': labels_m, 'labels_n': labels_n}
+  return {
+    'image_m': rng.normal(size=shape).astype(np.float32),
+    'image_n': rng.normal(size=shape).astype(np.float32),
+    'labels_m': labels_m,
+    'labels_n': labels_n,
+  }
 
 
 def reference_procedure_loss(params, model, batch, use_contrastive, weights, self_views):
@@ -91,14 +96,16 @@ def reference_procedure_loss(params, model, batch, use_contrastive, weights, sel
   through the backbone once per pairing), the same losses as classify.loss_fn."""
   apply = functools.partial(model.apply, {'params': params})
   l_m, l_n = batch['labels_m'], batch['labels_n']
-  terms = losses.coattention_losses(apply(batch['image_m'], batch['image_n']), l_m, l_n,
-                                    use_contrastive)
+  terms = losses.coattention_losses(
+    apply(batch['image_m'], batch['image_n']), l_m, l_n, use_contrastive
+  )
   by_view = {}
   for view in self_views:
     f_m = apply(batch['image_m'], method=model.features)
     # The reference's views come from m before colour jitter.
-    f_v = apply(views.make_view(batch.get('image_m_plain', batch['image_m']), view),
-                method=model.features)
+    f_v = apply(
+      views.make_view(batch.get('image_m_plain', batch['image_m']), view), method=model.features
+    )
     by_view[views.view_key(view)] = apply(f_m, f_v, method=model.pair_head)
   terms.update(losses.self_pair_losses(by_view, l_m))
   return sum(weights[k] * terms[k] for k in terms)
@@ -117,10 +124,18 @@ def _jax_train_step(args, naive: bool) -> dict:
     return optax.apply_updates(params, updates), opt_state
 
   def ours_step(params, opt_state, batch, on):
-    variables, opt_state, _ = classify.train_step({'params': params}, opt_state, batch, on,
-                                                  model=model, tx=tx, weights=weights,
-                                                  self_views=self_views)
+    variables, opt_state, _ = classify.train_step(
+      {'params': params},
+      opt_state,
+      batch,
+      on,
+      model=model,
+      tx=tx,
+      weights=weights,
+      self_views=self_views,
+    )
     return variables['params'], opt_state
+
   step = jax.jit(naive_step if naive else ours_step, donate_argnums=(0, 1))
   state = (params, tx.init(params))
   batch = jax.tree.map(jnp.asarray, _pair_batch(args))
@@ -134,8 +149,12 @@ def _jax_train_step(args, naive: bool) -> dict:
   jax.block_until_ready(state)
   per_step = (time.perf_counter() - start) / args.steps
   device = jax.devices()[0]
-  return {'first': first, 'per_step': per_step, 'device': str(device),
-          'peak': _peak_mib(device.memory_stats())}
+  return {
+    'first': first,
+    'per_step': per_step,
+    'device': str(device),
+    'peak': _peak_mib(device.memory_stats()),
+  }
 
 
 def _torch_train_step(args) -> dict:
@@ -144,21 +163,41 @@ def _torch_train_step(args) -> dict:
   import torch
 
   from cows_jax import torch_reference as ref
+
   cuda = torch.cuda.is_available()
   device = 'cuda' if cuda else 'cpu'
   c = _config(args).classify
   model = ref.CoAttentionClassifier(args.classes, args.width).to(device)
-  opt = ref.sgd(model, c.base_lr, c.momentum, c.nesterov, c.weight_decay,
-                c.lr_mult_pretrained_weight, c.lr_mult_pretrained_bias, c.lr_mult_new_weight,
-                c.lr_mult_new_bias)
+  opt = ref.sgd(
+    model,
+    c.base_lr,
+    c.momentum,
+    c.nesterov,
+    c.weight_decay,
+    c.lr_mult_pretrained_weight,
+    c.lr_mult_pretrained_bias,
+    c.lr_mult_new_weight,
+    c.lr_mult_new_bias,
+  )
   data = _pair_batch(args)
-  tensors = [ref.nchw(data['image_m']).to(device), ref.nchw(data['image_n']).to(device),
-             torch.from_numpy(data['labels_m']).to(device),
-             torch.from_numpy(data['labels_n']).to(device)]
-  view_images = [ref.nchw(views.make_view(data['image_m'], v)).to(device)
-                 for v in SELF_VIEWS[args.views]]
-  step = functools.partial(ref.train_step, model, opt, *tensors, view_images,
-                           c.contrastive_from_epoch, c.contrastive_from_epoch)
+  tensors = [
+    ref.nchw(data['image_m']).to(device),
+    ref.nchw(data['image_n']).to(device),
+    torch.from_numpy(data['labels_m']).to(device),
+    torch.from_numpy(data['labels_n']).to(device),
+  ]
+  view_images = [
+    ref.nchw(views.make_view(data['image_m'], v)).to(device) for v in SELF_VIEWS[args.views]
+  ]
+  step = functools.partial(
+    ref.train_step,
+    model,
+    opt,
+    *tensors,
+    view_images,
+    c.contrastive_from_epoch,
+    c.contrastive_from_epoch,
+  )
   start = time.perf_counter()
   step()  # float(loss): waits for the device.
   first = time.perf_counter() - start
@@ -172,13 +211,17 @@ def _torch_train_step(args) -> dict:
 
 def train_step_bench(args) -> None:
   pairings = 1 + len(SELF_VIEWS[args.views])
-  rows = [('jax, anchor features reused', _isolated(_jax_train_step, args, False)),
-          ('jax, pair forward each', _isolated(_jax_train_step, args, True))]
+  rows = [
+    ('jax, anchor features reused', _isolated(_jax_train_step, args, False)),
+    ('jax, pair forward each', _isolated(_jax_train_step, args, True)),
+  ]
   if importlib.util.find_spec('torch'):
     rows.append(('torch, pair forward each', _isolated(_torch_train_step, args)))
-  print(f'bench train-step: size {args.size}, batch {args.batch} pairs, views {args.views} '
-        f'({pairings} pairings), width {args.width}, classes {args.classes}, '
-        f'{args.steps} timed steps; device {rows[0][1]["device"]}')
+  print(
+    f'bench train-step: size {args.size}, batch {args.batch} pairs, views {args.views} '
+    f'({pairings} pairings), width {args.width}, classes {args.classes}, '
+    f'{args.steps} timed steps; device {rows[0][1]["device"]}'
+  )
   images = 2 * args.batch  # the pairs' images consumed per step (views are derived).
   _table(rows, 's/step', 'per_step', images)
   ours = rows[0][1]['per_step']
@@ -187,13 +230,15 @@ def train_step_bench(args) -> None:
 
 # --- localize -----------------------------------------------------------------------------
 
+
 def _localize_data(args):
   """Random query images (they are also the pool of related images), their classes, and K
   related images per (query, class) drawn from the other images."""
   rng = np.random.default_rng(0)
   images = rng.normal(size=(args.images, args.size, args.size, 3)).astype(np.float32)
-  classes = [np.sort(rng.choice(args.classes, CLASSES_PER_IMAGE, replace=False))
-             for _ in range(args.images)]
+  classes = [
+    np.sort(rng.choice(args.classes, CLASSES_PER_IMAGE, replace=False)) for _ in range(args.images)
+  ]
   related = []
   for q in range(args.images):
     others = [i for i in range(args.images) if i != q] or [q]
@@ -214,17 +259,26 @@ def _jax_localize_ours(model, variables, cfg, images, classes, related):
 
   def run(queries):
     chunks = [list(range(s, min(s + bs, n))) for s in range(0, n, bs)]
-    pool = np.concatenate([computer.features(images[_padded(c, bs)])[:len(c)] for c in chunks])
+    pool = np.concatenate([computer.features(images[_padded(c, bs)])[: len(c)] for c in chunks])
     out = []
     for s in range(0, len(queries), bs):
-      chunk = queries[s:s + bs]
+      chunk = queries[s : s + bs]
       batch = _padded(chunk, bs)
-      view_feats = {v: computer.features(np.asarray(views.make_view(images[batch], v)))
-                    for v in cfg.localize.self_views}
-      out += localize.image_maps(computer, pool[batch], pool, view_feats,
-                                 [related[i] for i in batch], [classes[i] for i in batch],
-                                 cfg)[:len(chunk)]
+      view_feats = {
+        v: computer.features(np.asarray(views.make_view(images[batch], v)))
+        for v in cfg.localize.self_views
+      }
+      out += localize.image_maps(
+        computer,
+        pool[batch],
+        pool,
+        view_feats,
+        [related[i] for i in batch],
+        [classes[i] for i in batch],
+        cfg,
+      )[: len(chunk)]
     return out
+
   return run
 
 
@@ -232,14 +286,16 @@ def _jax_localize_naive(model, variables, cfg, images, classes, related):
   """The reference's procedure: a full pair forward (both images through the backbone) for
   every (query, related image) and every self view."""
   apply = functools.partial(model.apply, variables)
-  pair = jax.jit(lambda x_m, x_n: apply(apply(x_m, method=model.features),
-                                        apply(x_n, method=model.features),
-                                        method=model.pair_maps))
+  pair = jax.jit(
+    lambda x_m, x_n: apply(
+      apply(x_m, method=model.features), apply(x_n, method=model.features), method=model.pair_maps
+    )
+  )
 
   def run(queries):
     out = []
     for q in queries:
-      x_m = images[q:q + 1]
+      x_m = images[q : q + 1]
       self_maps = []
       for j, v in enumerate(cfg.localize.self_views):
         maps_m, maps_v = pair(x_m, views.make_view(x_m, v))
@@ -247,12 +303,14 @@ def _jax_localize_naive(model, variables, cfg, images, classes, related):
         self_maps.append(views.map_back(maps_v, v, maps_m.shape[1:3]))
       per_class = []
       for c, partners in zip(classes[q], related[q]):
-        cross = jnp.mean(jnp.stack([pair(x_m, images[n:n + 1])[0][0, :, :, c]
-                                    for n in partners]), axis=0)
+        cross = jnp.mean(
+          jnp.stack([pair(x_m, images[n : n + 1])[0][0, :, :, c] for n in partners]), axis=0
+        )
         stack = jnp.stack([m[0, :, :, c] for m in self_maps] + [cross])
         per_class.append(np.asarray(localize.aggregate(stack, cfg.localize.gate)))
       out.append(np.stack(per_class))
     return out
+
   return run
 
 
@@ -272,6 +330,7 @@ def _torch_localize(args) -> dict:
   import torch
 
   from cows_jax import torch_reference as ref
+
   cuda = torch.cuda.is_available()
   device = 'cuda' if cuda else 'cpu'
   cfg = _config(args)
@@ -282,12 +341,16 @@ def _torch_localize(args) -> dict:
   def run(queries):
     out = []
     for q in queries:
-      x_m = images[q:q + 1]
+      x_m = images[q : q + 1]
       view_images = [(v, to_torch(views.make_view(x_m, v))) for v in cfg.localize.self_views]
       partners = [to_torch(images[r]) for r in related[q]]
-      out.append(ref.localization_maps(model, to_torch(x_m), classes[q], partners,
-                                       view_images, cfg.localize.gate))
+      out.append(
+        ref.localization_maps(
+          model, to_torch(x_m), classes[q], partners, view_images, cfg.localize.gate
+        )
+      )
     return out
+
   result = _timed_localization(run, args.images)
   stats = {'peak_bytes_in_use': torch.cuda.max_memory_allocated()} if cuda else None
   return {**result, 'device': device, 'peak': _peak_mib(stats)}
@@ -305,16 +368,20 @@ def _timed_localization(run, n: int) -> dict:
 
 
 def localize_bench(args) -> None:
-  rows = [('jax, features reused', _isolated(_jax_localize, args, False)),
-          ('jax, pair forward each', _isolated(_jax_localize, args, True))]
+  rows = [
+    ('jax, features reused', _isolated(_jax_localize, args, False)),
+    ('jax, pair forward each', _isolated(_jax_localize, args, True)),
+  ]
   if importlib.util.find_spec('torch'):
     rows.append(('torch, pair forward each', _isolated(_torch_localize, args)))
   self_views = config.paper_defaults().localize.self_views
   pairings = CLASSES_PER_IMAGE * args.related + len(self_views)
-  print(f'bench localize: size {args.size}, {args.images} images x {CLASSES_PER_IMAGE} classes, '
-        f'{args.related} related per class, views {"/".join(map(str, self_views))} '
-        f'({pairings} pairings per image), width {args.width}, classes {args.classes}; '
-        f'device {rows[0][1]["device"]}')
+  print(
+    f'bench localize: size {args.size}, {args.images} images x {CLASSES_PER_IMAGE} classes, '
+    f'{args.related} related per class, views {"/".join(map(str, self_views))} '
+    f'({pairings} pairings per image), width {args.width}, classes {args.classes}; '
+    f'device {rows[0][1]["device"]}'
+  )
   _table(rows, 's/image', 'per_image', 1)
   ours = rows[0][1]['per_image']
   print('  '.join(f'{name} / ours: {r["per_image"] / ours:.2f}x' for name, r in rows[1:]))
@@ -322,22 +389,29 @@ def localize_bench(args) -> None:
 
 # --- output and command line --------------------------------------------------------------
 
+
 def _table(rows, unit: str, key: str, images_per_unit: int) -> None:
   """One aligned line per measurement."""
   width = max(len(name) for name, _ in rows)
   print(f'{"":{width}}  {"time":>15}  {"images/s":>9}  {"first call s":>12}  {"peak MiB":>9}')
   for name, r in rows:
     seconds = r[key]
-    print(f'{name:{width}}  {seconds:8.3f} {unit:>6}  {images_per_unit / seconds:9.3g}  '
-          f'{r["first"]:12.1f}  {r["peak"][0]:9.0f}  ({r["peak"][1]})')
+    print(
+      f'{name:{width}}  {seconds:8.3f} {unit:>6}  {images_per_unit / seconds:9.3g}  '
+      f'{r["first"]:12.1f}  {r["peak"][0]:9.0f}  ({r["peak"][1]})'
+    )
 
 
 def _parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(prog='cows-jax bench', description=__doc__.split('\n')[0])
   sub = parser.add_subparsers(dest='what', required=True)
   step = sub.add_parser('train-step', help='one classifier SGD step')
-  step.add_argument('--views', choices=list(SELF_VIEWS), required=True,
-                    help="'pair': (m, n) only; 'full': plus the flip, 0.75x and 2x self-pairs")
+  step.add_argument(
+    '--views',
+    choices=list(SELF_VIEWS),
+    required=True,
+    help="'pair': (m, n) only; 'full': plus the flip, 0.75x and 2x self-pairs",
+  )
   step.add_argument('--batch', type=int, required=True, help='pairs per step')
   step.add_argument('--steps', type=int, default=5, help='timed steps after the first')
   loc = sub.add_parser('localize', help='localization maps of query images')

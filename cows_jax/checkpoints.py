@@ -13,13 +13,19 @@ import jax
 import orbax.checkpoint as ocp
 
 
-def manager(directory: str, keep_period: int | None = None, max_to_keep: int = 2,
-            read_only: bool = False) -> ocp.CheckpointManager:
-  options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, keep_period=keep_period,
-                                         create=not read_only, read_only=read_only,
-                                         enable_async_checkpointing=not read_only)
-  return ocp.CheckpointManager(os.path.abspath(directory), options=options,
-                               item_names=('variables', 'opt_state'))
+def manager(
+  directory: str, keep_period: int | None = None, max_to_keep: int = 2, read_only: bool = False
+) -> ocp.CheckpointManager:
+  options = ocp.CheckpointManagerOptions(
+    max_to_keep=max_to_keep,
+    keep_period=keep_period,
+    create=not read_only,
+    read_only=read_only,
+    enable_async_checkpointing=not read_only,
+  )
+  return ocp.CheckpointManager(
+    os.path.abspath(directory), options=options, item_names=('variables', 'opt_state')
+  )
 
 
 def _abstract(tree):
@@ -29,15 +35,23 @@ def _abstract(tree):
 
 def save(mngr: ocp.CheckpointManager, step: int, variables, opt_state) -> None:
   """Asynchronous save; the manager finalizes it atomically (tmp dir + rename)."""
-  mngr.save(step, args=ocp.args.Composite(variables=ocp.args.StandardSave(variables),
-                                          opt_state=ocp.args.StandardSave(opt_state)))
+  mngr.save(
+    step,
+    args=ocp.args.Composite(
+      variables=ocp.args.StandardSave(variables), opt_state=ocp.args.StandardSave(opt_state)
+    ),
+  )
 
 
 def restore(mngr: ocp.CheckpointManager, step: int, variables, opt_state):
   """Restore `step` into the structure, dtypes and shardings of the given state."""
-  out = mngr.restore(step, args=ocp.args.Composite(
+  out = mngr.restore(
+    step,
+    args=ocp.args.Composite(
       variables=ocp.args.StandardRestore(_abstract(variables)),
-      opt_state=ocp.args.StandardRestore(_abstract(opt_state))))
+      opt_state=ocp.args.StandardRestore(_abstract(opt_state)),
+    ),
+  )
   return out['variables'], out['opt_state']
 
 
@@ -53,9 +67,11 @@ def restore_variables(directory: str, step: int | None, like, stage: str):
     raise FileNotFoundError(f'{stage} checkpoints not found: {directory} is empty; {hint}')
   step = max(steps) if step is None else step
   if step not in steps:
-    raise FileNotFoundError(f'{stage} checkpoint for step {step} not found in {directory} '
-                            f'(have {sorted(steps)}); {hint}')
-  out = mngr.restore(step, args=ocp.args.Composite(
-      variables=ocp.args.StandardRestore(_abstract(like))))
+    raise FileNotFoundError(
+      f'{stage} checkpoint for step {step} not found in {directory} (have {sorted(steps)}); {hint}'
+    )
+  out = mngr.restore(
+    step, args=ocp.args.Composite(variables=ocp.args.StandardRestore(_abstract(like)))
+  )
   mngr.close()
   return out['variables'], step

@@ -14,34 +14,50 @@ import time
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from cows_jax import (ablate, bench, classify, evaluate, label, localize, model_summary,
-                      predict, segment, weights)
+from cows_jax import (
+  ablate,
+  bench,
+  classify,
+  evaluate,
+  label,
+  localize,
+  model_summary,
+  predict,
+  segment,
+  weights,
+)
 from cows_jax.data import check
 
 STAGES = {
-    'classify': classify.train,
-    'localize': localize.run,
-    'label': label.run,
-    'segment': segment.train,
-    'evaluate': evaluate.run,
+  'classify': classify.train,
+  'localize': localize.run,
+  'label': label.run,
+  'segment': segment.train,
+  'evaluate': evaluate.run,
 }
 # Commands that take --config and --workdir: the stages, the whole pipeline, the ablation,
 # the segmenter's label maps of a split.
 COMMANDS = [*STAGES, 'pipeline', 'ablate', 'predict-split']
-USAGE = (f'usage: cows-jax {{{",".join(COMMANDS)}}} --config FILE '
-         '--workdir DIR [--config.FIELD=VALUE ...]\n'
-         '       cows-jax data check --config FILE [--config.FIELD=VALUE ...]\n'
-         '       cows-jax summary --config FILE [--config.FIELD=VALUE ...]\n'
-         '       cows-jax weights import --arch {vgg16,resnet101} --src FILE --out DIR\n'
-         '       cows-jax bench {train-step,localize} --size S ... (see --help)')
+USAGE = (
+  f'usage: cows-jax {{{",".join(COMMANDS)}}} --config FILE '
+  '--workdir DIR [--config.FIELD=VALUE ...]\n'
+  '       cows-jax data check --config FILE [--config.FIELD=VALUE ...]\n'
+  '       cows-jax summary --config FILE [--config.FIELD=VALUE ...]\n'
+  '       cows-jax weights import --arch {vgg16,resnet101} --src FILE --out DIR\n'
+  '       cows-jax bench {train-step,localize} --size S ... (see --help)'
+)
 
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file (configs/*.py[:arg]).',
-                                          lock_config=True)
-_WORKDIR = flags.DEFINE_string('workdir', None, 'Directory of this run\'s outputs.')
+_CONFIG = config_flags.DEFINE_config_file(
+  'config', None, 'Config file (configs/*.py[:arg]).', lock_config=True
+)
+_WORKDIR = flags.DEFINE_string('workdir', None, "Directory of this run's outputs.")
 _SPLIT = flags.DEFINE_string('split', 'test', 'predict-split: the dataset split to predict.')
 _DISTRIBUTED = flags.DEFINE_bool(
-    'distributed', False, 'Call jax.distributed.initialize() first (multi-host, e.g. TPU pods; '
-    'coordinator and process ids come from the environment).')
+  'distributed',
+  False,
+  'Call jax.distributed.initialize() first (multi-host, e.g. TPU pods; '
+  'coordinator and process ids come from the environment).',
+)
 
 
 def run_stage(stage: str, cfg, workdir: str) -> None:
@@ -88,6 +104,7 @@ def main(argv):
     raise app.UsageError('--config and --workdir are required\n' + USAGE)
   if _DISTRIBUTED.value:
     import jax
+
     jax.distributed.initialize()
   try:
     weights.apply_input_convention(_CONFIG.value)
@@ -107,15 +124,18 @@ class _QuietLibraries:
   """Drops INFO records of orbax and tfds (dozens of lines per checkpoint) from the log, and
   their warnings about what this project does on purpose: building its datasets from a
   config, restoring checkpoints read-only."""
+
   NOISY = ('/orbax/', '/tensorflow_datasets/')
-  EXPECTED = ('Using custom data configuration', 'CheckpointManagerOptions.read_only=True',
-              'Given directory is read only')
+  EXPECTED = (
+    'Using custom data configuration',
+    'CheckpointManagerOptions.read_only=True',
+    'Given directory is read only',
+  )
 
   def filter(self, record):
     if not any(n in record.pathname for n in self.NOISY):
       return True
-    return (record.levelno >= std_logging.WARNING
-            and not str(record.msg).startswith(self.EXPECTED))
+    return record.levelno >= std_logging.WARNING and not str(record.msg).startswith(self.EXPECTED)
 
 
 def run():
@@ -145,15 +165,18 @@ def _parse_flags(argv):
     sys.exit(f'cows-jax: error: {_one_line(e)}\n{USAGE}')
   except (AttributeError, KeyError) as e:  # a missing field, a missing parent of a field.
     overrides = [a.split('=')[0] for a in argv if a.startswith('--config.')]
-    raise _UnknownConfigField(f'unknown config field {_field_error(e)} (overrides given: '
-                              f'{", ".join(overrides)})') from None
+    raise _UnknownConfigField(
+      f'unknown config field {_field_error(e)} (overrides given: {", ".join(overrides)})'
+    ) from None
   try:  # config_flags loads a missing or broken file lazily, on the first access.
     if _CONFIG.value is not None:
       _CONFIG.value.keys()
   except OSError as e:
     reason = str(e).strip().splitlines()[-1].strip()
-    sys.exit(f'cows-jax: error: --config={flags.FLAGS["config"].config_filename}: '
-             f'cannot load the config file: {reason}')
+    sys.exit(
+      f'cows-jax: error: --config={flags.FLAGS["config"].config_filename}: '
+      f'cannot load the config file: {reason}'
+    )
   return argv
 
 

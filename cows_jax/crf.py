@@ -6,8 +6,10 @@ Needs the optional extra `cows_jax[crf]`: pydensecrf2, built from source (a C++ 
 
 import numpy as np
 
-INSTALL_HINT = ("pip install 'cows_jax[crf]' (pydensecrf2; needs a C++ compiler), or turn the "
-                'CRF off with --config.evaluate.crf=False')
+INSTALL_HINT = (
+  "pip install 'cows_jax[crf]' (pydensecrf2; needs a C++ compiler), or turn the "
+  'CRF off with --config.evaluate.crf=False'
+)
 MIN_PROBABILITY = 1e-5  # unary -log p, clipped as pydensecrf's unary_from_softmax does.
 
 
@@ -37,8 +39,11 @@ def refine(image: np.ndarray, probs: np.ndarray, params) -> np.ndarray:
   unary = -np.log(np.clip(probs, MIN_PROBABILITY, 1.0)).transpose(2, 0, 1).reshape(c, -1)
   crf.setUnaryEnergy(np.ascontiguousarray(unary, np.float32))
   crf.addPairwiseGaussian(sxy=params.gaussian_sxy, compat=params.gaussian_compat)
-  crf.addPairwiseBilateral(sxy=params.bilateral_sxy, srgb=params.bilateral_srgb,
-                           rgbim=np.require(image, requirements=('C', 'W')),
-                           compat=params.bilateral_compat)
+  crf.addPairwiseBilateral(
+    sxy=params.bilateral_sxy,
+    srgb=params.bilateral_srgb,
+    rgbim=np.require(image, requirements=('C', 'W')),
+    compat=params.bilateral_compat,
+  )
   q = np.asarray(crf.inference(params.iterations), np.float32)
   return q.reshape(c, h, w).transpose(1, 2, 0)

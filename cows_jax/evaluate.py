@@ -29,7 +29,8 @@ def evaluate_cams(cfg, train, ids, workdir):
   """(best threshold, mIoU, curve, per-class IoU at the best threshold)."""
   n = cfg.data.num_classes + 1
   best_t, best_miou, curve, acc = metrics.sweep_bg_threshold(
-      _cam_items(train, ids, workdir), cfg.evaluate.cam_thresholds, n)
+    _cam_items(train, ids, workdir), cfg.evaluate.cam_thresholds, n
+  )
   return best_t, best_miou, curve, acc.per_class_iou()
 
 
@@ -47,10 +48,13 @@ def localization_report(cfg, workdir: str) -> dict:
   train = sources.load(cfg)['train']
   best_t, cam_miou, curve, _ = evaluate_cams(cfg, train, ids, workdir)
   pseudo = evaluate_pseudo_labels(cfg, train, ids, workdir)
-  return {'cam_miou': cam_miou, 'cam_bg_threshold': best_t,
-          'cam_threshold_sweep': [{'threshold': t, 'miou': m} for t, m in curve],
-          'pseudo_label_miou': pseudo.miou(),
-          'pseudo_label_ignored_fraction': _ignored_fraction(pseudo)}
+  return {
+    'cam_miou': cam_miou,
+    'cam_bg_threshold': best_t,
+    'cam_threshold_sweep': [{'threshold': t, 'miou': m} for t, m in curve],
+    'pseudo_label_miou': pseudo.miou(),
+    'pseudo_label_ignored_fraction': _ignored_fraction(pseudo),
+  }
 
 
 def _ignored_fraction(acc) -> float:
@@ -58,8 +62,10 @@ def _ignored_fraction(acc) -> float:
 
 
 # summary.json key stem and table column of each segmenter's val predictions.
-OUTPUTS = {'pseudo': ('segmentation', 'segmentation'),
-           'ground_truth': ('fully_supervised', 'fully supervised')}
+OUTPUTS = {
+  'pseudo': ('segmentation', 'segmentation'),
+  'ground_truth': ('fully_supervised', 'fully supervised'),
+}
 
 
 def evaluate_segmenters(cfg, val, workdir):
@@ -96,10 +102,16 @@ def val_grid(cfg, val, results):
   rows = []
   for i in range(min(cfg.evaluate.num_visualize, len(val))):
     r = val[i]
-    rows.append([r['image'], *(visualize.colorize(preds[i]) for _, preds, _ in results.values()),
-                 visualize.colorize(r['mask'])])
-  return visualize.make_grid(rows, ['image', *(t.replace(' (val)', '') for _, _, t in
-                                               results.values()), 'ground truth'])
+    rows.append(
+      [
+        r['image'],
+        *(visualize.colorize(preds[i]) for _, preds, _ in results.values()),
+        visualize.colorize(r['mask']),
+      ]
+    )
+  return visualize.make_grid(
+    rows, ['image', *(t.replace(' (val)', '') for _, _, t in results.values()), 'ground truth']
+  )
 
 
 def train_grid(cfg, train, ids, workdir, probabilities):
@@ -112,10 +124,16 @@ def train_grid(cfg, train, ids, workdir, probabilities):
     heat = maps.max(0) / peak if peak > 0 else np.zeros(r['mask'].shape, np.float32)
     pseudo = visualize.read_label_png(label.label_path(workdir, ids[i]))
     pred = np.argmax(probabilities(r['image']), -1)
-    rows.append([r['image'], visualize.heatmap(heat, r['image']), visualize.colorize(pseudo),
-                 visualize.colorize(pred.astype(np.uint8)), visualize.colorize(r['mask'])])
-  return visualize.make_grid(rows, ['image', 'map', 'pseudo label', 'prediction',
-                                    'ground truth'])
+    rows.append(
+      [
+        r['image'],
+        visualize.heatmap(heat, r['image']),
+        visualize.colorize(pseudo),
+        visualize.colorize(pred.astype(np.uint8)),
+        visualize.colorize(r['mask']),
+      ]
+    )
+  return visualize.make_grid(rows, ['image', 'map', 'pseudo label', 'prediction', 'ground truth'])
 
 
 def _miou_key(stem: str) -> str:
@@ -138,35 +156,54 @@ def run(cfg, workdir: str) -> dict:
   floor = all_background(cfg, val)
 
   summary = {
-      'cam_miou': cam_miou, 'cam_bg_threshold': best_t,
-      'cam_threshold_sweep': [{'threshold': t, 'miou': m} for t, m in curve],
-      'pseudo_label_miou': pseudo.miou(),
-      'pseudo_label_ignored_fraction': _ignored_fraction(pseudo),
-      **{_miou_key(k): acc.miou() for k, (acc, _, _) in results.items()},
-      'all_background_miou': floor.miou(),
-      'num_train': len(train), 'num_val': len(val),
+    'cam_miou': cam_miou,
+    'cam_bg_threshold': best_t,
+    'cam_threshold_sweep': [{'threshold': t, 'miou': m} for t, m in curve],
+    'pseudo_label_miou': pseudo.miou(),
+    'pseudo_label_ignored_fraction': _ignored_fraction(pseudo),
+    **{_miou_key(k): acc.miou() for k, (acc, _, _) in results.items()},
+    'all_background_miou': floor.miou(),
+    'num_train': len(train),
+    'num_val': len(val),
   }
   out = reports_dir(workdir)
-  columns = {'CAM (train)': cam_iou, 'pseudo label (train)': pseudo.per_class_iou(),
-             **{title: acc.per_class_iou() for acc, _, title in results.values()}}
-  reporting.write_json_atomic(os.path.join(out, 'per_class_iou.json'), {
+  columns = {
+    'CAM (train)': cam_iou,
+    'pseudo label (train)': pseudo.per_class_iou(),
+    **{title: acc.per_class_iou() for acc, _, title in results.values()},
+  }
+  reporting.write_json_atomic(
+    os.path.join(out, 'per_class_iou.json'),
+    {
       'classes': list(names),
-      **{k: [None if np.isnan(x) else float(x) for x in v] for k, v in columns.items()}})
-  reporting.write_text_atomic(os.path.join(out, 'per_class_iou.md'),
-                              visualize.per_class_iou_markdown(names, columns))
-  visualize.save_png_atomic(os.path.join(out, 'val_predictions.png'),
-                            val_grid(cfg, val, results))
+      **{k: [None if np.isnan(x) else float(x) for x in v] for k, v in columns.items()},
+    },
+  )
+  reporting.write_text_atomic(
+    os.path.join(out, 'per_class_iou.md'), visualize.per_class_iou_markdown(names, columns)
+  )
+  visualize.save_png_atomic(os.path.join(out, 'val_predictions.png'), val_grid(cfg, val, results))
   main = next(iter(results))  # the first segmenter, after the CRF when there is one.
   acc, _, title = results.get(main + '_crf', results[main])
-  visualize.save_png_atomic(os.path.join(out, 'confusion_matrix.png'),
-                            visualize.confusion_matrix_image(acc.matrix, names, title))
-  reporting.write_json_atomic(os.path.join(out, 'confusion_matrix.json'), {
-      'output': title, 'classes': list(names), 'matrix': acc.matrix.tolist()})
-  visualize.save_png_atomic(os.path.join(out, 'train_pipeline.png'),
-                            train_grid(cfg, train, ids, workdir, probabilities))
+  visualize.save_png_atomic(
+    os.path.join(out, 'confusion_matrix.png'),
+    visualize.confusion_matrix_image(acc.matrix, names, title),
+  )
+  reporting.write_json_atomic(
+    os.path.join(out, 'confusion_matrix.json'),
+    {'output': title, 'classes': list(names), 'matrix': acc.matrix.tolist()},
+  )
+  visualize.save_png_atomic(
+    os.path.join(out, 'train_pipeline.png'), train_grid(cfg, train, ids, workdir, probabilities)
+  )
   reporting.write_json_atomic(os.path.join(out, 'summary.json'), summary)
-  logging.info('evaluate: CAM %.1f (bg %.2f) | pseudo labels %.1f | %s | all-background %.1f '
-               '-> %s', cam_miou, best_t, summary['pseudo_label_miou'],
-               ' | '.join(f'{t} {acc.miou():.1f}' for acc, _, t in results.values()),
-               summary['all_background_miou'], out)
+  logging.info(
+    'evaluate: CAM %.1f (bg %.2f) | pseudo labels %.1f | %s | all-background %.1f -> %s',
+    cam_miou,
+    best_t,
+    summary['pseudo_label_miou'],
+    ' | '.join(f'{t} {acc.miou():.1f}' for acc, _, t in results.values()),
+    summary['all_background_miou'],
+    out,
+  )
   return summary

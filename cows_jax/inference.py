@@ -36,10 +36,13 @@ class Settings:
     if not i.scales or min(i.scales) <= 0:
       raise ValueError(f'inference.scales={tuple(i.scales)}: expected positive scales')
     if i.window < 0 or not 0 < i.window_stride <= 1:
-      raise ValueError(f'inference.window={i.window}, inference.window_stride='
-                       f'{i.window_stride}: expected window >= 0 and 0 < stride <= 1')
-    return cls(tuple(float(s) for s in i.scales), bool(i.flip), int(i.window),
-               float(i.window_stride))
+      raise ValueError(
+        f'inference.window={i.window}, inference.window_stride='
+        f'{i.window_stride}: expected window >= 0 and 0 < stride <= 1'
+      )
+    return cls(
+      tuple(float(s) for s in i.scales), bool(i.flip), int(i.window), float(i.window_stride)
+    )
 
 
 def window_starts(size: int, window: int, step: int) -> list[int]:
@@ -56,9 +59,12 @@ def tile(image: np.ndarray, window: int, stride: float):
   top, left = ph // 2, pw // 2
   padded = np.pad(image, ((top, ph - top), (left, pw - left), (0, 0)))
   step = math.ceil(window * stride)
-  boxes = [(y, x) for y in window_starts(padded.shape[0], window, step)
-           for x in window_starts(padded.shape[1], window, step)]
-  crops = np.stack([padded[y:y + window, x:x + window] for y, x in boxes])
+  boxes = [
+    (y, x)
+    for y in window_starts(padded.shape[0], window, step)
+    for x in window_starts(padded.shape[1], window, step)
+  ]
+  crops = np.stack([padded[y : y + window, x : x + window] for y, x in boxes])
   return crops, boxes, padded.shape[:2], (top, left)
 
 
@@ -68,9 +74,9 @@ def stitch(probs: np.ndarray, boxes, padded_shape, pad, size) -> np.ndarray:
   acc = np.zeros((*padded_shape, c), np.float32)
   count = np.zeros((*padded_shape, 1), np.float32)
   for p, (y, x) in zip(probs, boxes):
-    acc[y:y + win, x:x + win] += p
-    count[y:y + win, x:x + win] += 1
-  return (acc / count)[pad[0]:pad[0] + size[0], pad[1]:pad[1] + size[1]]
+    acc[y : y + win, x : x + win] += p
+    count[y : y + win, x : x + win] += 1
+  return (acc / count)[pad[0] : pad[0] + size[0], pad[1] : pad[1] + size[1]]
 
 
 def resize_bilinear(x: np.ndarray, size) -> np.ndarray:
@@ -105,6 +111,7 @@ def window_probabilities(model, flip: bool) -> Callable:
       n = p.shape[0] // 2
       p = (p[:n] + p[n:, :, ::-1]) / 2
     return p
+
   return probs
 
 
@@ -120,14 +127,20 @@ def predict(image: np.ndarray, probs_fn: Callable, settings: Settings, mean, std
   `probs_fn(windows)` -> softmax per window (e.g. `window_probabilities` with its variables).
   """
   h, w = image.shape[:2]
-  scaled = [transforms.normalize(transforms.resize_image(
-      image, (max(1, round(h * s)), max(1, round(w * s)))), mean, std) for s in settings.scales]
+  scaled = [
+    transforms.normalize(
+      transforms.resize_image(image, (max(1, round(h * s)), max(1, round(w * s)))), mean, std
+    )
+    for s in settings.scales
+  ]
   if settings.window:
     tiles = [tile(x, settings.window, settings.stride) for x in scaled]
     probs = _run(probs_fn, np.concatenate([t[0] for t in tiles]))
     splits = np.cumsum([len(t[0]) for t in tiles])[:-1]
-    per_scale = [stitch(p, boxes, shape, pad, x.shape[:2]) for p, (_, boxes, shape, pad), x
-                 in zip(np.split(probs, splits), tiles, scaled)]
+    per_scale = [
+      stitch(p, boxes, shape, pad, x.shape[:2])
+      for p, (_, boxes, shape, pad), x in zip(np.split(probs, splits), tiles, scaled)
+    ]
   else:
     per_scale = [_run(probs_fn, x[None])[0] for x in scaled]
   return np.mean([resize_bilinear(p, (h, w)) for p in per_scale], axis=0)

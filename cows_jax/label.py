@@ -24,9 +24,13 @@ def index_path(workdir: str) -> str:
 def rules(cfg) -> pseudo_labels.LabelRules:
   c = cfg.label
   return pseudo_labels.LabelRules(
-      score_threshold=c.score_threshold, conflict_threshold=c.conflict_threshold,
-      bg_saliency_ignore=c.bg_saliency_ignore, fg_confident=c.fg_confident,
-      min_fg_fraction=c.min_fg_fraction, bg_threshold=c.bg_threshold)
+    score_threshold=c.score_threshold,
+    conflict_threshold=c.conflict_threshold,
+    bg_saliency_ignore=c.bg_saliency_ignore,
+    fg_confident=c.fg_confident,
+    min_fg_fraction=c.min_fg_fraction,
+    bg_threshold=c.bg_threshold,
+  )
 
 
 def make_label(maps, classes, saliency, cfg):
@@ -47,8 +51,10 @@ def run(cfg, workdir: str) -> None:
   ids = reporting.read_json(localize.index_path(workdir), 'localize')['ids']
   train = sources.load(cfg)['train']
   if len(ids) != len(train):
-    raise ValueError(f'{localize.index_path(workdir)} lists {len(ids)} images but the train '
-                     f'split has {len(train)}; rerun `cows-jax localize` in a fresh workdir')
+    raise ValueError(
+      f'{localize.index_path(workdir)} lists {len(ids)} images but the train '
+      f'split has {len(train)}; rerun `cows-jax localize` in a fresh workdir'
+    )
   written = all_ignore = 0
   for i, image_id in enumerate(ids):
     if os.path.isfile(label_path(workdir, image_id)):
@@ -56,20 +62,30 @@ def run(cfg, workdir: str) -> None:
     maps, classes = localize.load_maps(os.path.join(localize.maps_dir(workdir), image_id + '.npz'))
     saliency = train[i]['saliency']
     if cfg.label.use_saliency and not saliency.size:
-      raise ValueError(f'label: image {image_id} has no saliency map; give the maps with '
-                       '--config.data.saliency_dir=DIR (<id>.png) or use the saliency-free '
-                       'mode with --config.label.use_saliency=False')
+      raise ValueError(
+        f'label: image {image_id} has no saliency map; give the maps with '
+        '--config.data.saliency_dir=DIR (<id>.png) or use the saliency-free '
+        'mode with --config.label.use_saliency=False'
+      )
     label = make_label(maps, classes, saliency, cfg)
     all_ignore += int((label == 255).all())
-    visualize.save_label_png(os.path.join(labels_dir(workdir, 'palette'), image_id + '.png'),
-                             label, palette=True)
+    visualize.save_label_png(
+      os.path.join(labels_dir(workdir, 'palette'), image_id + '.png'), label, palette=True
+    )
     visualize.save_label_png(label_path(workdir, image_id), label, palette=False)
     written += 1
-  logging.info('label: wrote %d pseudo labels (%d all-ignore: too little foreground), mode=%s',
-               written, all_ignore, 'saliency' if cfg.label.use_saliency else 'bg threshold')
+  logging.info(
+    'label: wrote %d pseudo labels (%d all-ignore: too little foreground), mode=%s',
+    written,
+    all_ignore,
+    'saliency' if cfg.label.use_saliency else 'bg threshold',
+  )
   if written and all_ignore == written:
-    logging.warning('label: every pseudo label is all-ignore, so the segmenter gets no '
-                    'supervision; the classifier is too weak (train longer) or the '
-                    'thresholds in config.label are too strict')
-  reporting.write_json_atomic(index_path(workdir), {'ids': ids,
-                                                    'use_saliency': cfg.label.use_saliency})
+    logging.warning(
+      'label: every pseudo label is all-ignore, so the segmenter gets no '
+      'supervision; the classifier is too weak (train longer) or the '
+      'thresholds in config.label are too strict'
+    )
+  reporting.write_json_atomic(
+    index_path(workdir), {'ids': ids, 'use_saliency': cfg.label.use_saliency}
+  )

@@ -25,7 +25,6 @@ from cows_jax import checkpoints, classify, files, reporting, views
 from cows_jax.data import sources, transforms
 from cows_jax.data.pairs import ClassIndex
 
-
 METHODS = ('coattention', 'cam')
 
 
@@ -57,14 +56,21 @@ def aggregate(maps: jax.Array, gate: float) -> jax.Array:
 
 def resize_map(m: np.ndarray, size: tuple[int, int]) -> np.ndarray:
   """Bicubic resize of one float map to (H, W)."""
-  return np.asarray(Image.fromarray(m.astype(np.float32), mode='F').resize(
-      (size[1], size[0]), Image.BICUBIC))
+  return np.asarray(
+    Image.fromarray(m.astype(np.float32), mode='F').resize((size[1], size[0]), Image.BICUBIC)
+  )
 
 
 def _input_batch(source, indices, cfg) -> np.ndarray:
   size = (cfg.input.size, cfg.input.size)
-  return np.stack([transforms.normalize(transforms.resize_image(source[i]['image'], size),
-                                        cfg.input.mean, cfg.input.std) for i in indices])
+  return np.stack(
+    [
+      transforms.normalize(
+        transforms.resize_image(source[i]['image'], size), cfg.input.mean, cfg.input.std
+      )
+      for i in indices
+    ]
+  )
 
 
 def _padded(indices: list[int], batch: int) -> list[int]:
@@ -85,8 +91,9 @@ def load_maps(path: str) -> tuple[np.ndarray, np.ndarray]:
     with np.load(path) as z:
       return z['maps'].astype(np.float32), z['classes']
   except (OSError, KeyError, ValueError) as e:
-    raise ValueError(f'localization maps {path} are missing or unreadable ({e}); '
-                     'run `cows-jax localize`') from e
+    raise ValueError(
+      f'localization maps {path} are missing or unreadable ({e}); run `cows-jax localize`'
+    ) from e
 
 
 class MapComputer:
@@ -94,8 +101,7 @@ class MapComputer:
 
   def __init__(self, model, variables):
     self._features = jax.jit(lambda x: model.apply(variables, x, method=model.features))
-    self._pair_maps = jax.jit(lambda a, b: model.apply(variables, a, b,
-                                                       method=model.pair_maps))
+    self._pair_maps = jax.jit(lambda a, b: model.apply(variables, a, b, method=model.pair_maps))
     self._cams = jax.jit(lambda f: model.apply(variables, f, method=model.cam))
 
   def features(self, images: np.ndarray) -> np.ndarray:
@@ -108,9 +114,15 @@ class MapComputer:
     return np.asarray(self._cams(feats))
 
 
-def image_maps(computer: MapComputer, feats_m: np.ndarray, all_feats: np.ndarray,
-               view_feats: dict, related: list[list[list[int]]],
-               classes: list[np.ndarray], cfg) -> list[np.ndarray]:
+def image_maps(
+  computer: MapComputer,
+  feats_m: np.ndarray,
+  all_feats: np.ndarray,
+  view_feats: dict,
+  related: list[list[list[int]]],
+  classes: list[np.ndarray],
+  cfg,
+) -> list[np.ndarray]:
   """Aggregated co-attention maps at feature resolution for a batch of query images.
 
   feats_m [B,h,w,D]: the queries; all_feats [N,h,w,D]: every training image; view_feats:
@@ -148,7 +160,7 @@ def image_maps(computer: MapComputer, feats_m: np.ndarray, all_feats: np.ndarray
   for i in range(b):
     per_class = []
     for c in classes[i]:
-      stack = [m[i, :, :, c] for m in self_maps] + [cross[row:row + k, :, :, c].mean(0)]
+      stack = [m[i, :, :, c] for m in self_maps] + [cross[row : row + k, :, :, c].mean(0)]
       row += k
       per_class.append(np.asarray(aggregate(jnp.asarray(np.stack(stack)), cfg.localize.gate)))
     out.append(np.stack(per_class) if per_class else np.zeros((0, h, w), np.float32))
@@ -160,9 +172,12 @@ def cam_maps(computer: MapComputer, feats: np.ndarray, classes: list[np.ndarray]
   maps of each image alone, ReLU and scaled to 0..255 by their max (the aggregation rule
   over one map)."""
   cams = computer.cams(feats)
-  return [np.stack([np.asarray(aggregate(jnp.asarray(cams[i, None, :, :, c]), 0.0))
-                    for c in cls]) if len(cls) else np.zeros((0, *cams.shape[1:3]), np.float32)
-          for i, cls in enumerate(classes)]
+  return [
+    np.stack([np.asarray(aggregate(jnp.asarray(cams[i, None, :, :, c]), 0.0)) for c in cls])
+    if len(cls)
+    else np.zeros((0, *cams.shape[1:3]), np.float32)
+    for i, cls in enumerate(classes)
+  ]
 
 
 def run(cfg, workdir: str) -> None:
@@ -175,9 +190,11 @@ def run(cfg, workdir: str) -> None:
   model = classify.create_model(cfg)
   like = classify.abstract_variables(model, cfg)
   variables, step = checkpoints.restore_variables(
-      classify.checkpoint_dir(workdir), spe * cfg.classify.localize_epoch, like, 'classify')
-  logging.info('localize: classifier checkpoint of step %d (epoch %d)', step,
-               cfg.classify.localize_epoch)
+    classify.checkpoint_dir(workdir), spe * cfg.classify.localize_epoch, like, 'classify'
+  )
+  logging.info(
+    'localize: classifier checkpoint of step %d (epoch %d)', step, cfg.classify.localize_epoch
+  )
   computer = MapComputer(model, variables)
   class_index = ClassIndex(sources.all_labels(train))
   ids = [str(train[i]['id']) for i in range(len(train))]
@@ -186,16 +203,23 @@ def run(cfg, workdir: str) -> None:
   if method not in METHODS:
     raise ValueError(f'localize.method={method!r}: expected one of {METHODS}')
   os.makedirs(maps_dir(workdir), exist_ok=True)
-  todo = [i for i in range(len(train))
-          if not os.path.isfile(os.path.join(maps_dir(workdir), ids[i] + '.npz'))]
+  todo = [
+    i
+    for i in range(len(train))
+    if not os.path.isfile(os.path.join(maps_dir(workdir), ids[i] + '.npz'))
+  ]
   logging.info('localize: %s maps, %d of %d images to do', method, len(todo), len(train))
   # Co-attention: every image can be a related image, so the features of all of them.
-  store = (_feature_store(computer, train, cfg, maps_dir(workdir))
-           if method == 'coattention' and todo else contextlib.nullcontext())
+  store = (
+    _feature_store(computer, train, cfg, maps_dir(workdir))
+    if method == 'coattention' and todo
+    else contextlib.nullcontext()
+  )
   with store as all_feats:
     _write_maps(computer, train, ids, todo, class_index, all_feats, cfg, workdir)
-  reporting.write_json_atomic(index_path(workdir),
-                              {'ids': ids, 'checkpoint_step': step, 'method': method})
+  reporting.write_json_atomic(
+    index_path(workdir), {'ids': ids, 'checkpoint_step': step, 'method': method}
+  )
 
 
 @contextlib.contextmanager
@@ -210,34 +234,49 @@ def _feature_store(computer: MapComputer, train, cfg, directory: str):
     store = None
     for s in range(0, n, bs):
       chunk = list(range(s, min(s + bs, n)))
-      feats = computer.features(_input_batch(train, _padded(chunk, bs), cfg))[:len(chunk)]
+      feats = computer.features(_input_batch(train, _padded(chunk, bs), cfg))[: len(chunk)]
       if store is None:
         store = np.lib.format.open_memmap(path, 'w+', feats.dtype, (n, *feats.shape[1:]))
-      store[s:s + len(chunk)] = feats
+      store[s : s + len(chunk)] = feats
     yield store
   finally:
     os.unlink(path)
 
 
-def _write_maps(computer: MapComputer, train, ids: list[str], todo: list[int],
-                class_index: ClassIndex, all_feats, cfg, workdir: str) -> None:
+def _write_maps(
+  computer: MapComputer,
+  train,
+  ids: list[str],
+  todo: list[int],
+  class_index: ClassIndex,
+  all_feats,
+  cfg,
+  workdir: str,
+) -> None:
   """Maps of the training images `todo`, in batches, one file per image."""
   method, bs = cfg.localize.method, cfg.localize.batch_size
   for s in range(0, len(todo), bs):
-    chunk = todo[s:s + bs]
+    chunk = todo[s : s + bs]
     batch = _padded(chunk, bs)
     classes = [class_index.classes_of(i) for i in batch]
     if method == 'cam':
       small = cam_maps(computer, computer.features(_input_batch(train, batch, cfg)), classes)
     else:
       images = _input_batch(train, batch, cfg)
-      view_feats = {v: computer.features(np.asarray(views.make_view(images, v)))
-                    for v in cfg.localize.self_views}
-      related = [[related_images(class_index, i, int(c), cfg.localize.num_related,
-                                 cfg.localize.seed) for c in cls]
-                 for i, cls in zip(batch, classes)]
-      small = image_maps(computer, all_feats[np.asarray(batch)], all_feats, view_feats,
-                         related, classes, cfg)
+      view_feats = {
+        v: computer.features(np.asarray(views.make_view(images, v)))
+        for v in cfg.localize.self_views
+      }
+      related = [
+        [
+          related_images(class_index, i, int(c), cfg.localize.num_related, cfg.localize.seed)
+          for c in cls
+        ]
+        for i, cls in zip(batch, classes)
+      ]
+      small = image_maps(
+        computer, all_feats[np.asarray(batch)], all_feats, view_feats, related, classes, cfg
+      )
     for j, i in enumerate(chunk):
       record = train[i]
       size = record['image'].shape[:2]

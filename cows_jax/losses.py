@@ -21,8 +21,9 @@ def pair_targets(labels_m, labels_n):
 def _pair_loss(logits_m, logits_n, targets_m, targets_n):
   """One soft margin loss over the 2B images of a pair batch, as the reference computes it on
   the concatenated scores: the mean of the m-side and n-side losses."""
-  return multilabel_soft_margin(jnp.concatenate([logits_m, logits_n]),
-                                jnp.concatenate([targets_m, targets_n]))
+  return multilabel_soft_margin(
+    jnp.concatenate([logits_m, logits_n]), jnp.concatenate([targets_m, targets_n])
+  )
 
 
 def coattention_losses(scores, labels_m, labels_n, use_contrastive):
@@ -35,10 +36,12 @@ def coattention_losses(scores, labels_m, labels_n, use_contrastive):
   common, diff_m, diff_n = pair_targets(labels_m, labels_n)
   single = _pair_loss(scores.single_m, scores.single_n, labels_m, labels_n)
   co = _pair_loss(scores.co_m, scores.co_n, common, common)
-  con_m = jnp.where(use_contrastive & jnp.any(diff_m > 0),
-                    multilabel_soft_margin(scores.con_m, diff_m), 0.0)
-  con_n = jnp.where(use_contrastive & jnp.any(diff_n > 0),
-                    multilabel_soft_margin(scores.con_n, diff_n), 0.0)
+  con_m = jnp.where(
+    use_contrastive & jnp.any(diff_m > 0), multilabel_soft_margin(scores.con_m, diff_m), 0.0
+  )
+  con_n = jnp.where(
+    use_contrastive & jnp.any(diff_n > 0), multilabel_soft_margin(scores.con_n, diff_n), 0.0
+  )
   return {'single': single, 'coattention': co, 'contrastive': con_m + con_n}
 
 

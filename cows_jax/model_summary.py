@@ -27,9 +27,11 @@ def _report(title, model, variables, flops, note, table) -> str:
   params = count(variables['params'])
   fixed = {k: count(v) for k, v in variables.items() if k != 'params'}
   extra = ''.join(f' + {n / 1e6:.2f} M in {k!r}' for k, n in fixed.items())
-  return (f'== {title}: {type(model).__name__}\n{table}\n'
-          f'parameters: {params / 1e6:.2f} M trained{extra}\n'
-          f'forward: {flops / 1e9:.2f} GFLOPs per image ({note})\n')
+  return (
+    f'== {title}: {type(model).__name__}\n{table}\n'
+    f'parameters: {params / 1e6:.2f} M trained{extra}\n'
+    f'forward: {flops / 1e9:.2f} GFLOPs per image ({note})\n'
+  )
 
 
 def classifier(cfg, depth: int) -> str:
@@ -39,8 +41,9 @@ def classifier(cfg, depth: int) -> str:
   flops = forward_flops(lambda v, a, b: model.apply(v, a, b), v, x, x) / 2
   z = jnp.zeros(x.shape, x.dtype)
   table = nn.tabulate(model, jax.random.key(0), depth=depth, console_kwargs=CONSOLE)(z, z)
-  return _report('stage 1 classify', model, v, flops,
-                 f'{cfg.input.size} px, half of an image pair', table)
+  return _report(
+    'stage 1 classify', model, v, flops, f'{cfg.input.size} px, half of an image pair', table
+  )
 
 
 def segmenter(cfg, depth: int) -> str:
@@ -49,10 +52,11 @@ def segmenter(cfg, depth: int) -> str:
   x = jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)
   v = jax.eval_shape(model.init, jax.random.key(0), x)
   flops = forward_flops(model.apply, v, x)
-  table = nn.tabulate(model, jax.random.key(0), depth=depth, console_kwargs=CONSOLE)(jnp.zeros(x.shape, x.dtype))
+  table = nn.tabulate(model, jax.random.key(0), depth=depth, console_kwargs=CONSOLE)(
+    jnp.zeros(x.shape, x.dtype)
+  )
   name = f'{cfg.segment.backbone}-{cfg.segment.head}, {cfg.data.num_classes + 1} classes'
-  return _report(f'stage 3 segment ({name})', model, v, flops, f'{size} px training crop',
-                 table)
+  return _report(f'stage 3 segment ({name})', model, v, flops, f'{size} px training crop', table)
 
 
 def run(cfg, depth: int = 2) -> str:

@@ -8,8 +8,14 @@ import optax
 from flax import traverse_util
 
 
-def lr_multipliers(params, pretrained_groups, mult_pretrained_weight, mult_pretrained_bias,
-                   mult_new_weight, mult_new_bias):
+def lr_multipliers(
+  params,
+  pretrained_groups,
+  mult_pretrained_weight,
+  mult_pretrained_bias,
+  mult_new_weight,
+  mult_new_bias,
+):
   """Tree of floats matching params: pretrained (top-level name in `pretrained_groups`) or
   new layer, bias or weight."""
   flat = traverse_util.flatten_dict(params)
@@ -26,18 +32,20 @@ def lr_multipliers(params, pretrained_groups, mult_pretrained_weight, mult_pretr
 
 def scale_by_tree(multipliers) -> optax.GradientTransformation:
   """Multiplies each update leaf by its fixed multiplier."""
-  return optax.stateless(lambda updates, params: jax.tree.map(lambda u, m: u * m, updates,
-                                                              multipliers))
+  return optax.stateless(
+    lambda updates, params: jax.tree.map(lambda u, m: u * m, updates, multipliers)
+  )
 
 
-def sgd(schedule: Callable, momentum: float, nesterov: bool, weight_decay: float,
-        multipliers) -> optax.GradientTransformation:
+def sgd(
+  schedule: Callable, momentum: float, nesterov: bool, weight_decay: float, multipliers
+) -> optax.GradientTransformation:
   """PyTorch SGD semantics: wd on the gradient, momentum buffer without lr, lr x multiplier."""
   return optax.chain(
-      optax.add_decayed_weights(weight_decay),
-      optax.trace(decay=momentum, nesterov=nesterov),
-      optax.scale_by_learning_rate(schedule),
-      scale_by_tree(multipliers),
+    optax.add_decayed_weights(weight_decay),
+    optax.trace(decay=momentum, nesterov=nesterov),
+    optax.scale_by_learning_rate(schedule),
+    scale_by_tree(multipliers),
   )
 
 

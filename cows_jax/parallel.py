@@ -7,7 +7,8 @@ inside the jitted step. The same code runs on 1 device, N devices or several hos
 import jax
 import numpy as np
 from jax.experimental import multihost_utils
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 
 def data_mesh(devices=None) -> Mesh:
@@ -33,8 +34,9 @@ def check_divisible(global_batch: int, mesh: Mesh, what: str):
 def shard_batch(batch, mesh: Mesh):
   """Global arrays from this process's slice of the batch (one slice per host)."""
   sharding = batch_sharding(mesh)
-  return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)),
-                      batch)
+  return jax.tree.map(
+    lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), batch
+  )
 
 
 def replicate(tree, mesh: Mesh):

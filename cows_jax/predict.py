@@ -38,8 +38,9 @@ def write_split(cfg, workdir: str, split: str, supervision: str = 'pseudo') -> s
   after the CRF when evaluate.crf; returns their directory."""
   splits = sources.load_splits(cfg)
   if split not in splits:
-    raise ValueError(f'--split={split!r} is not a split of dataset {cfg.data.name!r} '
-                     f'(splits: {", ".join(splits)})')
+    raise ValueError(
+      f'--split={split!r} is not a split of dataset {cfg.data.name!r} (splits: {", ".join(splits)})'
+    )
   crf_params = cfg.crf if cfg.evaluate.crf else None
   if crf_params is not None:
     crf.check_available()
@@ -48,8 +49,14 @@ def write_split(cfg, workdir: str, split: str, supervision: str = 'pseudo') -> s
   for i in range(len(source)):
     record = source[i]
     plain, refined = label_maps(record['image'], probabilities, crf_params)
-    visualize.save_label_png(os.path.join(out, f'{record["id"]}.png'),
-                             plain if refined is None else refined)
-  logging.info('predict-split: %d label maps of %r (%s) -> %s', len(source), split,
-               'with CRF' if crf_params is not None else 'no CRF', out)
+    visualize.save_label_png(
+      os.path.join(out, f'{record["id"]}.png'), plain if refined is None else refined
+    )
+  logging.info(
+    'predict-split: %d label maps of %r (%s) -> %s',
+    len(source),
+    split,
+    'with CRF' if crf_params is not None else 'no CRF',
+    out,
+  )
   return out

@@ -13,8 +13,18 @@ import optax
 from absl import logging
 from clu import metrics
 
-from cows_jax import (checkpoints, inference, label, losses, optim, parallel, reporting,
-                      training, visualize, weights)
+from cows_jax import (
+  checkpoints,
+  inference,
+  label,
+  losses,
+  optim,
+  parallel,
+  reporting,
+  training,
+  visualize,
+  weights,
+)
 from cows_jax.data import input_pipeline, sources
 from cows_jax.models.deeplab import PRETRAINED_GROUPS, DeepLab
 
@@ -29,8 +39,9 @@ SUPERVISIONS = ('pseudo', 'ground_truth')
 
 def checkpoint_dir(workdir: str, supervision: str = 'pseudo') -> str:
   """segmenter/ (pseudo labels, the paper's) or segmenter_ground_truth/ (the upper bound)."""
-  return os.path.join(workdir, 'segmenter' if supervision == 'pseudo' else
-                      f'segmenter_{supervision}')
+  return os.path.join(
+    workdir, 'segmenter' if supervision == 'pseudo' else f'segmenter_{supervision}'
+  )
 
 
 def check_supervisions(cfg) -> tuple:
@@ -42,11 +53,18 @@ def check_supervisions(cfg) -> tuple:
 
 def create_model(cfg) -> DeepLab:
   s = cfg.segment
-  return DeepLab(num_classes=cfg.data.num_classes + 1, backbone=s.backbone, head=s.head,
-                 width=cfg.model.width, head_channels=s.head_channels,
-                 head_dilation=s.head_dilation, aspp_rates=tuple(s.aspp_rates),
-                 norm=cfg.model.norm, stride_in_1x1=s.resnet_stride_in_1x1,
-                 dtype=jnp.dtype(s.dtype))
+  return DeepLab(
+    num_classes=cfg.data.num_classes + 1,
+    backbone=s.backbone,
+    head=s.head,
+    width=cfg.model.width,
+    head_channels=s.head_channels,
+    head_dilation=s.head_dilation,
+    aspp_rates=tuple(s.aspp_rates),
+    norm=cfg.model.norm,
+    stride_in_1x1=s.resnet_stride_in_1x1,
+    dtype=jnp.dtype(s.dtype),
+  )
 
 
 def _random_variables(model, cfg, rng):
@@ -57,8 +75,9 @@ def _random_variables(model, cfg, rng):
 def init_variables(model, cfg, rng):
   """{'params': ..., and 'batch_stats' / 'frozen_bn' as the backbone has them}; the backbone
   from segment.init_from when set (ImageNet weights; the head keeps its own init)."""
-  return weights.with_pretrained_backbone(_random_variables(model, cfg, rng),
-                                          cfg.segment.init_from, cfg.segment.backbone)
+  return weights.with_pretrained_backbone(
+    _random_variables(model, cfg, rng), cfg.segment.init_from, cfg.segment.backbone
+  )
 
 
 def abstract_variables(model, cfg):
@@ -68,11 +87,17 @@ def abstract_variables(model, cfg):
 
 def make_optimizer(cfg, params):
   s = cfg.segment
-  mults = optim.lr_multipliers(params, PRETRAINED_GROUPS, s.lr_mult_backbone_weight,
-                               s.lr_mult_backbone_bias, s.lr_mult_head_weight,
-                               s.lr_mult_head_bias)
-  inner = optim.sgd(optim.poly(s.base_lr, s.iterations, s.lr_power), s.momentum, False,
-                    s.weight_decay, mults)
+  mults = optim.lr_multipliers(
+    params,
+    PRETRAINED_GROUPS,
+    s.lr_mult_backbone_weight,
+    s.lr_mult_backbone_bias,
+    s.lr_mult_head_weight,
+    s.lr_mult_head_bias,
+  )
+  inner = optim.sgd(
+    optim.poly(s.base_lr, s.iterations, s.lr_power), s.momentum, False, s.weight_decay, mults
+  )
   return optax.MultiSteps(inner, every_k_schedule=s.accumulation_steps)
 
 
@@ -88,33 +113,38 @@ def train_step(variables, opt_state, batch, *, model, tx, ignore_index):
   params, state = variables['params'], {k: v for k, v in variables.items() if k != 'params'}
 
   def loss_fn(p):
-    logits, new_state = model.apply({'params': p, **state}, batch['image'], train=True,
-                                    mutable=list(state))
+    logits, new_state = model.apply(
+      {'params': p, **state}, batch['image'], train=True, mutable=list(state)
+    )
     logits = losses.upsample_logits(logits, batch['label'].shape[1:3])
     return image_mean_cross_entropy(logits, batch['label'], ignore_index), dict(new_state)
 
   (loss, state), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
   updates, opt_state = tx.update(grads, opt_state, params)
   params = optax.apply_updates(params, updates)
-  return ({'params': params, **state}, opt_state,
-          TrainMetrics.single_from_model_output(loss=loss))
+  return ({'params': params, **state}, opt_state, TrainMetrics.single_from_model_output(loss=loss))
 
 
 def pseudo_label_reader(workdir: str, ids: list[str]):
   def read(index: int, record) -> np.ndarray:
     lab = visualize.read_label_png(label.label_path(workdir, ids[index]))
     if lab.shape != record['image'].shape[:2]:
-      raise ValueError(f'{label.label_path(workdir, ids[index])}: size {lab.shape} differs '
-                       f'from its image {record["image"].shape[:2]}')
+      raise ValueError(
+        f'{label.label_path(workdir, ids[index])}: size {lab.shape} differs '
+        f'from its image {record["image"].shape[:2]}'
+      )
     return lab
+
   return read
 
 
 def ground_truth_reader(index: int, record) -> np.ndarray:
   """The record's own mask: the fully supervised upper bound trains on it."""
   if np.all(record['mask'] == 255):
-    raise ValueError(f'record {record["id"]!r} (index {index}) of data.train_split has no '
-                     "ground-truth mask; drop 'ground_truth' from segment.supervisions")
+    raise ValueError(
+      f'record {record["id"]!r} (index {index}) of data.train_split has no '
+      "ground-truth mask; drop 'ground_truth' from segment.supervisions"
+    )
   return record['mask']
 
 
@@ -150,18 +180,36 @@ def _train(cfg, workdir: str, supervision: str) -> None:
   if start:
     variables, opt_state = checkpoints.restore(mngr, start, variables, opt_state)
     logging.info('segment: resumed from micro-step %d', start)
-  ds = input_pipeline.segment_dataset(train_source, labels_for, cfg, micro_steps,
-                                      s.batch_size, seed=cfg.seed + 1)
+  ds = input_pipeline.segment_dataset(
+    train_source, labels_for, cfg, micro_steps, s.batch_size, seed=cfg.seed + 1
+  )
   batches = input_pipeline.iterate(ds, start, cfg)
-  step_fn = jax.jit(functools.partial(train_step, model=model, tx=tx,
-                                      ignore_index=s.ignore_index), donate_argnums=(0, 1))
+  step_fn = jax.jit(
+    functools.partial(train_step, model=model, tx=tx, ignore_index=s.ignore_index),
+    donate_argnums=(0, 1),
+  )
   log_name = 'segment.jsonl' if supervision == 'pseudo' else f'segment_{supervision}.jsonl'
   log = reporting.MetricLog(os.path.join(workdir, 'logs', log_name), micro_steps)
-  logging.info('segment (%s labels): %d iterations x %d accumulation steps, %d devices',
-               supervision, s.iterations, s.accumulation_steps, mesh.devices.size)
-  training.run_steps(step_fn, variables, opt_state, batches, mesh, mngr, log, start,
-                     micro_steps, s.log_every_steps,
-                     should_save=lambda done: done % s.checkpoint_every_steps == 0)
+  logging.info(
+    'segment (%s labels): %d iterations x %d accumulation steps, %d devices',
+    supervision,
+    s.iterations,
+    s.accumulation_steps,
+    mesh.devices.size,
+  )
+  training.run_steps(
+    step_fn,
+    variables,
+    opt_state,
+    batches,
+    mesh,
+    mngr,
+    log,
+    start,
+    micro_steps,
+    s.log_every_steps,
+    should_save=lambda done: done % s.checkpoint_every_steps == 0,
+  )
 
 
 def load_predictor(cfg, workdir: str, supervision: str = 'pseudo'):
@@ -170,8 +218,10 @@ def load_predictor(cfg, workdir: str, supervision: str = 'pseudo'):
   settings = inference.Settings.from_config(cfg)
   model = create_model(cfg)
   like = abstract_variables(model, cfg)
-  variables, _ = checkpoints.restore_variables(checkpoint_dir(workdir, supervision), None, like,
-                                               'segment')
+  variables, _ = checkpoints.restore_variables(
+    checkpoint_dir(workdir, supervision), None, like, 'segment'
+  )
   probs_fn = functools.partial(inference.window_probabilities(model, settings.flip), variables)
-  return lambda image: inference.predict(image, probs_fn, settings, cfg.segment.mean,
-                                         cfg.segment.std)
+  return lambda image: inference.predict(
+    image, probs_fn, settings, cfg.segment.mean, cfg.segment.std
+  )

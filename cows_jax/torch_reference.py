@@ -19,6 +19,7 @@ from cows_jax.models.vgg import VGG16_BLOCKS, scaled
 class PairOutput(NamedTuple):
   """Logits [B, C] of both images (single, co-attention, contrastive) and the co-attention
   class maps [B, C, h, w] before pooling."""
+
   single_m: torch.Tensor
   single_n: torch.Tensor
   co_m: torch.Tensor
@@ -40,8 +41,9 @@ class VGG16LargeFOV(nn.Module):
       dilation = 2 if b == 5 else 1
       for i, ch in enumerate(channels, start=1):
         out_ch = scaled(ch, width)
-        setattr(self, f'conv{b}_{i}', nn.Conv2d(in_ch, out_ch, 3, padding=dilation,
-                                               dilation=dilation))
+        setattr(
+          self, f'conv{b}_{i}', nn.Conv2d(in_ch, out_ch, 3, padding=dilation, dilation=dilation)
+        )
         in_ch = out_ch
     self.out_channels = in_ch
 
@@ -98,17 +100,24 @@ class CoAttentionClassifier(nn.Module):
     maps_m, maps_n = self.co_classifier(co_m), self.co_classifier(co_n)
     gap = lambda x: x.mean(dim=(2, 3))
     return PairOutput(
-        single_m=gap(self.classifier(f_m)), single_n=gap(self.classifier(f_n)),
-        co_m=gap(maps_m), co_n=gap(maps_n),
-        con_m=gap(self.co_classifier(con_m)), con_n=gap(self.co_classifier(con_n)),
-        maps_m=maps_m, maps_n=maps_n)
+      single_m=gap(self.classifier(f_m)),
+      single_n=gap(self.classifier(f_n)),
+      co_m=gap(maps_m),
+      co_n=gap(maps_n),
+      con_m=gap(self.co_classifier(con_m)),
+      con_n=gap(self.co_classifier(con_n)),
+      maps_m=maps_m,
+      maps_n=maps_n,
+    )
 
 
 def _flax_layout(model: CoAttentionClassifier):
   """(flax param path, torch parameter, HWIO->OIHW or W->weight conversion) for every param."""
   convs = [(('backbone', name), module) for name, module in model.backbone.named_children()]
-  convs += [((name,), getattr(model, name)) for name in
-            ('extra1', 'extra2', 'extra3', 'classifier', 'co_classifier', 'gate')]
+  convs += [
+    ((name,), getattr(model, name))
+    for name in ('extra1', 'extra2', 'extra3', 'classifier', 'co_classifier', 'gate')
+  ]
   for path, conv in convs:
     yield path + ('kernel',), conv.weight, (3, 2, 0, 1)
     if conv.bias is not None:
@@ -138,8 +147,9 @@ def to_flax(model: CoAttentionClassifier, grads: bool = False) -> dict:
   """The parameters (or their .grad) as numpy arrays in the flax param tree layout."""
   tree = {}
   for path, param, axes in _flax_layout(model):
-    value = param if not grads else (torch.zeros_like(param) if param.grad is None
-                                     else param.grad)  # None: no path to the loss, zero.
+    value = (
+      param if not grads else (torch.zeros_like(param) if param.grad is None else param.grad)
+    )  # None: no path to the loss, zero.
     value = value.detach().cpu().numpy()
     node = tree
     for key in path[:-1]:
@@ -157,8 +167,8 @@ def reference_losses(model, x_m, x_n, l_m, l_n, view_images, epoch, contrastive_
   out = model(x_m, x_n)
   common = l_m * l_n
   terms = {
-      'single': mlsm(torch.cat([out.single_m, out.single_n]), torch.cat([l_m, l_n])),
-      'coattention': mlsm(torch.cat([out.co_m, out.co_n]), torch.cat([common, common])),
+    'single': mlsm(torch.cat([out.single_m, out.single_n]), torch.cat([l_m, l_n])),
+    'coattention': mlsm(torch.cat([out.co_m, out.co_n]), torch.cat([common, common])),
   }
   contrastive = out.con_m.new_zeros(())
   for scores, diff in ((out.con_m, l_m - common), (out.con_n, l_n - common)):
@@ -170,32 +180,51 @@ def reference_losses(model, x_m, x_n, l_m, l_n, view_images, epoch, contrastive_
   for x_v in view_images:
     out_v = model(x_m, x_v)
     terms['self_single'] = terms['self_single'] + mlsm(
-        torch.cat([out_v.single_m, out_v.single_n]), both)
+      torch.cat([out_v.single_m, out_v.single_n]), both
+    )
     terms['self_coattention'] = terms['self_coattention'] + mlsm(
-        torch.cat([out_v.co_m, out_v.co_n]), both)
+      torch.cat([out_v.co_m, out_v.co_n]), both
+    )
   return terms
 
 
-def sgd(model: CoAttentionClassifier, lr, momentum, nesterov, weight_decay,
-        mult_pretrained_weight, mult_pretrained_bias, mult_new_weight,
-        mult_new_bias) -> torch.optim.SGD:
+def sgd(
+  model: CoAttentionClassifier,
+  lr,
+  momentum,
+  nesterov,
+  weight_decay,
+  mult_pretrained_weight,
+  mult_pretrained_bias,
+  mult_new_weight,
+  mult_new_bias,
+) -> torch.optim.SGD:
   """torch SGD with four param groups: backbone/new layers x weights/biases."""
   groups = {}
   for name, param in model.named_parameters():
     pretrained = name.startswith('backbone.')
     bias = name.endswith('.bias')
-    mult = ((mult_pretrained_bias if bias else mult_pretrained_weight) if pretrained
-            else (mult_new_bias if bias else mult_new_weight))
+    mult = (
+      (mult_pretrained_bias if bias else mult_pretrained_weight)
+      if pretrained
+      else (mult_new_bias if bias else mult_new_weight)
+    )
     groups.setdefault(mult, []).append(param)
-  return torch.optim.SGD([{'params': p, 'lr': lr * m} for m, p in groups.items()], lr=lr,
-                         momentum=momentum, nesterov=nesterov, weight_decay=weight_decay)
+  return torch.optim.SGD(
+    [{'params': p, 'lr': lr * m} for m, p in groups.items()],
+    lr=lr,
+    momentum=momentum,
+    nesterov=nesterov,
+    weight_decay=weight_decay,
+  )
 
 
 def train_step(model, optimizer, x_m, x_n, l_m, l_n, view_images, epoch, contrastive_from_epoch):
   """One reference SGD step (1 + len(view_images) full pair forwards); returns the loss."""
   optimizer.zero_grad(set_to_none=True)
-  total = sum(reference_losses(model, x_m, x_n, l_m, l_n, view_images, epoch,
-                               contrastive_from_epoch).values())
+  total = sum(
+    reference_losses(model, x_m, x_n, l_m, l_n, view_images, epoch, contrastive_from_epoch).values()
+  )
   total.backward()
   optimizer.step()
   return total.item()
@@ -227,8 +256,7 @@ def aggregate(maps, gate):
 
 
 @torch.no_grad()
-def localization_maps(model, x_m, classes, partners, view_images, gate,
-                      map_back=bicubic_map_back):
+def localization_maps(model, x_m, classes, partners, view_images, gate, map_back=bicubic_map_back):
   """Aggregated maps [len(classes), h, w] of one image x_m [1, 3, H, W], a full pair forward
   per pairing (the reference's test script). Per class c (partners[j]: the K related images
   [K, 3, H, W] for classes[j]): m's map in the pair with the first view, each view's map

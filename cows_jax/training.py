@@ -7,9 +7,20 @@ import numpy as np
 from cows_jax import checkpoints, parallel
 
 
-def run_steps(step_fn: Callable, variables, opt_state, batches, mesh, mngr, log, start: int,
-              total: int, log_every: int, should_save: Callable[[int], bool],
-              step_args: Callable[[int], tuple] = lambda step: ()):
+def run_steps(
+  step_fn: Callable,
+  variables,
+  opt_state,
+  batches,
+  mesh,
+  mngr,
+  log,
+  start: int,
+  total: int,
+  log_every: int,
+  should_save: Callable[[int], bool],
+  step_args: Callable[[int], tuple] = lambda step: (),
+):
   """Steps start..total-1. `step_fn(variables, opt_state, batch, *step_args(step))` returns
   (variables, opt_state, clu metrics); metrics are logged every `log_every` steps and at the
   end; a checkpoint is saved after step s when `should_save(s + 1)` or at the end."""

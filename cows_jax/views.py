@@ -24,8 +24,11 @@ def bicubic_matrix(in_size: int, out_size: int, a: float = -0.75) -> np.ndarray:
   out = np.zeros((out_size, in_size), np.float64)
   for k in range(-1, 3):
     x = np.abs(src - (base + k))
-    w = np.where(x <= 1, ((a + 2) * x - (a + 3)) * x * x + 1,
-                 np.where(x < 2, ((a * x - 5 * a) * x + 8 * a) * x - 4 * a, 0.0))
+    w = np.where(
+      x <= 1,
+      ((a + 2) * x - (a + 3)) * x * x + 1,
+      np.where(x < 2, ((a * x - 5 * a) * x + 8 * a) * x - 4 * a, 0.0),
+    )
     np.add.at(out, (np.arange(out_size), np.clip(base + k, 0, in_size - 1)), w)
   return out.astype(np.float32)
 
@@ -47,4 +50,3 @@ def view_key(view) -> str:
 
 def same_size(view) -> bool:
   return view == 'flip'
-

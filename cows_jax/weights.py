@@ -25,13 +25,17 @@ ARCHS = ('vgg16', 'resnet101')
 # Input conventions: mean and std on the 0..1 scale of RGB images.
 TORCHVISION_INPUT = {'name': 'torchvision', 'mean': IMAGENET_MEAN, 'std': IMAGENET_STD}
 CAFFE_BGR_MEAN = (104.008, 116.669, 122.675)
-CAFFE_INPUT = {'name': 'caffe', 'mean': tuple(m / 255.0 for m in CAFFE_BGR_MEAN[::-1]),
-               'std': (1.0 / 255.0,) * 3}
+CAFFE_INPUT = {
+  'name': 'caffe',
+  'mean': tuple(m / 255.0 for m in CAFFE_BGR_MEAN[::-1]),
+  'std': (1.0 / 255.0,) * 3,
+}
 
 # torchvision's vgg16 `features` indices of the 13 convs, in VGG16 order.
 _VGG16_FEATURE_CONVS = (0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28)
-_VGG16_NAMES = tuple(f'conv{b}_{i}' for b, n in enumerate((2, 2, 3, 3, 3), start=1)
-                     for i in range(1, n + 1))
+_VGG16_NAMES = tuple(
+  f'conv{b}_{i}' for b, n in enumerate((2, 2, 3, 3, 3), start=1) for i in range(1, n + 1)
+)
 
 
 class WeightsError(ValueError):
@@ -48,6 +52,7 @@ def read_state_dict(path: str) -> dict[str, np.ndarray]:
   if path.endswith('.safetensors'):
     from safetensors import SafetensorError
     from safetensors.numpy import load_file
+
     try:
       return dict(load_file(path))
     except (SafetensorError, OSError, ValueError) as e:
@@ -55,8 +60,10 @@ def read_state_dict(path: str) -> dict[str, np.ndarray]:
   try:
     import torch
   except ImportError:
-    raise WeightsError(f'{path}: reading PyTorch files needs torch (pip install torch); or '
-                       'convert the file to .safetensors, which needs no torch') from None
+    raise WeightsError(
+      f'{path}: reading PyTorch files needs torch (pip install torch); or '
+      'convert the file to .safetensors, which needs no torch'
+    ) from None
   try:
     obj = torch.load(path, map_location='cpu', weights_only=True)
   except Exception as e:  # torch raises many types for corrupt or truncated files.
@@ -66,17 +73,22 @@ def read_state_dict(path: str) -> dict[str, np.ndarray]:
       obj = obj[key]
   if not isinstance(obj, dict):
     raise WeightsError(f'{path}: expected a state dict, found {type(obj).__name__}')
-  return {k.removeprefix('module.'): v.detach().float().numpy() for k, v in obj.items()
-          if hasattr(v, 'detach')}
+  return {
+    k.removeprefix('module.'): v.detach().float().numpy()
+    for k, v in obj.items()
+    if hasattr(v, 'detach')
+  }
 
 
 def _caffe_messages():
   """NetParameter/LayerParameter/BlobProto built from the fields of caffe.proto that hold
   weights (no Caffe install, no protoc): unknown fields are skipped when parsing."""
   from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+
   F = descriptor_pb2.FieldDescriptorProto
-  fdp = descriptor_pb2.FileDescriptorProto(name='cows_caffe_subset.proto', package='caffe',
-                                           syntax='proto2')
+  fdp = descriptor_pb2.FileDescriptorProto(
+    name='cows_caffe_subset.proto', package='caffe', syntax='proto2'
+  )
 
   def message(name, fields):
     m = fdp.message_type.add(name=name)
@@ -89,25 +101,44 @@ def _caffe_messages():
 
   opt, rep = F.LABEL_OPTIONAL, F.LABEL_REPEATED
   message('BlobShape', [('dim', 1, F.TYPE_INT64, rep, None)])
-  message('BlobProto', [('shape', 7, F.TYPE_MESSAGE, opt, 'BlobShape'),
-                        ('data', 5, F.TYPE_FLOAT, rep, None),
-                        ('double_data', 8, F.TYPE_DOUBLE, rep, None),
-                        ('num', 1, F.TYPE_INT32, opt, None),
-                        ('channels', 2, F.TYPE_INT32, opt, None),
-                        ('height', 3, F.TYPE_INT32, opt, None),
-                        ('width', 4, F.TYPE_INT32, opt, None)])
-  message('LayerParameter', [('name', 1, F.TYPE_STRING, opt, None),
-                             ('type', 2, F.TYPE_STRING, opt, None),
-                             ('blobs', 7, F.TYPE_MESSAGE, rep, 'BlobProto')])
-  message('V1LayerParameter', [('name', 4, F.TYPE_STRING, opt, None),
-                               ('blobs', 6, F.TYPE_MESSAGE, rep, 'BlobProto')])
-  message('NetParameter', [('name', 1, F.TYPE_STRING, opt, None),
-                           ('layer', 100, F.TYPE_MESSAGE, rep, 'LayerParameter'),
-                           ('layers', 2, F.TYPE_MESSAGE, rep, 'V1LayerParameter')])
+  message(
+    'BlobProto',
+    [
+      ('shape', 7, F.TYPE_MESSAGE, opt, 'BlobShape'),
+      ('data', 5, F.TYPE_FLOAT, rep, None),
+      ('double_data', 8, F.TYPE_DOUBLE, rep, None),
+      ('num', 1, F.TYPE_INT32, opt, None),
+      ('channels', 2, F.TYPE_INT32, opt, None),
+      ('height', 3, F.TYPE_INT32, opt, None),
+      ('width', 4, F.TYPE_INT32, opt, None),
+    ],
+  )
+  message(
+    'LayerParameter',
+    [
+      ('name', 1, F.TYPE_STRING, opt, None),
+      ('type', 2, F.TYPE_STRING, opt, None),
+      ('blobs', 7, F.TYPE_MESSAGE, rep, 'BlobProto'),
+    ],
+  )
+  message(
+    'V1LayerParameter',
+    [('name', 4, F.TYPE_STRING, opt, None), ('blobs', 6, F.TYPE_MESSAGE, rep, 'BlobProto')],
+  )
+  message(
+    'NetParameter',
+    [
+      ('name', 1, F.TYPE_STRING, opt, None),
+      ('layer', 100, F.TYPE_MESSAGE, rep, 'LayerParameter'),
+      ('layers', 2, F.TYPE_MESSAGE, rep, 'V1LayerParameter'),
+    ],
+  )
   pool = descriptor_pool.DescriptorPool()
   pool.Add(fdp)
-  return {name: message_factory.GetMessageClass(pool.FindMessageTypeByName('caffe.' + name))
-          for name in ('NetParameter', 'LayerParameter', 'BlobProto', 'BlobShape')}
+  return {
+    name: message_factory.GetMessageClass(pool.FindMessageTypeByName('caffe.' + name))
+    for name in ('NetParameter', 'LayerParameter', 'BlobProto', 'BlobShape')
+  }
 
 
 def _blob_array(blob) -> np.ndarray:
@@ -119,8 +150,7 @@ def _blob_array(blob) -> np.ndarray:
   if data.size != int(np.prod(shape)):
     raise WeightsError(f'blob of shape {shape} holds {data.size} values')
   data = data.reshape(shape)
-  return data if blob.HasField('shape') else data.reshape(
-      tuple(d for d in shape if d != 1) or (1,))
+  return data if blob.HasField('shape') else data.reshape(tuple(d for d in shape if d != 1) or (1,))
 
 
 def read_caffemodel(path: str) -> dict[str, list[np.ndarray]]:
@@ -128,6 +158,7 @@ def read_caffemodel(path: str) -> dict[str, list[np.ndarray]]:
   if not os.path.isfile(path):
     raise FileNotFoundError(f'weights file {path} does not exist')
   from google.protobuf.message import DecodeError
+
   net = _caffe_messages()['NetParameter']()
   with open(path, 'rb') as f:
     data = f.read()
@@ -180,12 +211,17 @@ def check_against(variables: dict, expected: dict, source: str) -> None:
   """One error listing every missing key and every shape mismatch against the model."""
   got, want = _flat(variables), _flat(expected)
   missing = sorted(set(want) - set(got))
-  wrong = sorted(f'{k}: file {got[k].shape}, model {tuple(want[k].shape)}'
-                 for k in set(want) & set(got) if tuple(got[k].shape) != tuple(want[k].shape))
+  wrong = sorted(
+    f'{k}: file {got[k].shape}, model {tuple(want[k].shape)}'
+    for k in set(want) & set(got)
+    if tuple(got[k].shape) != tuple(want[k].shape)
+  )
   unexpected = sorted(set(got) - set(want))
-  problems = ([f'missing: {", ".join(missing)}'] if missing else []) + (
-      [f'shape mismatch: {"; ".join(wrong)}'] if wrong else []) + (
-      [f'not in the model: {", ".join(unexpected)}'] if unexpected else [])
+  problems = (
+    ([f'missing: {", ".join(missing)}'] if missing else [])
+    + ([f'shape mismatch: {"; ".join(wrong)}'] if wrong else [])
+    + ([f'not in the model: {", ".join(unexpected)}'] if unexpected else [])
+  )
   if problems:
     raise WeightsError(f'{source} does not fit the backbone: ' + ' | '.join(problems))
 
@@ -228,16 +264,29 @@ def _resnet_layers():
   """Per conv + batch norm: (flax conv path, flax bn path, torchvision conv and bn prefixes,
   Caffe conv, BatchNorm and Scale layer names)."""
   from cows_jax.models.resnet import RESNET101_STAGES
+
   yield ('conv1',), ('bn1',), 'conv1', 'bn1', 'conv1', 'bn_conv1', 'scale_conv1'
   for layer, b, c in _resnet_blocks(RESNET101_STAGES):
     for k, branch in ((1, '2a'), (2, '2b'), (3, '2c')):
-      yield ((layer, str(b), f'conv{k}'), (layer, str(b), f'bn{k}'), f'{layer}.{b}.conv{k}',
-             f'{layer}.{b}.bn{k}', f'res{c}_branch{branch}', f'bn{c}_branch{branch}',
-             f'scale{c}_branch{branch}')
+      yield (
+        (layer, str(b), f'conv{k}'),
+        (layer, str(b), f'bn{k}'),
+        f'{layer}.{b}.conv{k}',
+        f'{layer}.{b}.bn{k}',
+        f'res{c}_branch{branch}',
+        f'bn{c}_branch{branch}',
+        f'scale{c}_branch{branch}',
+      )
     if b == 0:
-      yield ((layer, '0', 'downsample', '0'), (layer, '0', 'downsample', '1'),
-             f'{layer}.0.downsample.0', f'{layer}.0.downsample.1', f'res{c}_branch1',
-             f'bn{c}_branch1', f'scale{c}_branch1')
+      yield (
+        (layer, '0', 'downsample', '0'),
+        (layer, '0', 'downsample', '1'),
+        f'{layer}.0.downsample.0',
+        f'{layer}.0.downsample.1',
+        f'res{c}_branch1',
+        f'bn{c}_branch1',
+        f'scale{c}_branch1',
+      )
 
 
 def _put(tree, path, value):
@@ -251,8 +300,13 @@ def resnet101_from_torchvision(tensors: dict) -> tuple[dict, list[str]]:
   torchvision/timm resnet101 keys."""
   params, frozen, used = {}, {}, set()
   for conv_path, bn_path, conv, bn, *_ in _resnet_layers():
-    keys = {f'{conv}.weight': 'kernel', f'{bn}.weight': 'scale', f'{bn}.bias': 'bias',
-            f'{bn}.running_mean': 'mean', f'{bn}.running_var': 'var'}
+    keys = {
+      f'{conv}.weight': 'kernel',
+      f'{bn}.weight': 'scale',
+      f'{bn}.bias': 'bias',
+      f'{bn}.running_mean': 'mean',
+      f'{bn}.running_var': 'var',
+    }
     if not all(k in tensors for k in keys):
       continue
     _put(params, conv_path + ('kernel',), _conv_kernel(tensors[f'{conv}.weight']))
@@ -274,25 +328,33 @@ def resnet101_from_caffe(layers: dict) -> tuple[dict, list[str]]:
     mean, var, factor = (layers[bn] + [np.ones(1, np.float32)])[:3]
     factor = float(factor.ravel()[0]) or 1.0
     gamma, beta = layers[scale][:2]
-    for name, value in (('scale', gamma), ('bias', beta), ('mean', mean / factor),
-                        ('var', var / factor)):
+    for name, value in (
+      ('scale', gamma),
+      ('bias', beta),
+      ('mean', mean / factor),
+      ('var', var / factor),
+    ):
       _put(frozen, bn_path + (name,), np.asarray(value, np.float32).ravel())
     used |= {conv, bn, scale}
   return {'params': params, 'frozen_bn': frozen}, sorted(set(layers) - used)
 
 
-CONVERTERS = {('vgg16', 'torchvision'): vgg16_from_torchvision,
-              ('vgg16', 'caffe'): vgg16_from_caffe,
-              ('resnet101', 'torchvision'): resnet101_from_torchvision,
-              ('resnet101', 'caffe'): resnet101_from_caffe}
+CONVERTERS = {
+  ('vgg16', 'torchvision'): vgg16_from_torchvision,
+  ('vgg16', 'caffe'): vgg16_from_caffe,
+  ('resnet101', 'torchvision'): resnet101_from_torchvision,
+  ('resnet101', 'caffe'): resnet101_from_caffe,
+}
 
 
 def expected_variables(arch: str) -> dict:
   """Shapes of the full-size backbone's variables ({'params': ..., ...})."""
   import jax
   import jax.numpy as jnp
+
   from cows_jax.models.resnet import ResNet
   from cows_jax.models.vgg import VGG16LargeFOV
+
   models = {'vgg16': VGG16LargeFOV, 'resnet101': ResNet}
   x = jnp.zeros((1, 32, 32, 3))
   return dict(jax.eval_shape(models[arch]().init, jax.random.key(0), x))
@@ -311,13 +373,16 @@ def convert(arch: str, src: str) -> tuple[dict, list[str], dict]:
     convention = TORCHVISION_INPUT
   fmt = 'caffe' if caffe else 'torchvision'
   if (arch, fmt) not in CONVERTERS:
-    raise WeightsError(f'{src}: no {fmt} converter for {arch} (have: '
-                       f'{", ".join("/".join(k) for k in CONVERTERS)})')
+    raise WeightsError(
+      f'{src}: no {fmt} converter for {arch} (have: {", ".join("/".join(k) for k in CONVERTERS)})'
+    )
   converter = CONVERTERS[(arch, fmt)]
   variables, ignored = converter(tensors)
   if not _flat(variables):
-    raise WeightsError(f'{src}: none of its keys are {fmt} {arch} backbone keys (it has '
-                       f'{", ".join(sorted(tensors)[:5])}, ...); another architecture?')
+    raise WeightsError(
+      f'{src}: none of its keys are {fmt} {arch} backbone keys (it has '
+      f'{", ".join(sorted(tensors)[:5])}, ...); another architecture?'
+    )
   check_against(variables, expected_variables(arch), src)
   return variables, ignored, convention
 
@@ -331,9 +396,14 @@ def import_weights(arch: str, src: str, out: str) -> dict:
   os.makedirs(out, exist_ok=True)
   with ocp.StandardCheckpointer() as ckptr:  # writes to a tmp dir, then renames.
     ckptr.save(ckpt, variables)
-  provenance = {'arch': arch, 'source': os.path.abspath(src), 'sha256': _sha256(src),
-                'format': 'caffe' if src.endswith('.caffemodel') else 'torchvision',
-                'input': convention, 'ignored_keys': ignored}
+  provenance = {
+    'arch': arch,
+    'source': os.path.abspath(src),
+    'sha256': _sha256(src),
+    'format': 'caffe' if src.endswith('.caffemodel') else 'torchvision',
+    'input': convention,
+    'ignored_keys': ignored,
+  }
   if arch == 'resnet101':  # where the stride of a downsampling block sits (models/resnet.py).
     provenance['stride_in_1x1'] = provenance['format'] == 'caffe'
   reporting.write_json_atomic(os.path.join(out, 'provenance.json'), provenance)
@@ -346,8 +416,10 @@ def read_provenance(init_from: str) -> dict:
     with open(path) as f:
       return json.load(f)
   except (OSError, json.JSONDecodeError) as e:
-    raise FileNotFoundError(f'model.init_from={init_from}: {path} is missing or unreadable '
-                            f'({e}); make it with `cows-jax weights import`') from e
+    raise FileNotFoundError(
+      f'model.init_from={init_from}: {path} is missing or unreadable '
+      f'({e}); make it with `cows-jax weights import`'
+    ) from e
 
 
 def load_backbone(init_from: str, arch: str, like: dict) -> dict:
@@ -355,8 +427,9 @@ def load_backbone(init_from: str, arch: str, like: dict) -> dict:
   (e.g. {'params': ...}); a width-scaled model cannot take full-size weights."""
   provenance = read_provenance(init_from)
   if provenance['arch'] != arch:
-    raise WeightsError(f'model.init_from={init_from} holds {provenance["arch"]} weights, '
-                       f'the model needs {arch}')
+    raise WeightsError(
+      f'model.init_from={init_from} holds {provenance["arch"]} weights, the model needs {arch}'
+    )
   with ocp.StandardCheckpointer() as ckptr:
     stored = ckptr.metadata(os.path.join(os.path.abspath(init_from), 'backbone'))
     stored = getattr(stored, 'item_metadata', stored)
@@ -366,8 +439,10 @@ def load_backbone(init_from: str, arch: str, like: dict) -> dict:
 
 def jax_tree_to_dict(tree) -> dict:
   """Nested dicts of orbax metadata (anything with .shape) as plain dicts."""
-  return {k: jax_tree_to_dict(v) if isinstance(v, dict) or hasattr(v, 'items') else v
-          for k, v in tree.items()}
+  return {
+    k: jax_tree_to_dict(v) if isinstance(v, dict) or hasattr(v, 'items') else v
+    for k, v in tree.items()
+  }
 
 
 def with_pretrained_backbone(variables: dict, init_from: str, arch: str) -> dict:
@@ -377,8 +452,10 @@ def with_pretrained_backbone(variables: dict, init_from: str, arch: str) -> dict
     return variables
   like = {col: tree['backbone'] for col, tree in variables.items() if 'backbone' in tree}
   loaded = load_backbone(init_from, arch, like)
-  return {col: {**tree, 'backbone': loaded[col]} if col in loaded else tree
-          for col, tree in variables.items()}
+  return {
+    col: {**tree, 'backbone': loaded[col]} if col in loaded else tree
+    for col, tree in variables.items()
+  }
 
 
 def apply_input_convention(cfg) -> None:
@@ -398,6 +475,7 @@ def apply_input_convention(cfg) -> None:
 def main(argv: list[str]) -> int:
   """`cows-jax weights import --arch ARCH --src FILE --out DIR`."""
   import argparse
+
   parser = argparse.ArgumentParser(prog='cows-jax weights', description=__doc__.split('\n')[0])
   sub = parser.add_subparsers(dest='command', required=True)
   imp = sub.add_parser('import', help='convert a local weights file into DIR')
@@ -410,10 +488,14 @@ def main(argv: list[str]) -> int:
   except (FileNotFoundError, WeightsError) as e:
     print(f'cows-jax weights import: error: {e}', file=sys.stderr)
     return 1
-  print(f'imported {args.arch} ({provenance["format"]}, sha256 {provenance["sha256"][:12]}) '
-        f'-> {args.out}; input convention: {provenance["input"]["name"]}')
+  print(
+    f'imported {args.arch} ({provenance["format"]}, sha256 {provenance["sha256"][:12]}) '
+    f'-> {args.out}; input convention: {provenance["input"]["name"]}'
+  )
   if provenance['ignored_keys']:
-    print(f'ignored {len(provenance["ignored_keys"])} keys not in the backbone: '
-          f'{", ".join(provenance["ignored_keys"][:8])}'
-          f'{" ..." if len(provenance["ignored_keys"]) > 8 else ""}')
+    print(
+      f'ignored {len(provenance["ignored_keys"])} keys not in the backbone: '
+      f'{", ".join(provenance["ignored_keys"][:8])}'
+      f'{" ..." if len(provenance["ignored_keys"]) > 8 else ""}'
+    )
   return 0

@@ -7,9 +7,11 @@ import pytest
 
 # The test programs are tiny: XLA's default CPU optimization spends far longer compiling them
 # than running them (the suite's time is mostly compiles), so tests compile fast.
-FAST_COMPILE_FLAGS = ('--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true'
-                      ' --xla_cpu_use_fusion_emitters=false')
-os.environ['XLA_FLAGS'] = f"{os.environ.get('XLA_FLAGS', '')} {FAST_COMPILE_FLAGS}".strip()
+FAST_COMPILE_FLAGS = (
+  '--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true'
+  ' --xla_cpu_use_fusion_emitters=false'
+)
+os.environ['XLA_FLAGS'] = f'{os.environ.get("XLA_FLAGS", "")} {FAST_COMPILE_FLAGS}'.strip()
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, 'configs'))
@@ -19,6 +21,7 @@ sys.path.insert(0, os.path.join(ROOT, 'configs'))
 def tiny_config(tmp_path):
   """configs/synthetic.py:tiny with the dataset built under tmp_path."""
   import synthetic  # configs/synthetic.py
+
   cfg = synthetic.get_config('tiny')
   cfg.data.data_dir = str(tmp_path / 'data')
   return cfg

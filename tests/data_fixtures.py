@@ -33,8 +33,8 @@ def mask_of(image_id: str) -> np.ndarray:
   classes = classes_of(image_id)
   for j, c in enumerate(classes):
     top = 2 + j * (H - 4) // len(classes)
-    mask[top:top + (H - 4) // len(classes), 4:W - 4] = c + 1
-    mask[top, 4:W - 4] = 255
+    mask[top : top + (H - 4) // len(classes), 4 : W - 4] = c + 1
+    mask[top, 4 : W - 4] = 255
   return mask
 
 
@@ -59,8 +59,16 @@ def write_gray_png(path: str, array: np.ndarray) -> None:
 def write_sbd_mat(path: str, mask: np.ndarray) -> None:
   os.makedirs(os.path.dirname(path), exist_ok=True)
   mask = np.where(mask == 255, 0, mask).astype(np.uint8)  # SBD masks have no ignore band
-  scipy.io.savemat(path, {'GTcls': {'Segmentation': mask, 'Boundaries': np.zeros(0),
-                                    'CategoriesPresent': np.unique(mask[mask > 0])}})
+  scipy.io.savemat(
+    path,
+    {
+      'GTcls': {
+        'Segmentation': mask,
+        'Boundaries': np.zeros(0),
+        'CategoriesPresent': np.unique(mask[mask > 0]),
+      }
+    },
+  )
 
 
 def write_xml(path: str, names: list[str]) -> None:
@@ -83,8 +91,9 @@ def make_voc(base: str, aug: str = 'seg_class_aug', saliency: bool = True) -> st
   for seed, i in enumerate(TRAIN_AUG + VOC_VAL + TEST):
     write_jpeg(os.path.join(root, 'JPEGImages', i + '.jpg'), seed)
   for i in TRAIN_AUG if saliency else ():
-    write_gray_png(os.path.join(base, 'saliency', i + '.png'),
-                   np.where(mask_of(i) > 0, 220, 10).astype(np.uint8))
+    write_gray_png(
+      os.path.join(base, 'saliency', i + '.png'), np.where(mask_of(i) > 0, 220, 10).astype(np.uint8)
+    )
   for i in VOC_TRAIN + VOC_VAL:
     write_palette_png(os.path.join(root, 'SegmentationClass', i + '.png'), mask_of(i))
   sets = os.path.join(root, 'ImageSets', 'Segmentation')
@@ -95,8 +104,10 @@ def make_voc(base: str, aug: str = 'seg_class_aug', saliency: bool = True) -> st
   if aug == 'seg_class_aug':
     for i in TRAIN_AUG + VOC_VAL:
       write_gray_png(os.path.join(root, 'SegmentationClassAug', i + '.png'), mask_of(i))
-    write_list(os.path.join(root, 'ImageSets', 'SegmentationAug', 'train_aug.txt'),
-               [f'/JPEGImages/{i}.jpg /SegmentationClassAug/{i}.png' for i in TRAIN_AUG])
+    write_list(
+      os.path.join(root, 'ImageSets', 'SegmentationAug', 'train_aug.txt'),
+      [f'/JPEGImages/{i}.jpg /SegmentationClassAug/{i}.png' for i in TRAIN_AUG],
+    )
   else:  # SBD: its train/val overlap VOC's, and one SBD val image is a VOC val image.
     dataset = os.path.join(base, 'benchmark_RELEASE', 'dataset')
     for i in SBD_ONLY + VOC_VAL[:1]:

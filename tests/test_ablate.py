@@ -37,19 +37,23 @@ def test_baseline_trains_no_coattention_layer(tiny_config):
   params = classify.init_variables(model, cfg, jax.random.key(0))['params']
   rng = np.random.default_rng(0)
   size = cfg.input.size
-  batch = {'image_m': rng.normal(size=(2, size, size, 3)).astype(np.float32),
-           'image_n': rng.normal(size=(2, size, size, 3)).astype(np.float32),
-           'labels_m': np.eye(cfg.data.num_classes, dtype=np.float32)[[0, 1]],
-           'labels_n': np.eye(cfg.data.num_classes, dtype=np.float32)[[0, 2]]}
-  grads = jax.grad(lambda p: classify.loss_fn(
-      p, {}, model, batch, jnp.asarray(True), classify.loss_weights(cfg), ('flip',))[0])(params)
+  batch = {
+    'image_m': rng.normal(size=(2, size, size, 3)).astype(np.float32),
+    'image_n': rng.normal(size=(2, size, size, 3)).astype(np.float32),
+    'labels_m': np.eye(cfg.data.num_classes, dtype=np.float32)[[0, 1]],
+    'labels_n': np.eye(cfg.data.num_classes, dtype=np.float32)[[0, 2]],
+  }
+  grads = jax.grad(
+    lambda p: classify.loss_fn(
+      p, {}, model, batch, jnp.asarray(True), classify.loss_weights(cfg), ('flip',)
+    )[0]
+  )(params)
   for name in ('co_weight', 'co_classifier', 'gate'):
     assert all(np.all(g == 0) for g in jax.tree.leaves(grads[name])), name
   assert np.any(grads['classifier']['kernel'] != 0)
 
 
 def test_markdown_table_rows():
-  rows = [{'variant': 'a', 'cam_miou': 12.345, 'pseudo_label_miou': 20.0,
-           'cam_bg_threshold': 0.3}]
+  rows = [{'variant': 'a', 'cam_miou': 12.345, 'pseudo_label_miou': 20.0, 'cam_bg_threshold': 0.3}]
   table = ablate.markdown_table(rows)
   assert table.splitlines()[2] == '| a | 12.3 | 20.0 | 0.30 |'

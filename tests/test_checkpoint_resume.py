@@ -13,8 +13,9 @@ from cows_jax import checkpoints, classify
 def _final_params(cfg, workdir):
   model = classify.create_model(cfg)
   like = classify.abstract_variables(model, cfg)
-  params, step = checkpoints.restore_variables(classify.checkpoint_dir(workdir), None, like,
-                                            'classify')
+  params, step = checkpoints.restore_variables(
+    classify.checkpoint_dir(workdir), None, like, 'classify'
+  )
   return jax.device_get(params), step
 
 

@@ -13,23 +13,38 @@ from cows_jax import cli
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.mark.parametrize('args,message', [
-    (['--config', 'configs/missing.py'],
-     "--config=configs/missing.py: cannot load the config file: [Errno 2] No such file"),
-    (['--config', 'configs/voc12.py:fast'],
-     "unknown config argument 'fast' (known: runlocal)"),
-    (['--config', 'configs/synthetic.py', '--config.classify.epoch=3'],
-     "unknown config field 'epoch', did you mean 'epochs'? (overrides given: "
-     "--config.classify.epoch)"),
-    (['--config', 'configs/synthetic.py', '--config.clasify.epochs=3'],
-     "unknown config field 'clasify', did you mean 'classify'? (overrides given: "
-     "--config.clasify.epochs)"),
-    (['--config', 'configs/synthetic.py', '--config.classify.zzz=3'],
-     "unknown config field 'zzz' (overrides given: --config.classify.zzz)"),
-])
+@pytest.mark.parametrize(
+  'args,message',
+  [
+    (
+      ['--config', 'configs/missing.py'],
+      '--config=configs/missing.py: cannot load the config file: [Errno 2] No such file',
+    ),
+    (['--config', 'configs/voc12.py:fast'], "unknown config argument 'fast' (known: runlocal)"),
+    (
+      ['--config', 'configs/synthetic.py', '--config.classify.epoch=3'],
+      "unknown config field 'epoch', did you mean 'epochs'? (overrides given: "
+      '--config.classify.epoch)',
+    ),
+    (
+      ['--config', 'configs/synthetic.py', '--config.clasify.epochs=3'],
+      "unknown config field 'clasify', did you mean 'classify'? (overrides given: "
+      '--config.clasify.epochs)',
+    ),
+    (
+      ['--config', 'configs/synthetic.py', '--config.classify.zzz=3'],
+      "unknown config field 'zzz' (overrides given: --config.classify.zzz)",
+    ),
+  ],
+)
 def test_bad_config_is_one_line(tmp_path, args, message):
-  cmd = [os.path.join(os.path.dirname(sys.executable), 'cows-jax'), 'classify',
-         '--workdir', str(tmp_path), *args]
+  cmd = [
+    os.path.join(os.path.dirname(sys.executable), 'cows-jax'),
+    'classify',
+    '--workdir',
+    str(tmp_path),
+    *args,
+  ]
   done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
   assert done.returncode != 0
   assert message in done.stderr, done.stderr
@@ -42,6 +57,7 @@ def test_library_log_filter_keeps_our_records_and_real_library_warnings():
 
   def record(path, level, msg):
     return std_logging.LogRecord('absl', level, path, 1, msg, None, None)
+
   tfds = '/venv/site-packages/tensorflow_datasets/core/dataset_builder.py'
   orbax = '/venv/site-packages/orbax/checkpoint/checkpoint_manager.py'
   assert quiet.filter(record('/src/cows_jax/classify.py', std_logging.INFO, 'step 1'))

@@ -54,8 +54,7 @@ def test_model_shapes_and_maps():
   head = model.apply({'params': params}, feats, small, method=model.pair_head)
   np.testing.assert_allclose(head.co_m, jnp.mean(maps_m, (1, 2)), rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(head.co_n, jnp.mean(maps_n, (1, 2)), rtol=1e-5, atol=1e-6)
-  assert set(params) >= {'backbone', 'extra1', 'classifier', 'co_classifier', 'gate',
-                         'co_weight'}
+  assert set(params) >= {'backbone', 'extra1', 'classifier', 'co_classifier', 'gate', 'co_weight'}
 
 
 def test_pair_targets():
@@ -77,6 +76,7 @@ def test_multilabel_soft_margin_matches_formula():
 
 def _scores(value):
   from cows_jax.models.coattention import PairScores
+
   return PairScores(*[jnp.full((2, 4), value) for _ in range(6)])
 
 
@@ -88,10 +88,12 @@ def test_contrastive_loss_gated_by_epoch_and_difference():
   no_diff = losses.coattention_losses(_scores(0.3), same, same, jnp.asarray(True))
   # m's labels are a subset of n's: only n's side has a difference, so only it counts.
   _, _, diff_n = losses.pair_targets(same, other)
-  np.testing.assert_allclose(on['contrastive'],
-                             losses.multilabel_soft_margin(jnp.full((2, 4), 0.3), diff_n),
-                             rtol=1e-6)
+  np.testing.assert_allclose(
+    on['contrastive'], losses.multilabel_soft_margin(jnp.full((2, 4), 0.3), diff_n), rtol=1e-6
+  )
   assert off['contrastive'] == 0 and no_diff['contrastive'] == 0
   # Co-attention targets are the common classes: identical scores, different targets.
-  assert not np.isclose(on['coattention'], losses.coattention_losses(
-      _scores(0.3), other, other, jnp.asarray(True))['coattention'])
+  assert not np.isclose(
+    on['coattention'],
+    losses.coattention_losses(_scores(0.3), other, other, jnp.asarray(True))['coattention'],
+  )

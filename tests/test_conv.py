@@ -11,20 +11,32 @@ import pytest
 from cows_jax.models import conv
 
 
-@pytest.mark.parametrize('size,stride,dilation,padding', [
-    (3, 1, 1, 1), (3, 1, 2, 2), (3, 2, 1, 1), (1, 1, 1, 0), (1, 2, 1, 0), (7, 2, 1, 3),
-    (3, 1, 4, 4), (3, 1, 1, 'SAME')])
+@pytest.mark.parametrize(
+  'size,stride,dilation,padding',
+  [
+    (3, 1, 1, 1),
+    (3, 1, 2, 2),
+    (3, 2, 1, 1),
+    (1, 1, 1, 0),
+    (1, 2, 1, 0),
+    (7, 2, 1, 3),
+    (3, 1, 4, 4),
+    (3, 1, 1, 'SAME'),
+  ],
+)
 def test_taps_give_xla_gradients(size, stride, dilation, padding, monkeypatch):
   monkeypatch.setattr(conv, 'TAPS_MIN_OUTPUT_PIXELS', 0)  # tiny images take the taps too.
   rng = np.random.default_rng(0)
   x = jnp.asarray(rng.normal(size=(2, 13, 11, 5)), jnp.float32)
-  kw = dict(features=6, kernel_size=(size, size), strides=stride, kernel_dilation=dilation,
-            padding=padding)
+  kw = dict(
+    features=6, kernel_size=(size, size), strides=stride, kernel_dilation=dilation, padding=padding
+  )
   ours, ref = conv.Conv(**kw), nn.Conv(**kw)
   params = ref.init(jax.random.key(0), x)
   loss = lambda m: lambda p, x: jnp.sum(jnp.sin(m.apply(p, x)))
-  (g_ours, gx_ours), (g_ref, gx_ref) = [jax.jit(jax.grad(loss(m), argnums=(0, 1)))(params, x)
-                                        for m in (ours, ref)]
+  (g_ours, gx_ours), (g_ref, gx_ref) = [
+    jax.jit(jax.grad(loss(m), argnums=(0, 1)))(params, x) for m in (ours, ref)
+  ]
   np.testing.assert_allclose(ours.apply(params, x), ref.apply(params, x), rtol=1e-6)
   taps_used = 'custom_vjp' in str(jax.make_jaxpr(jax.grad(loss(ours)))(params, x))
   assert taps_used == (padding != 'SAME')  # a string padding goes to lax unchanged.
@@ -53,5 +65,6 @@ def test_only_large_outputs_take_the_taps():
   assert _uses_taps(big, kernel_size=(3, 3), padding=1)
   assert not _uses_taps(big, kernel_size=(3, 3), padding=0)  # 126 x 126 out
   assert not _uses_taps(big, kernel_size=(3, 3), strides=2, padding=1)  # 64 x 64 out
-  assert _uses_taps(jax.ShapeDtypeStruct((1, 256, 256, 3), jnp.float32), kernel_size=(7, 7),
-                    strides=2, padding=3)  # 128 x 128 out
+  assert _uses_taps(
+    jax.ShapeDtypeStruct((1, 256, 256, 3), jnp.float32), kernel_size=(7, 7), strides=2, padding=3
+  )  # 128 x 128 out

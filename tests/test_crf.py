@@ -10,8 +10,9 @@ from cows_jax import config, crf
 
 
 def test_boundary_moves_to_the_colour_edge():
-  pytest.importorskip('pydensecrf.densecrf',
-                      reason="the cows_jax[crf] extra (pydensecrf2) is not installed")
+  pytest.importorskip(
+    'pydensecrf.densecrf', reason='the cows_jax[crf] extra (pydensecrf2) is not installed'
+  )
   h, w, edge, wrong = 32, 48, 24, 18
   image = np.zeros((h, w, 3), np.uint8)
   image[:, :edge] = (200, 40, 40)
@@ -33,5 +34,5 @@ def test_boundary_moves_to_the_colour_edge():
 def test_missing_extra_names_the_install(monkeypatch):
   monkeypatch.setitem(sys.modules, 'pydensecrf', None)
   monkeypatch.setitem(sys.modules, 'pydensecrf.densecrf', None)
-  with pytest.raises(ValueError, match=r"cows_jax\[crf\]"):
+  with pytest.raises(ValueError, match=r'cows_jax\[crf\]'):
     crf.check_available()

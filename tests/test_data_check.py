@@ -5,11 +5,11 @@ import os
 import subprocess
 import sys
 
-import pytest
-
 import data_fixtures as fx
+import pytest
 import voc12
 import voc12_web
+
 from cows_jax import classify
 from cows_jax.data import check, sources
 
@@ -27,10 +27,16 @@ def voc_config(tmp_path):
 
 
 def test_cli_data_check_prints_the_summary_and_exits_zero(voc_config, tmp_path):
-  cmd = [os.path.join(os.path.dirname(sys.executable), 'cows-jax'), 'data', 'check',
-         '--config', os.path.join(ROOT, 'configs', 'voc12.py')]
-  cmd += [f'--config.data.{k}={voc_config.data[k]}'
-          for k in ('manual_dir', 'saliency_dir', 'data_dir')]
+  cmd = [
+    os.path.join(os.path.dirname(sys.executable), 'cows-jax'),
+    'data',
+    'check',
+    '--config',
+    os.path.join(ROOT, 'configs', 'voc12.py'),
+  ]
+  cmd += [
+    f'--config.data.{k}={voc_config.data[k]}' for k in ('manual_dir', 'saliency_dir', 'data_dir')
+  ]
   done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
   assert done.returncode == 0, done.stdout + done.stderr
   out = done.stdout
@@ -97,7 +103,8 @@ def test_stages_see_a_sample_of_resized_records(voc_config):
   voc_config.data.max_per_split, voc_config.data.image_size = 4, 16
   train = sources.load(voc_config)['train']
   assert len(train) == 4 and [train[i]['id'] for i in range(4)] == [
-      fx.TRAIN_AUG[i] for i in (0, 2, 3, 5)]
+    fx.TRAIN_AUG[i] for i in (0, 2, 3, 5)
+  ]
   record = train[1]
   assert record['image'].shape == (16, 16, 3) and record['mask'].shape == (16, 16)
   assert record['saliency'].shape == (16, 16)

@@ -34,8 +34,9 @@ def test_default_plan_keeps_the_reshuffled_epochs_of_the_unmixed_pipeline():
   n, batch, epochs, seed = 10, 3, 3, 7
   source = OneHotSource(n, n)  # labels_m is the anchor's one-hot
   pool = mixing.make_pool(source)
-  ds = input_pipeline.pair_dataset(pool.source, pool.class_index, _cfg(), epochs, batch, seed,
-                                   plan=pool.plan)
+  ds = input_pipeline.pair_dataset(
+    pool.source, pool.class_index, _cfg(), epochs, batch, seed, plan=pool.plan
+  )
   anchors = np.concatenate([np.argmax(ds[s]['labels_m'], 1) for s in range(len(ds))])
   order = grain.MapDataset.range(n).shuffle(seed=seed).repeat(epochs)
   expected = [order[e * n + i] for e in range(epochs) for i in range(9)]  # 3 whole batches
@@ -65,8 +66,7 @@ def test_mixed_pipeline_draws_extra_anchors_at_the_ratio():
 
 def _partners(pool, anchors, draws=50):
   rng = np.random.default_rng(0)
-  return np.array([pool.class_index.sample_partner(a, rng) for a in anchors
-                   for _ in range(draws)])
+  return np.array([pool.class_index.sample_partner(a, rng) for a in anchors for _ in range(draws)])
 
 
 def test_clean_partners_never_draws_a_noisy_image_as_partner():
@@ -90,10 +90,14 @@ def test_a_class_only_noisy_images_have_falls_back_to_them():
   assert set(_partners(pool, only)) <= set(only)
 
 
-@pytest.mark.parametrize('kwargs,match', [
+@pytest.mark.parametrize(
+  'kwargs,match',
+  [
     ({'mixing': 'clean_partners'}, 'acts on noisy sources only'),
     ({'mixing': 'loss_weights'}, "data.extra.mixing='loss_weights'"),
-    ({'ratio': -1.0}, 'data.extra.ratio=-1.0 must be >= 0')])
+    ({'ratio': -1.0}, 'data.extra.ratio=-1.0 must be >= 0'),
+  ],
+)
 def test_mixing_config_errors(kwargs, match):
   with pytest.raises(ValueError, match=match):
     mixing.make_pool(OneHotSource(4, 2), OneHotSource(4, 2), **{'ratio': 1.0, **kwargs})

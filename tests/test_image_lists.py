@@ -2,10 +2,10 @@
 
 import os
 
+import data_fixtures as fx
 import numpy as np
 import pytest
 
-import data_fixtures as fx
 from cows_jax.data import image_lists, sources, voc
 
 WNIDS = ('n01443537', 'n01503061', 'n02084071')
@@ -17,17 +17,22 @@ def _lid(tmp_path, train_lines=None):
   fx.write_list(str(base / 'classes.txt'), [f'{w} class {k}' for k, w in enumerate(WNIDS)])
   for k, rel in enumerate(['train/a/1.JPEG', 'train/b/2.JPEG', 'train/3.jpg', 'val/4.jpg']):
     fx.write_jpeg(str(base / 'images' / rel), k)
-  fx.write_list(str(base / 'train.txt'), train_lines or [
-      'train/a/1.JPEG 0 2', 'train/b/2.JPEG n01503061', '', 'train/3 1'])
+  fx.write_list(
+    str(base / 'train.txt'),
+    train_lines or ['train/a/1.JPEG 0 2', 'train/b/2.JPEG n01503061', '', 'train/3 1'],
+  )
   fx.write_list(str(base / 'val.txt'), ['val/4.jpg'])
   mask = np.zeros((fx.H, fx.W), np.uint8)
   mask[5:10, 5:10] = 3
   fx.write_palette_png(str(base / 'masks' / 'val' / '4.png'), mask)
   names = image_lists.read_class_list(str(base / 'classes.txt'))
   return image_lists.ListLayout(
-      class_names=names, image_root=str(base / 'images'),
-      lists=(('train', str(base / 'train.txt')), ('val', str(base / 'val.txt'))),
-      mask_dir=str(base / 'masks'), masked_splits=('val',))
+    class_names=names,
+    image_root=str(base / 'images'),
+    lists=(('train', str(base / 'train.txt')), ('val', str(base / 'val.txt'))),
+    mask_dir=str(base / 'masks'),
+    masked_splits=('val',),
+  )
 
 
 def test_list_layout_with_ids_names_and_masks(tmp_path):
@@ -40,10 +45,13 @@ def test_list_layout_with_ids_names_and_masks(tmp_path):
   assert set(np.unique(val[0]['mask'])) == {0, 3}
 
 
-@pytest.mark.parametrize('line,match', [
+@pytest.mark.parametrize(
+  'line,match',
+  [
     ('train/a/1.JPEG zebra', r"train.txt:1: class name 'zebra' is not in the class list"),
     ('train/a/1.JPEG 3', r'train.txt:1: class id 3 outside 0..2'),
-])
+  ],
+)
 def test_bad_class_in_a_list_is_an_error_naming_file_and_line(tmp_path, line, match):
   with pytest.raises(ValueError, match=match):
     image_lists.load(_lid(tmp_path, [line]), str(tmp_path / 'built'), 0.0)
@@ -74,7 +82,8 @@ def test_folder_per_class_maps_names_to_class_ids(tmp_path):
   train = image_lists.load(layout, str(tmp_path / 'built'), 0.0)['train']
   assert [train[i]['id'] for i in range(4)] == ['cat__0', 'cat__1', 'dog__0', 'dog__1']
   assert [int(np.flatnonzero(train[i]['labels'])[0]) for i in range(4)] == [
-      voc.CLASS_NAMES.index('cat')] * 2 + [voc.CLASS_NAMES.index('dog')] * 2
+    voc.CLASS_NAMES.index('cat')
+  ] * 2 + [voc.CLASS_NAMES.index('dog')] * 2
 
 
 def test_folder_with_an_unknown_class_name_is_an_error(tmp_path):
@@ -87,6 +96,7 @@ def test_folder_with_an_unknown_class_name_is_an_error(tmp_path):
 
 def test_lid20_config_reads_the_list_layout(tmp_path):
   import lid20  # configs/lid20.py
+
   layout = _lid(tmp_path)
   cfg = lid20.get_config()
   cfg.data.num_classes = 3

@@ -37,8 +37,9 @@ def test_one_scale_no_flip_equals_single_scale(tiny_model):
   image = _image(40, 56)
   probs_fn = functools.partial(inference.window_probabilities(model, False), variables)
   got = inference.predict(image, probs_fn, inference.Settings((1.0,), False, 0), MEAN, STD)
-  want = jax.jit(functools.partial(_whole, model))(variables,
-                                                   transforms.normalize(image, MEAN, STD))
+  want = jax.jit(functools.partial(_whole, model))(
+    variables, transforms.normalize(image, MEAN, STD)
+  )
   np.testing.assert_allclose(got, want, atol=1e-6)
   twice = inference.predict(image, probs_fn, inference.Settings((1.0, 1.0), False, 0), MEAN, STD)
   np.testing.assert_allclose(twice, want, atol=1e-6)
@@ -64,8 +65,9 @@ def test_overlapping_windows_stitch_back_exactly():
     image = transforms.normalize(_image(h, 56), MEAN, STD)
     crops, boxes, shape, pad = inference.tile(image, 16, 2 / 3)
     assert len(boxes) == (4 if h == 40 else 1) * 5
-    np.testing.assert_allclose(inference.stitch(pixelwise(crops), boxes, shape, pad, (h, 56)),
-                               pixelwise(image), atol=1e-6)
+    np.testing.assert_allclose(
+      inference.stitch(pixelwise(crops), boxes, shape, pad, (h, 56)), pixelwise(image), atol=1e-6
+    )
 
 
 def test_flip_averages_the_mirrored_prediction(tiny_model):
@@ -87,7 +89,8 @@ def test_resize_and_settings():
   assert inference.window_starts(750, 401, 268) == [0, 268, 349]
   cfg = config.paper_defaults()
   assert inference.Settings.from_config(cfg) == inference.Settings(
-      (0.5, 0.75, 1.0, 1.25, 1.5), True, 401, 2 / 3)
+    (0.5, 0.75, 1.0, 1.25, 1.5), True, 401, 2 / 3
+  )
   cfg.inference.window_stride = 0.0
   with pytest.raises(ValueError, match='inference.window_stride'):
     inference.Settings.from_config(cfg)

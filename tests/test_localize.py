@@ -12,9 +12,9 @@ from cows_jax.models.coattention import CoAttentionNet
 
 def test_aggregate_rule():
   raw = np.zeros((3, 2, 2), np.float32)
-  raw[0] = [[2.0, 1.0], [0.0, -1.0]]      # first map: always added.
-  raw[1] = [[4.0, 0.0], [0.0, 0.0]]       # sigmoid(mean=1) > 0.1: added.
-  raw[2] = [[1.0, -9.0], [-9.0, -9.0]]    # sigmoid(mean=-6.5) = 0.0015 < 0.1: dropped.
+  raw[0] = [[2.0, 1.0], [0.0, -1.0]]  # first map: always added.
+  raw[1] = [[4.0, 0.0], [0.0, 0.0]]  # sigmoid(mean=1) > 0.1: added.
+  raw[2] = [[1.0, -9.0], [-9.0, -9.0]]  # sigmoid(mean=-6.5) = 0.0015 < 0.1: dropped.
   out = np.asarray(localize.aggregate(jnp.asarray(raw), 0.1))
   expected = (np.array([[255.0, 127.5], [0, 0]]) + np.array([[255.0, 0], [0, 0]])) / 3
   np.testing.assert_allclose(out, expected, rtol=1e-6)
@@ -25,8 +25,9 @@ def test_feature_reuse_equals_naive_pair_forwards():
   rng = np.random.default_rng(0)
   images = rng.normal(size=(5, 32, 32, 3)).astype(np.float32)
   variables = model.init(jax.random.key(1), images[:1], images[:1])
-  cfg = ml_collections.ConfigDict({'localize': {'num_related': 2, 'gate': 0.1},
-                                   'data': {'num_classes': 4}})
+  cfg = ml_collections.ConfigDict(
+    {'localize': {'num_related': 2, 'gate': 0.1}, 'data': {'num_classes': 4}}
+  )
   self_views = ('flip', 0.75, 2.0)
   computer = localize.MapComputer(model, variables)
   queries = [0, 3]
@@ -34,18 +35,20 @@ def test_feature_reuse_equals_naive_pair_forwards():
   related = [[[1, 2], [4, 1]], [[2, 4]]]
 
   all_feats = computer.features(images)
-  view_feats = {v: computer.features(np.asarray(views.make_view(images[queries], v)))
-                for v in self_views}
-  fast = localize.image_maps(computer, all_feats[queries], all_feats, view_feats, related,
-                             classes, cfg)
+  view_feats = {
+    v: computer.features(np.asarray(views.make_view(images[queries], v))) for v in self_views
+  }
+  fast = localize.image_maps(
+    computer, all_feats[queries], all_feats, view_feats, related, classes, cfg
+  )
 
   apply = lambda *a, **k: model.apply(variables, *a, **k)
   for qi, q in enumerate(queries):
-    x_m = images[q:q + 1]
+    x_m = images[q : q + 1]
     for ci, c in enumerate(classes[qi]):
       cross = []
       for n in related[qi][ci]:  # full forward of the pair (m, n), as the reference does.
-        f = apply(np.concatenate([x_m, images[n:n + 1]]), method=model.features)
+        f = apply(np.concatenate([x_m, images[n : n + 1]]), method=model.features)
         cross.append(apply(f[:1], f[1:], method=model.pair_maps)[0][0, :, :, c])
       stack = []
       for j, v in enumerate(self_views):  # a full forward of the self-pair (m, view).
@@ -82,8 +85,15 @@ def test_map_back_is_pytorch_bicubic():
   rng = np.random.default_rng(0)
   for h in (24, 64):  # the 0.75x and 2x views of a 32 x 32 map.
     maps = rng.normal(size=(2, h, h, 3)).astype(np.float32)
-    expected = torch.nn.functional.interpolate(
-        torch.from_numpy(maps.transpose(0, 3, 1, 2)), size=(32, 32), mode='bicubic',
-        align_corners=False).numpy().transpose(0, 2, 3, 1)
+    expected = (
+      torch.nn.functional.interpolate(
+        torch.from_numpy(maps.transpose(0, 3, 1, 2)),
+        size=(32, 32),
+        mode='bicubic',
+        align_corners=False,
+      )
+      .numpy()
+      .transpose(0, 2, 3, 1)
+    )
     got = np.asarray(views.map_back(jnp.asarray(maps), 2.0, (32, 32)))
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)

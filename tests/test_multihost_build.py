@@ -7,7 +7,7 @@ import subprocess
 import sys
 import textwrap
 
-SCRIPT = textwrap.dedent('''
+SCRIPT = textwrap.dedent("""
     import hashlib, sys
     import jax
     jax.config.update('jax_cpu_collectives_implementation', 'gloo')
@@ -19,7 +19,7 @@ SCRIPT = textwrap.dedent('''
     spec = synthetic.SyntheticSpec(num_classes=3, image_size=32, train_size=4, val_size=2)
     train = synthetic.load_sources(spec, data_dir)['train']
     print('RECORDS', len(train), hashlib.sha256(train[3]['image'].tobytes()).hexdigest())
-''')
+""")
 
 
 def _free_port() -> int:
@@ -32,14 +32,24 @@ def test_process_zero_builds_and_the_other_reuses(tmp_path):
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   env = dict(os.environ, JAX_PLATFORMS='cpu')
   port = str(_free_port())
-  procs = [subprocess.Popen([sys.executable, '-c', SCRIPT, str(i), port, str(tmp_path)],
-                            cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True) for i in range(2)]
+  procs = [
+    subprocess.Popen(
+      [sys.executable, '-c', SCRIPT, str(i), port, str(tmp_path)],
+      cwd=root,
+      env=env,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE,
+      text=True,
+    )
+    for i in range(2)
+  ]
   outs = [p.communicate(timeout=300) for p in procs]
   for p, (out, err) in zip(procs, outs):
     assert p.returncode == 0, out + err[-4000:]
   (out0, err0), (out1, err1) = outs
   assert 'Building synthetic dataset' in err0 and 'Building synthetic dataset' not in err1
   assert 'Reusing synthetic dataset' in err1
-  records = [line for out in (out0, out1) for line in out.splitlines() if line.startswith('RECORDS')]
+  records = [
+    line for out in (out0, out1) for line in out.splitlines() if line.startswith('RECORDS')
+  ]
   assert len(records) == 2 and records[0] == records[1] and records[0].startswith('RECORDS 4 ')

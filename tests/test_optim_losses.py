@@ -8,11 +8,17 @@ from cows_jax import losses, optim
 
 
 def test_multipliers_by_group_and_kind():
-  params = {'backbone': {'conv1_1': {'kernel': 0, 'bias': 0}},
-            'extra1': {'kernel': 0, 'bias': 0}, 'co_weight': 0}
+  params = {
+    'backbone': {'conv1_1': {'kernel': 0, 'bias': 0}},
+    'extra1': {'kernel': 0, 'bias': 0},
+    'co_weight': 0,
+  }
   m = optim.lr_multipliers(params, ('backbone',), 1.0, 2.0, 10.0, 20.0)
-  assert m == {'backbone': {'conv1_1': {'kernel': 1.0, 'bias': 2.0}},
-               'extra1': {'kernel': 10.0, 'bias': 20.0}, 'co_weight': 10.0}
+  assert m == {
+    'backbone': {'conv1_1': {'kernel': 1.0, 'bias': 2.0}},
+    'extra1': {'kernel': 10.0, 'bias': 20.0},
+    'co_weight': 10.0,
+  }
 
 
 def test_sgd_matches_pytorch_semantics():
@@ -33,15 +39,17 @@ def test_sgd_matches_pytorch_semantics():
 
 def test_step_decay_at_epoch_boundaries():
   schedule = optim.step_decay(1e-3, 10, (5, 10), 0.1)
-  np.testing.assert_allclose([schedule(s) for s in (0, 49, 50, 99, 100)],
-                             [1e-3, 1e-3, 1e-4, 1e-4, 1e-5], rtol=1e-6)
+  np.testing.assert_allclose(
+    [schedule(s) for s in (0, 49, 50, 99, 100)], [1e-3, 1e-3, 1e-4, 1e-4, 1e-5], rtol=1e-6
+  )
 
 
 def test_pixel_cross_entropy_ignores_255():
   logits = jnp.array([[[[2.0, 0.0], [0.0, 2.0]], [[1.0, 1.0], [5.0, -5.0]]]])  # [1,2,2,2]
   labels = jnp.array([[[0, 1], [255, 1]]])
   ce = lambda z, y: np.log(np.exp(z).sum()) - z[y]
-  expected = np.mean([ce(np.array([2.0, 0.0]), 0), ce(np.array([0.0, 2.0]), 1),
-                      ce(np.array([5.0, -5.0]), 1)])
+  expected = np.mean(
+    [ce(np.array([2.0, 0.0]), 0), ce(np.array([0.0, 2.0]), 1), ce(np.array([5.0, -5.0]), 1)]
+  )
   np.testing.assert_allclose(losses.pixel_cross_entropy(logits, labels), expected, rtol=1e-6)
   assert losses.pixel_cross_entropy(logits, jnp.full((1, 2, 2), 255)) == 0.0

@@ -5,7 +5,7 @@ import subprocess
 import sys
 import textwrap
 
-SCRIPT = textwrap.dedent('''
+SCRIPT = textwrap.dedent("""
     import functools, sys
     import jax, jax.numpy as jnp, numpy as np
     sys.path.insert(0, 'configs')
@@ -39,14 +39,15 @@ SCRIPT = textwrap.dedent('''
     for a, b in zip(jax.tree.leaves(p1), jax.tree.leaves(p8)):
       np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-6)
     print('OK', l1, l8)
-''')
+""")
 
 
 def test_eight_device_step_equals_one_device_step():
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=8"
+  flags = f'{os.environ.get("XLA_FLAGS", "")} --xla_force_host_platform_device_count=8'
   env = dict(os.environ, XLA_FLAGS=flags.strip(), JAX_PLATFORMS='cpu')
-  out = subprocess.run([sys.executable, '-c', SCRIPT], cwd=root, env=env, capture_output=True,
-                       text=True, timeout=300)
+  out = subprocess.run(
+    [sys.executable, '-c', SCRIPT], cwd=root, env=env, capture_output=True, text=True, timeout=300
+  )
   assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-4000:]
   assert 'OK' in out.stdout

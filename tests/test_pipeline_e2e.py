@@ -15,8 +15,15 @@ def test_tiny_pipeline_end_to_end(tiny_config, tmp_path):
   workdir = str(tmp_path / 'run')
   cli.run_stage('pipeline', tiny_config, workdir)
   summary = json.load(open(os.path.join(workdir, 'reports', 'summary.json')))
-  for key in ('cam_miou', 'pseudo_label_miou', 'segmentation_miou', 'segmentation_miou_crf',
-              'fully_supervised_miou', 'fully_supervised_miou_crf', 'all_background_miou'):
+  for key in (
+    'cam_miou',
+    'pseudo_label_miou',
+    'segmentation_miou',
+    'segmentation_miou_crf',
+    'fully_supervised_miou',
+    'fully_supervised_miou_crf',
+    'all_background_miou',
+  ):
     assert 0.0 <= summary[key] <= 100.0, (key, summary[key])
   ids = json.load(open(os.path.join(workdir, 'pseudo_labels', 'index.json')))['ids']
   assert len(ids) == tiny_config.data.train_size
@@ -61,8 +68,10 @@ def test_tiny_pipeline_end_to_end(tiny_config, tmp_path):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-4)
 
 
-@pytest.mark.parametrize('stage,missing', [('localize', 'classify'), ('label', 'localize'),
-                                           ('segment', 'label'), ('evaluate', 'label')])
+@pytest.mark.parametrize(
+  'stage,missing',
+  [('localize', 'classify'), ('label', 'localize'), ('segment', 'label'), ('evaluate', 'label')],
+)
 def test_stage_without_its_inputs_names_the_command(tiny_config, tmp_path, stage, missing):
   with pytest.raises(FileNotFoundError, match=f'cows-jax {missing}'):
     cli.run_stage(stage, tiny_config, str(tmp_path / 'empty'))

@@ -26,7 +26,7 @@ def test_accumulating_10_micro_batches_equals_one_batch_of_10():
   images = rng.normal(size=(10, 24, 24, 3)).astype(np.float32)
   labels = rng.integers(0, 3, (10, 24, 24)).astype(np.int32)
   for i in range(10):  # unequal numbers of ignored pixels per image.
-    labels[i, :2 * i] = 255
+    labels[i, : 2 * i] = 255
   shapes = jax.eval_shape(model.init, jax.random.key(0), images[:1])
   variables = jax.tree.map(lambda s: rng.normal(0, 0.2, s.shape).astype(s.dtype), shapes)
 
@@ -39,7 +39,7 @@ def test_accumulating_10_micro_batches_equals_one_batch_of_10():
       v, state, _ = step(v, state, b)
     return v['params']
 
-  micro = run(10, [{'image': images[i:i + 1], 'label': labels[i:i + 1]} for i in range(10)])
+  micro = run(10, [{'image': images[i : i + 1], 'label': labels[i : i + 1]} for i in range(10)])
   whole = run(1, [{'image': images, 'label': labels}])
   changed = jax.tree.map(lambda a, b: np.abs(a - b).max(), whole, variables['params'])
   assert max(jax.tree.leaves(changed)) > 1e-3

@@ -12,8 +12,14 @@ from cows_jax import config, segment
 from cows_jax.models.deeplab import ASPPHead, DeepLab
 from cows_jax.models.resnet import FROZEN_BN, ResNet
 
-TINY = dict(num_classes=3, backbone='resnet101', width=1 / 16, resnet_stages=(1, 1, 1, 1),
-            head_channels=64, head_dilation=2)
+TINY = dict(
+  num_classes=3,
+  backbone='resnet101',
+  width=1 / 16,
+  resnet_stages=(1, 1, 1, 1),
+  head_channels=64,
+  head_dilation=2,
+)
 
 
 def _random_variables(module, x, seed=0):
@@ -41,7 +47,8 @@ def test_resnet101_largefov_size_and_torchvision_layout():
   assert params['head/fc8/kernel'].shape == (1, 1, 1024, 21)
   bn = traverse_util.flatten_dict(v[FROZEN_BN], sep='/')
   assert set(k for k in bn if k.startswith('backbone/layer4/2/bn3/')) == {
-      f'backbone/layer4/2/bn3/{n}' for n in ('scale', 'bias', 'mean', 'var')}
+    f'backbone/layer4/2/bn3/{n}' for n in ('scale', 'bias', 'mean', 'var')
+  }
 
 
 @pytest.mark.parametrize('stride_in_1x1', [True, False])
@@ -63,11 +70,13 @@ def test_frozen_batch_norm_unchanged_by_a_train_step():
   v = {'params': v['params'], FROZEN_BN: frozen}
   tx = optax.sgd(0.1)
   batch = {'image': x, 'label': jax.random.randint(jax.random.key(3), (2, 32, 32), 0, 3)}
-  new, _, m = jax.jit(lambda v, s, b: segment.train_step(v, s, b, model=model, tx=tx,
-                                                         ignore_index=255))(
-      v, tx.init(v['params']), batch)
+  new, _, m = jax.jit(
+    lambda v, s, b: segment.train_step(v, s, b, model=model, tx=tx, ignore_index=255)
+  )(v, tx.init(v['params']), batch)
   assert np.isfinite(m.compute()['loss'])
-  assert not np.allclose(new['params']['head']['fc8']['kernel'], v['params']['head']['fc8']['kernel'])
+  assert not np.allclose(
+    new['params']['head']['fc8']['kernel'], v['params']['head']['fc8']['kernel']
+  )
   jax.tree.map(np.testing.assert_array_equal, new[FROZEN_BN], frozen)
 
 
@@ -75,11 +84,20 @@ def test_aspp_sums_branch_logits_and_heads_by_name():
   feats = jax.random.normal(jax.random.key(0), (1, 8, 8, 16))
   head = ASPPHead(3, (1, 2))
   p = _random_variables(head, feats)['params']
-  conv = lambda name, r: jax.lax.conv_general_dilated(
-      feats, p[name]['kernel'], (1, 1), [(r, r)] * 2, rhs_dilation=(r, r),
-      dimension_numbers=('NHWC', 'HWIO', 'NHWC')) + p[name]['bias']
-  np.testing.assert_allclose(jax.jit(head.apply)({'params': p}, feats),
-                             conv('c0', 1) + conv('c1', 2), atol=1e-5)
+  conv = lambda name, r: (
+    jax.lax.conv_general_dilated(
+      feats,
+      p[name]['kernel'],
+      (1, 1),
+      [(r, r)] * 2,
+      rhs_dilation=(r, r),
+      dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
+    )
+    + p[name]['bias']
+  )
+  np.testing.assert_allclose(
+    jax.jit(head.apply)({'params': p}, feats), conv('c0', 1) + conv('c1', 2), atol=1e-5
+  )
   x = jnp.zeros((1, 32, 32, 3))
   v = jax.eval_shape(DeepLab(**{**TINY, 'head': 'aspp'}).init, jax.random.key(0), x)
   assert set(v['params']['head']) == {'c0', 'c1', 'c2', 'c3'}

@@ -15,21 +15,25 @@ VIEWS = ('flip', 0.75, 2.0)
 def test_shared_anchor_features_give_the_naive_gradients():
   model = CoAttentionNet(num_classes=6, width=0.125)
   rng = np.random.default_rng(0)
-  batch = {'image_m': jnp.asarray(rng.normal(size=(2, 32, 32, 3)), jnp.float32),
-           'image_n': jnp.asarray(rng.normal(size=(2, 32, 32, 3)), jnp.float32),
-           'image_m_plain': jnp.asarray(rng.normal(size=(2, 32, 32, 3)), jnp.float32),
-           'labels_m': jnp.asarray([[1, 0, 1, 0, 0, 0], [0, 1, 0, 0, 0, 0]], jnp.float32),
-           'labels_n': jnp.asarray([[1, 0, 0, 1, 0, 0], [0, 1, 0, 0, 0, 1]], jnp.float32)}
+  batch = {
+    'image_m': jnp.asarray(rng.normal(size=(2, 32, 32, 3)), jnp.float32),
+    'image_n': jnp.asarray(rng.normal(size=(2, 32, 32, 3)), jnp.float32),
+    'image_m_plain': jnp.asarray(rng.normal(size=(2, 32, 32, 3)), jnp.float32),
+    'labels_m': jnp.asarray([[1, 0, 1, 0, 0, 0], [0, 1, 0, 0, 0, 0]], jnp.float32),
+    'labels_n': jnp.asarray([[1, 0, 0, 1, 0, 0], [0, 1, 0, 0, 0, 1]], jnp.float32),
+  }
   params = model.init(jax.random.key(0), batch['image_m'], batch['image_n'])['params']
-  weights = {k: 1.0 for k in ('single', 'coattention', 'contrastive', 'self_single',
-                              'self_coattention')}
+  weights = {
+    k: 1.0 for k in ('single', 'coattention', 'contrastive', 'self_single', 'self_coattention')
+  }
 
   def fast(p):
     return classify.loss_fn(p, {}, model, batch, jnp.asarray(True), weights, VIEWS)[0]
 
   loss_fast, g_fast = jax.value_and_grad(fast)(params)
   loss_naive, g_naive = jax.value_and_grad(bench.reference_procedure_loss)(
-      params, model, batch, jnp.asarray(True), weights, VIEWS)
+    params, model, batch, jnp.asarray(True), weights, VIEWS
+  )
   np.testing.assert_allclose(loss_fast, loss_naive, rtol=1e-6)
   for a, b in zip(jax.tree.leaves(g_fast), jax.tree.leaves(g_naive)):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
@@ -40,6 +44,7 @@ def test_shared_anchor_features_give_the_naive_gradients():
 
 def test_self_pair_targets_are_the_anchor_labels():
   from cows_jax.models.coattention import PairScores
+
   logits = jnp.zeros((1, 3))
   scores = {'flip': PairScores(*[logits] * 6)}
   terms = losses.self_pair_losses(scores, jnp.asarray([[1.0, 0.0, 1.0]]))

@@ -14,7 +14,8 @@ from cows_jax.bench import random_params
 from cows_jax.models.coattention import CoAttentionNet, PairScores
 
 torch = pytest.importorskip(
-    'torch', reason='PyTorch parity tests need torch (CI installs it: pip install torch==2.13.0)')
+  'torch', reason='PyTorch parity tests need torch (CI installs it: pip install torch==2.13.0)'
+)
 from cows_jax import torch_reference as ref  # noqa: E402  (needs torch)
 
 # Tiny tensors: one thread, or OpenMP workers spin against each other on a small shared CPU
@@ -28,20 +29,24 @@ VIEWS = ('flip', 0.75, 2.0)
 TERMS = ('single', 'coattention', 'contrastive', 'self_single', 'self_coattention')
 LABELS_M = [[1, 0, 1, 0, 0], [0, 1, 0, 0, 0]]
 LABELS_N = {  # contrastive loss on both sides / the n side has no class that m lacks.
-    'both_sides': [[1, 0, 0, 1, 0], [0, 1, 0, 0, 1]],
-    'n_side_empty': [[1, 0, 0, 0, 0], [0, 1, 0, 0, 0]],
+  'both_sides': [[1, 0, 0, 1, 0], [0, 1, 0, 0, 1]],
+  'n_side_empty': [[1, 0, 0, 0, 0], [0, 1, 0, 0, 0]],
 }
 # These programs are tiny: XLA CPU's default optimization takes ~20 s to compile the
 # gradient; without it, ~2 s.
-FAST_COMPILE = {'xla_backend_optimization_level': 0, 'xla_llvm_disable_expensive_passes': True,
-                'xla_cpu_use_fusion_emitters': False}
+FAST_COMPILE = {
+  'xla_backend_optimization_level': 0,
+  'xla_llvm_disable_expensive_passes': True,
+  'xla_cpu_use_fusion_emitters': False,
+}
 
 
 def assert_close(actual, expected, rtol):
   """Relative agreement; atol is rtol times the largest magnitude, for entries near zero."""
   expected = np.asarray(expected)
-  np.testing.assert_allclose(np.asarray(actual), expected, rtol=rtol,
-                             atol=rtol * max(np.abs(expected).max(), 1e-6))
+  np.testing.assert_allclose(
+    np.asarray(actual), expected, rtol=rtol, atol=rtol * max(np.abs(expected).max(), 1e-6)
+  )
 
 
 def at(tree, path):
@@ -84,8 +89,9 @@ def test_forward_scores_and_coattention_maps(models, computer, images, partner):
   x_m = images[:2]
   x_n = images[2:4] if partner == 'image' else np.asarray(views.make_view(x_m, partner))
   f_m, f_n = computer.features(x_m), computer.features(x_n)
-  head = jax.jit(lambda a, b: model.apply(variables, a, b, method=model.pair_head),
-                 compiler_options=FAST_COMPILE)
+  head = jax.jit(
+    lambda a, b: model.apply(variables, a, b, method=model.pair_head), compiler_options=FAST_COMPILE
+  )
   scores = head(f_m, f_n)
   maps_m, maps_n = computer.pair_maps(f_m, f_n)
   with torch.no_grad():
@@ -104,26 +110,37 @@ def jax_loss_and_grads(models):
 
   def loss(params, batch, use_contrastive):
     return classify.loss_fn(params, {}, model, batch, use_contrastive, weights, VIEWS)
+
   return jax.jit(jax.value_and_grad(loss, has_aux=True), compiler_options=FAST_COMPILE)
 
 
-@pytest.mark.parametrize('labels_n,epoch', [('both_sides', 2), ('n_side_empty', 2),
-                                            ('both_sides', 1)])
-def test_loss_terms_and_gradients_match_the_reference_step(models, images, jax_loss_and_grads,
-                                                           labels_n, epoch):
+@pytest.mark.parametrize(
+  'labels_n,epoch', [('both_sides', 2), ('n_side_empty', 2), ('both_sides', 1)]
+)
+def test_loss_terms_and_gradients_match_the_reference_step(
+  models, images, jax_loss_and_grads, labels_n, epoch
+):
   _, variables, torch_model = models
   contrastive_from_epoch = config.paper_defaults().classify.contrastive_from_epoch
   l_m = np.asarray(LABELS_M, np.float32)
   l_n = np.asarray(LABELS_N[labels_n], np.float32)
   batch = {'image_m': images[:2], 'image_n': images[2:4], 'labels_m': l_m, 'labels_n': l_n}
   (total, (terms, _)), grads = jax_loss_and_grads(
-      variables['params'], batch, jnp.asarray(epoch >= contrastive_from_epoch))
+    variables['params'], batch, jnp.asarray(epoch >= contrastive_from_epoch)
+  )
 
   torch_model.zero_grad(set_to_none=True)
   view_images = [ref.nchw(views.make_view(images[:2], v)) for v in VIEWS]
-  ref_terms = ref.reference_losses(torch_model, ref.nchw(images[:2]), ref.nchw(images[2:4]),
-                                   torch.from_numpy(l_m), torch.from_numpy(l_n), view_images,
-                                   epoch, contrastive_from_epoch)
+  ref_terms = ref.reference_losses(
+    torch_model,
+    ref.nchw(images[:2]),
+    ref.nchw(images[2:4]),
+    torch.from_numpy(l_m),
+    torch.from_numpy(l_n),
+    view_images,
+    epoch,
+    contrastive_from_epoch,
+  )
   ref_total = sum(ref_terms.values())
   ref_total.backward()
 
@@ -155,6 +172,7 @@ def test_sgd_updates_match_torch_param_groups(models):
       updates, state = tx.update(grads, state, p)
       p = optax.apply_updates(p, updates)
     return p
+
   new = jax.jit(two_steps, compiler_options=FAST_COMPILE)(params)
 
   moving, carrier = (ref.CoAttentionClassifier(NUM_CLASSES, WIDTH) for _ in range(2))
@@ -162,9 +180,17 @@ def test_sgd_updates_match_torch_param_groups(models):
   ref.load_flax_params(carrier, grads)  # the gradients, laid out as torch parameters.
   for p, g in zip(moving.parameters(), carrier.parameters()):
     p.grad = g.detach().clone()
-  opt = ref.sgd(moving, c.base_lr, c.momentum, c.nesterov, c.weight_decay,
-                c.lr_mult_pretrained_weight, c.lr_mult_pretrained_bias, c.lr_mult_new_weight,
-                c.lr_mult_new_bias)
+  opt = ref.sgd(
+    moving,
+    c.base_lr,
+    c.momentum,
+    c.nesterov,
+    c.weight_decay,
+    c.lr_mult_pretrained_weight,
+    c.lr_mult_pretrained_bias,
+    c.lr_mult_new_weight,
+    c.lr_mult_new_bias,
+  )
   opt.step()
   opt.step()
   moved = ref.to_flax(moving)
@@ -177,24 +203,34 @@ def test_localization_maps_match_full_pair_forwards(models, computer, images):
   the torch model running a full pair forward per pairing; both resize view maps with
   views.map_back, so that only the procedure and the model are compared."""
   _, _, torch_model = models
-  cfg = ml_collections.ConfigDict({'localize': {'num_related': 2, 'gate': 0.1},
-                                   'data': {'num_classes': NUM_CLASSES}})
+  cfg = ml_collections.ConfigDict(
+    {'localize': {'num_related': 2, 'gate': 0.1}, 'data': {'num_classes': NUM_CLASSES}}
+  )
   queries = [0, 3]
   classes = [np.array([1, 2]), np.array([0])]
   related = [[[1, 2], [5, 1]], [[2, 4]]]
-  all_feats = np.concatenate([computer.features(images[s:s + 2]) for s in (0, 2, 4)])
-  view_feats = {v: computer.features(np.asarray(views.make_view(images[queries], v)))
-                for v in VIEWS}
-  fast = localize.image_maps(computer, all_feats[queries], all_feats, view_feats, related,
-                             classes, cfg)
+  all_feats = np.concatenate([computer.features(images[s : s + 2]) for s in (0, 2, 4)])
+  view_feats = {
+    v: computer.features(np.asarray(views.make_view(images[queries], v))) for v in VIEWS
+  }
+  fast = localize.image_maps(
+    computer, all_feats[queries], all_feats, view_feats, related, classes, cfg
+  )
 
   def map_back(maps, view, size):
     return ref.nchw(np.asarray(views.map_back(nhwc(maps), view, size)))
 
   for qi, q in enumerate(queries):
-    x_m = images[q:q + 1]
+    x_m = images[q : q + 1]
     view_images = [(v, ref.nchw(views.make_view(x_m, v))) for v in VIEWS]
     partners = [ref.nchw(images[r]) for r in related[qi]]
-    naive = ref.localization_maps(torch_model, ref.nchw(x_m), classes[qi], partners,
-                                  view_images, cfg.localize.gate, map_back=map_back)
+    naive = ref.localization_maps(
+      torch_model,
+      ref.nchw(x_m),
+      classes[qi],
+      partners,
+      view_images,
+      cfg.localize.gate,
+      map_back=map_back,
+    )
     assert_close(np.stack(fast[qi]), naive, 1e-4)

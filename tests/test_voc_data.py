@@ -6,16 +6,17 @@ import os
 import re
 import shutil
 
+import data_fixtures as fx
 import numpy as np
 import pytest
 
-import data_fixtures as fx
 from cows_jax.data import voc
 
 
 def _layout(base, aug='seg_class_aug', **kw):
-  return voc.VocLayout(manual_dir=str(base), aug_layout=aug,
-                       saliency_dir=str(base / 'saliency'), **kw)
+  return voc.VocLayout(
+    manual_dir=str(base), aug_layout=aug, saliency_dir=str(base / 'saliency'), **kw
+  )
 
 
 def _load(base, tmp_path, aug='seg_class_aug', max_skipped=0.5, **kw):
@@ -27,8 +28,7 @@ def test_both_augmented_layouts_give_the_same_splits(tmp_path, aug):
   base = tmp_path / 'voc'
   fx.make_voc(str(base), aug)
   splits = _load(base, tmp_path, aug)
-  assert {s: len(v) for s, v in splits.items()} == {'train': 3, 'val': 2, 'train_aug': 6,
-                                                     'test': 2}
+  assert {s: len(v) for s, v in splits.items()} == {'train': 3, 'val': 2, 'train_aug': 6, 'test': 2}
   train_aug = splits['train_aug']
   assert [train_aug[i]['id'] for i in range(6)] == fx.TRAIN_AUG
   for i, image_id in enumerate(fx.TRAIN_AUG):
@@ -42,8 +42,9 @@ def test_both_augmented_layouts_give_the_same_splits(tmp_path, aug):
     np.testing.assert_array_equal(record['mask'], expected)
     assert record['saliency'].shape == (fx.H, fx.W)
   assert train_aug.labels().sum(0).min() >= 1  # the labels-only read covers all 20 classes
-  np.testing.assert_array_equal(train_aug.labels(),
-                                np.stack([train_aug[i]['labels'] for i in range(6)]))
+  np.testing.assert_array_equal(
+    train_aug.labels(), np.stack([train_aug[i]['labels'] for i in range(6)])
+  )
   # val: masks, no saliency; test: labels from the XML where present, no mask.
   assert splits['val'][0]['saliency'].shape == (0, 0)
   test = splits['test']
@@ -72,14 +73,20 @@ def test_manual_dir_may_be_voc2012_itself_and_a_rebuild_follows_list_changes(tmp
   assert len(first['val']) == 2 and len(second['val']) == 1
 
 
-@pytest.mark.parametrize('remove,match', [
+@pytest.mark.parametrize(
+  'remove,match',
+  [
     ('', 'data.manual_dir is not set'),
     ('VOCdevkit', 'no VOC 2012 layout found'),
     ('VOCdevkit/VOC2012/ImageSets/Segmentation/val.txt', 'split list .*val.txt not found'),
     ('VOCdevkit/VOC2012/SegmentationClassAug', 'SegmentationClassAug directory .* not found'),
-    ('VOCdevkit/VOC2012/ImageSets/SegmentationAug/train_aug.txt',
-     'split list .*train_aug.txt not found'),
-    ('saliency', 'saliency directory .* not found')])
+    (
+      'VOCdevkit/VOC2012/ImageSets/SegmentationAug/train_aug.txt',
+      'split list .*train_aug.txt not found',
+    ),
+    ('saliency', 'saliency directory .* not found'),
+  ],
+)
 def test_missing_directory_or_list_is_an_error_naming_it(tmp_path, remove, match):
   base = tmp_path / 'voc'
   fx.make_voc(str(base))
@@ -100,8 +107,9 @@ def _break(base, what):
   victim = fx.VOC_TRAIN[1]
   aug_mask = root / 'SegmentationClassAug' / (victim + '.png')
   if what == 'missing image':
-    fx.write_list(str(root / 'ImageSets' / 'SegmentationAug' / 'train_aug.txt'),
-                  fx.TRAIN_AUG + ['2010_999999'])
+    fx.write_list(
+      str(root / 'ImageSets' / 'SegmentationAug' / 'train_aug.txt'), fx.TRAIN_AUG + ['2010_999999']
+    )
     return '2010_999999', root / 'JPEGImages' / '2010_999999.jpg', 'missing image'
   if what == 'truncated jpeg':
     image = root / 'JPEGImages' / (victim + '.jpg')
@@ -125,8 +133,7 @@ def _break(base, what):
   raise ValueError(what)
 
 
-BAD = ['missing image', 'truncated jpeg', 'mask size', 'mask values', 'empty label set',
-       'rgb mask']
+BAD = ['missing image', 'truncated jpeg', 'mask size', 'mask values', 'empty label set', 'rgb mask']
 
 
 @pytest.mark.parametrize('what', BAD)

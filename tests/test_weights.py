@@ -11,8 +11,11 @@ import pytest
 from cows_jax import weights
 from cows_jax.models.vgg import VGG16LargeFOV
 
-torch = pytest.importorskip('torch', reason='torch is not installed: .ci/run installs it; '
-                            'pip install torch==2.13.0 to run the import tests')
+torch = pytest.importorskip(
+  'torch',
+  reason='torch is not installed: .ci/run installs it; '
+  'pip install torch==2.13.0 to run the import tests',
+)
 nn = torch.nn
 
 
@@ -61,6 +64,7 @@ def test_torchvision_vgg16_matches_pytorch_forward(torch_vgg, tmp_path, fmt):
     torch.save(state, src)
   else:
     from safetensors.torch import save_file
+
     save_file({k: v.contiguous() for k, v in state.items()}, src)
   provenance = weights.import_weights('vgg16', src, str(tmp_path / 'out'))
   assert provenance['input']['name'] == 'torchvision'
@@ -94,8 +98,9 @@ def test_caffe_vgg16_takes_rgb_and_caffe_mean(torch_vgg, tmp_path):
   _write_caffemodel(src, layers)
   provenance = weights.import_weights('vgg16', src, str(tmp_path / 'out'))
   assert provenance['ignored_keys'] == ['fc8']
-  np.testing.assert_allclose(np.array(provenance['input']['mean']) * 255,
-                             [122.675, 116.669, 104.008], rtol=1e-6)
+  np.testing.assert_allclose(
+    np.array(provenance['input']['mean']) * 255, [122.675, 116.669, 104.008], rtol=1e-6
+  )
   _check_forward(torch_vgg, str(tmp_path / 'out'))  # RGB in, as the torch model.
 
 
@@ -108,9 +113,10 @@ def test_wrong_files_give_clear_errors(torch_vgg, tmp_path):
     weights.import_weights('vgg16', str(truncated), str(tmp_path / 'a'))
 
   other = tmp_path / 'resnet_like.pth'
-  torch.save({'conv1.weight': torch.zeros(64, 3, 7, 7), 'fc.weight': torch.zeros(10, 2048)},
-             other)
-  with pytest.raises(weights.WeightsError, match='resnet_like.pth: none of its keys.*another architecture'):
+  torch.save({'conv1.weight': torch.zeros(64, 3, 7, 7), 'fc.weight': torch.zeros(10, 2048)}, other)
+  with pytest.raises(
+    weights.WeightsError, match='resnet_like.pth: none of its keys.*another architecture'
+  ):
     weights.import_weights('vgg16', str(other), str(tmp_path / 'b'))
 
   bad_shape = {k: v for k, v in state.items()}
@@ -132,32 +138,42 @@ def test_load_checks_arch_and_width(torch_vgg, tmp_path):
   weights.import_weights('vgg16', src, str(tmp_path / 'out'))
   with pytest.raises(weights.WeightsError, match='holds vgg16 weights, the model needs resnet101'):
     weights.load_backbone(str(tmp_path / 'out'), 'resnet101', {})
-  small = jax.eval_shape(VGG16LargeFOV(width=0.5).init, jax.random.key(0),
-                         jnp.zeros((1, 32, 32, 3)))
+  small = jax.eval_shape(
+    VGG16LargeFOV(width=0.5).init, jax.random.key(0), jnp.zeros((1, 32, 32, 3))
+  )
   with pytest.raises(weights.WeightsError, match='shape mismatch'):
     weights.load_backbone(str(tmp_path / 'out'), 'vgg16', dict(small))
 
 
 def test_classifier_starts_from_imported_backbone(torch_vgg, tmp_path, tiny_config):
   from cows_jax import classify
+
   src = str(tmp_path / 'vgg16.caffemodel')
   state = {k: v.numpy() for k, v in torch_vgg.state_dict().items()}
-  _write_caffemodel(src, {name: [state[f'features.{i}.weight'], state[f'features.{i}.bias']]
-                          for i, name in zip(weights._VGG16_FEATURE_CONVS, weights._VGG16_NAMES)})
+  _write_caffemodel(
+    src,
+    {
+      name: [state[f'features.{i}.weight'], state[f'features.{i}.bias']]
+      for i, name in zip(weights._VGG16_FEATURE_CONVS, weights._VGG16_NAMES)
+    },
+  )
   weights.import_weights('vgg16', src, str(tmp_path / 'out'))
   cfg = tiny_config
   cfg.model.width, cfg.model.norm, cfg.input.size = 1.0, 'none', 32
   cfg.model.init_from = str(tmp_path / 'out')
   model = classify.create_model(cfg)
   # The random init as classify.init_variables makes it (zeros here: no compile needed).
-  fresh = jax.tree.map(lambda a: np.zeros(a.shape, a.dtype),
-                       classify.abstract_variables(model, cfg))
+  fresh = jax.tree.map(
+    lambda a: np.zeros(a.shape, a.dtype), classify.abstract_variables(model, cfg)
+  )
   variables = weights.with_pretrained_backbone(fresh, cfg.model.init_from, 'vgg16')
   w = variables['params']['backbone']['conv2_1']['kernel']
   np.testing.assert_array_equal(w, state['features.5.weight'].transpose(2, 3, 1, 0))
   # conv1_1 came from a BGR Caffe model: RGB order now.
-  np.testing.assert_array_equal(variables['params']['backbone']['conv1_1']['kernel'],
-                                state['features.0.weight'][:, ::-1].transpose(2, 3, 1, 0))
+  np.testing.assert_array_equal(
+    variables['params']['backbone']['conv1_1']['kernel'],
+    state['features.0.weight'][:, ::-1].transpose(2, 3, 1, 0),
+  )
   # New layers keep their own initialization.
   assert not np.any(variables['params']['co_weight'])
   weights.apply_input_convention(cfg)
@@ -177,8 +193,11 @@ class _TorchBottleneck(nn.Module):
     self.bn2 = nn.BatchNorm2d(width)
     self.conv3 = nn.Conv2d(width, width * 4, 1, bias=False)
     self.bn3 = nn.BatchNorm2d(width * 4)
-    self.downsample = nn.Sequential(nn.Conv2d(cin, width * 4, 1, stride, bias=False),
-                                    nn.BatchNorm2d(width * 4)) if project else None
+    self.downsample = (
+      nn.Sequential(nn.Conv2d(cin, width * 4, 1, stride, bias=False), nn.BatchNorm2d(width * 4))
+      if project
+      else None
+    )
 
   def forward(self, x):
     y = torch.relu(self.bn1(self.conv1(x)))
@@ -191,14 +210,24 @@ class _TorchResNet101(nn.Module):
   def __init__(self, width_mult, stride_in_1x1):
     super().__init__()
     from cows_jax.models.vgg import scaled
+
     stem = scaled(64, width_mult)
     self.conv1 = nn.Conv2d(3, stem, 7, 2, 3, bias=False)
     self.bn1 = nn.BatchNorm2d(stem)
     cin = stem
     for i, (n, dilation) in enumerate(zip((3, 4, 23, 3), (1, 1, 2, 4))):
       width, stride = scaled(64 * 2**i, width_mult), 2 if i == 1 else 1
-      blocks = [_TorchBottleneck(cin if b == 0 else width * 4, width, stride if b == 0 else 1,
-                                 dilation, b == 0, stride_in_1x1) for b in range(n)]
+      blocks = [
+        _TorchBottleneck(
+          cin if b == 0 else width * 4,
+          width,
+          stride if b == 0 else 1,
+          dilation,
+          b == 0,
+          stride_in_1x1,
+        )
+        for b in range(n)
+      ]
       setattr(self, f'layer{i + 1}', nn.Sequential(*blocks))
       cin = width * 4
     self.fc = nn.Linear(cin, 10)
@@ -225,19 +254,22 @@ def _torch_resnet(width_mult, stride_in_1x1):
 
 def _check_resnet_forward(torch_model, variables, width_mult, stride_in_1x1, bgr=False):
   from cows_jax.models.resnet import ResNet
+
   x = np.random.default_rng(0).normal(size=(1, 3, 48, 48)).astype(np.float32)
   with torch.no_grad():
     expected = torch_model(torch.from_numpy(x[:, ::-1].copy() if bgr else x)).numpy()
   model = ResNet(width=width_mult, stride_in_1x1=stride_in_1x1)
   got = np.asarray(model.apply(variables, x.transpose(0, 2, 3, 1)))
-  np.testing.assert_allclose(got, expected.transpose(0, 2, 3, 1), rtol=1e-4,
-                             atol=1e-4 * np.abs(expected).max())
+  np.testing.assert_allclose(
+    got, expected.transpose(0, 2, 3, 1), rtol=1e-4, atol=1e-4 * np.abs(expected).max()
+  )
 
 
 def test_torchvision_resnet101_matches_pytorch_forward():
   model = _torch_resnet(0.0625, stride_in_1x1=False)
   variables, ignored = weights.resnet101_from_torchvision(
-      {k: v.numpy() for k, v in model.state_dict().items()})
+    {k: v.numpy() for k, v in model.state_dict().items()}
+  )
   assert ignored == ['fc.bias', 'fc.weight']
   _check_resnet_forward(model, variables, 0.0625, stride_in_1x1=False)
 
@@ -252,8 +284,11 @@ def test_caffe_resnet101_matches_pytorch_forward(tmp_path):
     w = state[f'{conv}.weight']
     layers[c_conv] = [np.ascontiguousarray(w[:, ::-1] if conv == 'conv1' else w)]
     factor = 7.0  # Caffe stores mean and var multiplied by this factor.
-    layers[c_bn] = [state[f'{bn}.running_mean'] * factor, state[f'{bn}.running_var'] * factor,
-                    np.array([factor], np.float32)]
+    layers[c_bn] = [
+      state[f'{bn}.running_mean'] * factor,
+      state[f'{bn}.running_var'] * factor,
+      np.array([factor], np.float32),
+    ]
     layers[c_scale] = [state[f'{bn}.weight'], state[f'{bn}.bias']]
   layers['fc1_voc12_c0'] = [np.zeros((21, 8, 3, 3), np.float32)]
   src = str(tmp_path / 'init.caffemodel')
@@ -267,6 +302,7 @@ def test_full_size_resnet101_import_into_the_segmenter(tmp_path, tiny_config):
   from safetensors.torch import save_file
 
   from cows_jax import segment
+
   model = _torch_resnet(1.0, stride_in_1x1=False)
   src = str(tmp_path / 'resnet101.safetensors')
   save_file({k: v.contiguous() for k, v in model.state_dict().items()}, src)
@@ -279,9 +315,12 @@ def test_full_size_resnet101_import_into_the_segmenter(tmp_path, tiny_config):
   cfg.segment.init_from = str(tmp_path / 'out')
   weights.apply_input_convention(cfg)
   assert cfg.segment.resnet_stride_in_1x1 is False  # torchvision's layout.
-  fresh = jax.tree.map(lambda a: np.zeros(a.shape, a.dtype),
-                       segment.abstract_variables(segment.create_model(cfg), cfg))
+  fresh = jax.tree.map(
+    lambda a: np.zeros(a.shape, a.dtype), segment.abstract_variables(segment.create_model(cfg), cfg)
+  )
   variables = weights.with_pretrained_backbone(fresh, cfg.segment.init_from, 'resnet101')
-  np.testing.assert_array_equal(variables['frozen_bn']['backbone']['layer3']['5']['bn2']['var'],
-                                model.layer3[5].bn2.running_var.numpy())
+  np.testing.assert_array_equal(
+    variables['frozen_bn']['backbone']['layer3']['5']['bn2']['var'],
+    model.layer3[5].bn2.running_var.numpy(),
+  )
   assert not np.any(jax.tree.leaves(variables['params']['head'])[0])  # head: own init.

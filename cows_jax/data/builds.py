@@ -12,6 +12,7 @@ def prepared(make_builder, what: str):
   (parallel.process_zero_first). The builder returned is made after the build, so its info
   is the finished build's, whichever process wrote it. `what` names the build in the log and
   the barrier."""
+
   def build_here() -> None:
     builder = make_builder()
     if builder.is_prepared():

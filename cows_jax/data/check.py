@@ -33,17 +33,24 @@ def split_summary(source) -> dict:
     no_saliency += int(record['saliency'].size == 0)
     no_mask += int((record['mask'] == records.IGNORE_INDEX).all())
   return {
-      'images': len(source), 'per_class': labels.sum(0),
-      'labels_per_image': collections.Counter(labels.sum(1).tolist()),
-      'skipped': metadata.get('skipped', []),
-      'no_saliency': max(metadata.get('no_saliency', 0), round(no_saliency * len(source) /
-                                                              len(sample))),
-      'no_mask': round(no_mask * len(source) / len(sample)), 'mask_values': values,
-      'sampled': len(sample)}
+    'images': len(source),
+    'per_class': labels.sum(0),
+    'labels_per_image': collections.Counter(labels.sum(1).tolist()),
+    'skipped': metadata.get('skipped', []),
+    'no_saliency': max(
+      metadata.get('no_saliency', 0), round(no_saliency * len(source) / len(sample))
+    ),
+    'no_mask': round(no_mask * len(source) / len(sample)),
+    'mask_values': values,
+    'sampled': len(sample),
+  }
 
 
-ROLES = {'classify_split': 'classifier', 'train_split': 'maps, pseudo labels, segmenter',
-         'eval_split': 'evaluation'}
+ROLES = {
+  'classify_split': 'classifier',
+  'train_split': 'maps, pseudo labels, segmenter',
+  'eval_split': 'evaluation',
+}
 
 
 def problems(cfg, summaries: dict) -> list[str]:
@@ -60,13 +67,17 @@ def problems(cfg, summaries: dict) -> list[str]:
     out.append(f'{d.classify_split}: no training image of class(es) {", ".join(empty)}')
   missing = summaries[d.train_split]['no_saliency']
   if cfg.label.use_saliency and missing:
-    out.append(f'{d.train_split}: ~{missing} image(s) without a saliency map but '
-               'label.use_saliency=True (set data.saliency_dir, or label.use_saliency=False '
-               'for the saliency-free mode)')
+    out.append(
+      f'{d.train_split}: ~{missing} image(s) without a saliency map but '
+      'label.use_saliency=True (set data.saliency_dir, or label.use_saliency=False '
+      'for the saliency-free mode)'
+    )
   unmasked = summaries[d.eval_split]['no_mask']
   if unmasked:
-    out.append(f'{d.eval_split}: ~{unmasked} image(s) without a ground-truth mask (nothing to '
-               'evaluate against)')
+    out.append(
+      f'{d.eval_split}: ~{unmasked} image(s) without a ground-truth mask (nothing to '
+      'evaluate against)'
+    )
   return out
 
 
@@ -81,17 +92,23 @@ def _mask_values(values: np.ndarray) -> str:
 
 def report(cfg, summaries: dict, found: list[str]) -> str:
   names = sources.class_names(cfg)
-  lines = [f'dataset {cfg.data.name}: {len(names)} classes',
-           'stages: ' + '; '.join(f'{role} <- {cfg.data[field]}' for field, role in ROLES.items()),
-           '', f'{"split":<16}{"images":>8}{"skipped":>9}{"no saliency":>13}{"no mask":>9}'
-           '  labels per image']
+  lines = [
+    f'dataset {cfg.data.name}: {len(names)} classes',
+    'stages: ' + '; '.join(f'{role} <- {cfg.data[field]}' for field, role in ROLES.items()),
+    '',
+    f'{"split":<16}{"images":>8}{"skipped":>9}{"no saliency":>13}{"no mask":>9}  labels per image',
+  ]
   for name, s in summaries.items():
-    lines.append(f'{name:<16}{s["images"]:>8}{len(s["skipped"]):>9}{s["no_saliency"]:>13}'
-                 f'{s["no_mask"]:>9}  {_histogram(s["labels_per_image"])}')
+    lines.append(
+      f'{name:<16}{s["images"]:>8}{len(s["skipped"]):>9}{s["no_saliency"]:>13}'
+      f'{s["no_mask"]:>9}  {_histogram(s["labels_per_image"])}'
+    )
   for name in summaries:
     if name == cfg.data.classify_split or name.startswith('extra'):
-      lines.append(f'\nimages per class ({name}): ' + ', '.join(
-          f'{n} {int(k)}' for n, k in zip(names, summaries[name]['per_class'])))
+      lines.append(
+        f'\nimages per class ({name}): '
+        + ', '.join(f'{n} {int(k)}' for n, k in zip(names, summaries[name]['per_class']))
+      )
   lines.append('')
   for name, s in summaries.items():
     lines.append(f'mask values ({name}, {s["sampled"]} images): {_mask_values(s["mask_values"])}')

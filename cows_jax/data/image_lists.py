@@ -39,8 +39,10 @@ def class_id(token: str, class_names: tuple[str, ...], where: str) -> int:
       raise ValueError(f'{where}: class id {token} outside 0..{len(class_names) - 1}')
     return int(token)
   if token not in class_names:
-    raise ValueError(f'{where}: class name {token!r} is not in the class list '
-                     f'({", ".join(class_names[:10])}{", ..." if len(class_names) > 10 else ""})')
+    raise ValueError(
+      f'{where}: class name {token!r} is not in the class list '
+      f'({", ".join(class_names[:10])}{", ..." if len(class_names) > 10 else ""})'
+    )
   return class_names.index(token)
 
 
@@ -53,8 +55,13 @@ def _unique(entries: list[records.Entry]) -> list[records.Entry]:
   return entries
 
 
-def parse_list(path: str, image_root: str, class_names: tuple[str, ...], mask_dir: str = '',
-               saliency_dir: str = '') -> list[records.Entry]:
+def parse_list(
+  path: str,
+  image_root: str,
+  class_names: tuple[str, ...],
+  mask_dir: str = '',
+  saliency_dir: str = '',
+) -> list[records.Entry]:
   """Entries of a list file. Lines without classes take them from the mask when there is a
   mask directory; otherwise they have an empty label set (skipped by the build)."""
   if not os.path.isfile(path):
@@ -71,11 +78,16 @@ def parse_list(path: str, image_root: str, class_names: tuple[str, ...], mask_di
         relative += '.jpg'
       labels = tuple(sorted({class_id(t, class_names, where) for t in tokens[1:]}))
       stem = os.path.splitext(relative)[0]
-      entries.append(records.Entry(
-          id=image_id(relative), image=os.path.join(image_root, relative), origin=where,
+      entries.append(
+        records.Entry(
+          id=image_id(relative),
+          image=os.path.join(image_root, relative),
+          origin=where,
           mask=os.path.join(mask_dir, stem + '.png') if mask_dir else '',
           labels=labels if labels or not mask_dir else None,
-          saliency=os.path.join(saliency_dir, stem + '.png') if saliency_dir else ''))
+          saliency=os.path.join(saliency_dir, stem + '.png') if saliency_dir else '',
+        )
+      )
   return _unique(entries)
 
 
@@ -88,13 +100,19 @@ def parse_folders(root: str, class_names: tuple[str, ...]) -> list[records.Entry
     if not os.path.isdir(folder):
       continue
     if name not in class_names:
-      raise ValueError(f'{folder}: folder name {name!r} is not a class name (classes: '
-                       f'{", ".join(class_names)})')
+      raise ValueError(
+        f'{folder}: folder name {name!r} is not a class name (classes: {", ".join(class_names)})'
+      )
     for file in sorted(os.listdir(folder)):
       if os.path.splitext(file)[1].lower() in IMAGE_EXTENSIONS:
-        entries.append(records.Entry(id=image_id(os.path.join(name, file)),
-                                     image=os.path.join(folder, file), origin=folder,
-                                     labels=(class_names.index(name),)))
+        entries.append(
+          records.Entry(
+            id=image_id(os.path.join(name, file)),
+            image=os.path.join(folder, file),
+            origin=folder,
+            labels=(class_names.index(name),),
+          )
+        )
   if not entries:
     raise ValueError(f'{root}: no images in class folders ({", ".join(IMAGE_EXTENSIONS)})')
   return entries
@@ -103,6 +121,7 @@ def parse_folders(root: str, class_names: tuple[str, ...]) -> list[records.Entry
 @dataclasses.dataclass(frozen=True)
 class ListLayout:
   """Splits given by list files; masks joined by id for the splits in `masked_splits`."""
+
   class_names: tuple[str, ...]
   image_root: str
   lists: tuple[tuple[str, str], ...]  # (split, list file)
@@ -116,19 +135,28 @@ class ListLayout:
 
   def entries(self) -> dict[str, list[records.Entry]]:
     records.require_dir(self.image_root, 'image root')
-    for path, what in ((self.mask_dir, 'mask directory'),
-                       (self.saliency_dir, 'saliency directory')):
+    for path, what in (
+      (self.mask_dir, 'mask directory'),
+      (self.saliency_dir, 'saliency directory'),
+    ):
       if path:
         records.require_dir(path, what)
-    return {split: parse_list(path, self.image_root, self.class_names,
-                              self.mask_dir if split in self.masked_splits else '',
-                              self.saliency_dir)
-            for split, path in self.lists}
+    return {
+      split: parse_list(
+        path,
+        self.image_root,
+        self.class_names,
+        self.mask_dir if split in self.masked_splits else '',
+        self.saliency_dir,
+      )
+      for split, path in self.lists
+    }
 
 
 @dataclasses.dataclass(frozen=True)
 class FolderLayout:
   """One 'train' split from a folder per class."""
+
   class_names: tuple[str, ...]
   root: str
 

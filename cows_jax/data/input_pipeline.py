@@ -28,8 +28,15 @@ def _prepare(image, rng, cfg, jitter: bool = True):
   return transforms.normalize(image, cfg.input.mean, cfg.input.std)
 
 
-def pair_dataset(source, class_index: ClassIndex, cfg, num_epochs: int, global_batch: int,
-                 seed: int, plan: MixPlan | None = None):
+def pair_dataset(
+  source,
+  class_index: ClassIndex,
+  cfg,
+  num_epochs: int,
+  global_batch: int,
+  seed: int,
+  plan: MixPlan | None = None,
+):
   """MapDataset of batches {'image_m','image_n','labels_m','labels_n'} over all epochs
   (and 'image_m_plain', m without colour jitter, when the classifier uses self views).
 
@@ -40,10 +47,12 @@ def pair_dataset(source, class_index: ClassIndex, cfg, num_epochs: int, global_b
   def make_pair(anchor, rng):
     partner = class_index.sample_partner(int(anchor), rng)
     m, n = source[int(anchor)], source[partner]
-    pair = {'image_m': _prepare(m['image'], rng, cfg),
-            'image_n': _prepare(n['image'], rng, cfg),
-            'labels_m': m['labels'].astype(np.float32),
-            'labels_n': n['labels'].astype(np.float32)}
+    pair = {
+      'image_m': _prepare(m['image'], rng, cfg),
+      'image_n': _prepare(n['image'], rng, cfg),
+      'labels_m': m['labels'].astype(np.float32),
+      'labels_n': n['labels'].astype(np.float32),
+    }
     if cfg.classify.self_views:  # the reference makes m's self views before colour jitter.
       pair['image_m_plain'] = _prepare(m['image'], None, cfg, jitter=False)
     return pair
@@ -51,13 +60,12 @@ def pair_dataset(source, class_index: ClassIndex, cfg, num_epochs: int, global_b
   plan = plan or MixPlan(len(source))
   epoch_len = plan.epoch_length
   slots = grain.MapDataset.range(epoch_len).shuffle(seed=seed).repeat(num_epochs)
-  ds = grain.MapDataset.range(len(slots)).map(
-      lambda i: plan.anchor(i // epoch_len, slots[i], seed))
+  ds = grain.MapDataset.range(len(slots)).map(lambda i: plan.anchor(i // epoch_len, slots[i], seed))
   # Drop each epoch's remainder so that every step belongs to exactly one epoch.
   steps_per_epoch = epoch_len // global_batch
   ds = _whole_batches(ds, epoch_len, steps_per_epoch * global_batch)
   ds = ds.random_map(make_pair, seed=seed)
-  ds = ds[jax.process_index()::jax.process_count()]
+  ds = ds[jax.process_index() :: jax.process_count()]
   return ds.batch(_local_batch(global_batch), drop_remainder=True)
 
 
@@ -78,22 +86,31 @@ def segment_dataset(source, labels_for, cfg, num_steps: int, global_batch: int, 
   def make_example(index, rng):
     record = source[int(index)]
     image, label = transforms.random_scale_crop(
-        record['image'], labels_for(int(index), record), rng, tuple(seg.scale_range),
-        seg.crop_size, seg.mirror, seg.mean)
-    return {'image': transforms.normalize(image, seg.mean, seg.std),
-            'label': label.astype(np.int32)}
+      record['image'],
+      labels_for(int(index), record),
+      rng,
+      tuple(seg.scale_range),
+      seg.crop_size,
+      seg.mirror,
+      seg.mean,
+    )
+    return {
+      'image': transforms.normalize(image, seg.mean, seg.std),
+      'label': label.astype(np.int32),
+    }
 
   epochs = -(-num_steps * global_batch // len(source))
   ds = grain.MapDataset.range(len(source)).shuffle(seed=seed).repeat(epochs)
   ds = ds.random_map(make_example, seed=seed)
-  ds = ds[jax.process_index()::jax.process_count()]
+  ds = ds[jax.process_index() :: jax.process_count()]
   return ds.batch(_local_batch(global_batch), drop_remainder=True)
 
 
 def iterate(ds, start: int, cfg):
   """Iterator over batches start, start+1, ... with background prefetching."""
-  it = ds[start:].to_iter_dataset(grain.ReadOptions(num_threads=2,
-                                                    prefetch_buffer_size=cfg.input.prefetch))
+  it = ds[start:].to_iter_dataset(
+    grain.ReadOptions(num_threads=2, prefetch_buffer_size=cfg.input.prefetch)
+  )
   if cfg.input.worker_count:
     it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=cfg.input.worker_count))
   return iter(it)

@@ -32,6 +32,7 @@ MIXINGS = ('plain', 'clean_partners')
 class MixPlan:
   """Which pool record each anchor slot of an epoch holds: slots below `num_primary` are the
   primary images, the other `extra_per_epoch` slots draw extra images in turn."""
+
   num_primary: int
   num_extra: int = 0
   extra_per_epoch: int = 0
@@ -81,26 +82,35 @@ class ConcatSource:
 @dataclasses.dataclass(frozen=True)
 class PairPool:
   """What the classifier samples pairs from."""
+
   source: object
   class_index: ClassIndex
   plan: MixPlan
   noisy: np.ndarray  # bool per pool record: from a source flagged is_noisy_source
 
 
-def make_pool(primary, extra=None, ratio: float = 0.0, is_noisy_source: bool = False,
-              mixing: str = 'plain') -> PairPool:
+def make_pool(
+  primary, extra=None, ratio: float = 0.0, is_noisy_source: bool = False, mixing: str = 'plain'
+) -> PairPool:
   """The pool of `primary` alone, or mixed with `extra` as configured in data.extra."""
   if extra is None:
-    return PairPool(primary, ClassIndex(records.all_labels(primary)), MixPlan(len(primary)),
-                    np.zeros(len(primary), bool))
+    return PairPool(
+      primary,
+      ClassIndex(records.all_labels(primary)),
+      MixPlan(len(primary)),
+      np.zeros(len(primary), bool),
+    )
   if mixing not in MIXINGS:
     raise ValueError(f'data.extra.mixing={mixing!r}; expected one of {MIXINGS}')
   if mixing == 'clean_partners' and not is_noisy_source:
-    raise ValueError("data.extra.mixing='clean_partners' acts on noisy sources only; set "
-                     'data.extra.is_noisy_source=True or data.extra.mixing=plain')
+    raise ValueError(
+      "data.extra.mixing='clean_partners' acts on noisy sources only; set "
+      'data.extra.is_noisy_source=True or data.extra.mixing=plain'
+    )
   source = ConcatSource(primary, extra)
   noisy = np.zeros(len(source), bool)
-  noisy[len(primary):] = is_noisy_source
+  noisy[len(primary) :] = is_noisy_source
   partners = ~noisy if mixing == 'clean_partners' else None
-  return PairPool(source, ClassIndex(source.labels(), partners),
-                  make_plan(len(primary), len(extra), ratio), noisy)
+  return PairPool(
+    source, ClassIndex(source.labels(), partners), make_plan(len(primary), len(extra), ratio), noisy
+  )

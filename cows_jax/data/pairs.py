@@ -21,8 +21,9 @@ class ClassIndex:
     self.by_class = [np.flatnonzero(labels[:, c]) for c in range(labels.shape[1])]
     self._partners = self.by_class
     if partners is not None:
-      allowed = [np.flatnonzero(labels[:, c] & np.asarray(partners, bool))
-                 for c in range(labels.shape[1])]
+      allowed = [
+        np.flatnonzero(labels[:, c] & np.asarray(partners, bool)) for c in range(labels.shape[1])
+      ]
       self._partners = [a if a.size else b for a, b in zip(allowed, self.by_class)]
 
   def classes_of(self, index: int) -> np.ndarray:

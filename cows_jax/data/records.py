@@ -39,6 +39,7 @@ class Entry:
   labels: class ids, or None to take the classes present in the mask. origin: where the
   image was listed (file or file:line), for messages.
   """
+
   id: str
   image: str
   origin: str
@@ -100,8 +101,10 @@ def read_mask(path: str) -> np.ndarray:
   an SBD GTcls .mat."""
   if path.endswith('.mat'):
     try:
-      return np.asarray(scipy.io.loadmat(path, squeeze_me=True, struct_as_record=False)
-                        ['GTcls'].Segmentation, np.uint8)
+      return np.asarray(
+        scipy.io.loadmat(path, squeeze_me=True, struct_as_record=False)['GTcls'].Segmentation,
+        np.uint8,
+      )
     except FileNotFoundError:
       raise BadFile(path, 'missing mask') from None
     except (OSError, ValueError, KeyError, AttributeError) as e:
@@ -110,8 +113,9 @@ def read_mask(path: str) -> np.ndarray:
   try:
     with Image.open(io.BytesIO(data)) as im:
       if im.mode not in ('P', 'L'):
-        raise BadFile(path, f'mask has mode {im.mode}; expected class ids as a palette or '
-                      'grayscale PNG')
+        raise BadFile(
+          path, f'mask has mode {im.mode}; expected class ids as a palette or grayscale PNG'
+        )
       return np.asarray(im)
   except (OSError, SyntaxError, ValueError) as e:
     raise BadFile(path, f'corrupt mask ({e})') from None
@@ -122,8 +126,9 @@ def mask_classes(mask: np.ndarray, num_classes: int, path: str) -> tuple[int, ..
   values = np.unique(mask)
   bad = [int(v) for v in values if v > num_classes and v != IGNORE_INDEX]
   if bad:
-    raise BadFile(path, f'mask values {bad[:8]} outside the class ids 0..{num_classes} and '
-                  f'{IGNORE_INDEX}')
+    raise BadFile(
+      path, f'mask values {bad[:8]} outside the class ids 0..{num_classes} and {IGNORE_INDEX}'
+    )
   return tuple(int(v) - 1 for v in values if 0 < v <= num_classes)
 
 
@@ -136,8 +141,14 @@ def read_saliency(path: str, shape: tuple[int, int]) -> np.ndarray | None:
     with Image.open(io.BytesIO(data)) as im:
       im = im.convert('L')
       if (im.height, im.width) != tuple(shape):
-        logging.warning('%s: saliency map is %dx%d, its image %dx%d; resized (bilinear)',
-                        path, im.width, im.height, shape[1], shape[0])
+        logging.warning(
+          '%s: saliency map is %dx%d, its image %dx%d; resized (bilinear)',
+          path,
+          im.width,
+          im.height,
+          shape[1],
+          shape[0],
+        )
         im = im.resize((shape[1], shape[0]), Image.BILINEAR)
       return np.asarray(im)
   except (OSError, SyntaxError, ValueError) as e:
@@ -157,8 +168,10 @@ def encode(entry: Entry, num_classes: int) -> tuple[dict, dict]:
   if entry.mask:
     mask = read_mask(entry.mask)
     if mask.shape != shape:
-      raise BadFile(entry.mask, f'mask is {mask.shape[1]}x{mask.shape[0]}, its image '
-                    f'{entry.image} {shape[1]}x{shape[0]}')
+      raise BadFile(
+        entry.mask,
+        f'mask is {mask.shape[1]}x{mask.shape[0]}, its image {entry.image} {shape[1]}x{shape[0]}',
+      )
     found = mask_classes(mask, num_classes, entry.mask)
     classes = found if entry.labels is None else entry.labels
     mask_bytes = _png(mask)
@@ -168,9 +181,13 @@ def encode(entry: Entry, num_classes: int) -> tuple[dict, dict]:
     notes = {'saliency_missing': saliency is None}
   labels = np.zeros(num_classes, np.uint8)
   labels[list(classes)] = 1
-  record = {'image': image, 'mask': mask_bytes,
-            'saliency': b'' if saliency is None else _png(saliency),
-            'labels': labels, 'id': entry.id.encode()}
+  record = {
+    'image': image,
+    'mask': mask_bytes,
+    'saliency': b'' if saliency is None else _png(saliency),
+    'labels': labels,
+    'id': entry.id.encode(),
+  }
   return record, notes
 
 
@@ -185,7 +202,7 @@ def _validated(entries: Sequence[Entry], fn: Callable):
   """(entry, fn(entry) or BadFile) in order, `_CHUNK` at a time on a thread pool."""
   with concurrent.futures.ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
     for start in range(0, len(entries), _CHUNK):
-      chunk = entries[start:start + _CHUNK]
+      chunk = entries[start : start + _CHUNK]
       yield from zip(chunk, pool.map(lambda e: _try(fn, e), chunk))
 
 
@@ -194,14 +211,17 @@ def too_many_skipped(split: str, total: int, skipped: list, max_fraction: float)
   if len(skipped) <= max_fraction * total:
     return ''
   shown = '; '.join(f'{path}: {reason}' for _, path, reason in skipped[:5])
-  return (f'split {split!r}: {len(skipped)} of {total} images unusable (more than '
-          f'data.max_skipped_fraction={max_fraction}), e.g. {shown}')
+  return (
+    f'split {split!r}: {len(skipped)} of {total} images unusable (more than '
+    f'data.max_skipped_fraction={max_fraction}), e.g. {shown}'
+  )
 
 
 @dataclasses.dataclass(eq=False)
 class LayoutConfig(tfds.core.BuilderConfig):
   """Carries the layout (paths and options, small and picklable: it travels to grain workers
   with the builder); the config name is the fingerprint of the layout and its entries."""
+
   layout: object = None
   max_skipped_fraction: float = 0.01
 
@@ -216,15 +236,26 @@ class RecordsBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     layout = self.builder_config.layout
     blob = tfds.features.Tensor(shape=(), dtype=np.object_)
     return tfds.core.DatasetInfo(
-        builder=self, description=f'{type(self).__name__} from {layout}',
-        features=tfds.features.FeaturesDict({
-            'image': blob, 'mask': blob, 'saliency': blob, 'id': blob,
-            'labels': tfds.features.Tensor(shape=(layout.num_classes,), dtype=np.uint8)}),
-        disable_shuffling=True, metadata=tfds.core.MetadataDict())
+      builder=self,
+      description=f'{type(self).__name__} from {layout}',
+      features=tfds.features.FeaturesDict(
+        {
+          'image': blob,
+          'mask': blob,
+          'saliency': blob,
+          'id': blob,
+          'labels': tfds.features.Tensor(shape=(layout.num_classes,), dtype=np.uint8),
+        }
+      ),
+      disable_shuffling=True,
+      metadata=tfds.core.MetadataDict(),
+    )
 
   def _split_generators(self, dl_manager):
-    return {split: self._generate_examples(split, entries)
-            for split, entries in self.builder_config.layout.entries().items()}
+    return {
+      split: self._generate_examples(split, entries)
+      for split, entries in self.builder_config.layout.entries().items()
+    }
 
   def _generate_examples(self, split: str, entries: list[Entry]):
     num_classes = self.builder_config.layout.num_classes
@@ -241,13 +272,15 @@ class RecordsBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
       classes.append(np.flatnonzero(record['labels']).tolist())
       yield key, record
       key += 1
-    error = too_many_skipped(split, len(entries), skipped,
-                             self.builder_config.max_skipped_fraction)
+    error = too_many_skipped(split, len(entries), skipped, self.builder_config.max_skipped_fraction)
     if error:
       raise ValueError(error)
-    self.info.metadata[split] = {'classes': classes, 'skipped': skipped,
-                                 'no_saliency': len(no_saliency),
-                                 'no_saliency_ids': no_saliency[:20]}
+    self.info.metadata[split] = {
+      'classes': classes,
+      'skipped': skipped,
+      'no_saliency': len(no_saliency),
+      'no_saliency_ids': no_saliency[:20],
+    }
 
 
 def _problem(entry: Entry, result, split: str) -> tuple | None:
@@ -262,9 +295,15 @@ def _problem(entry: Entry, result, split: str) -> tuple | None:
 def fingerprint(builder_cls: type, layout, entries: dict) -> str:
   """Hash of the builder version, the layout and every entry: a changed list, class map or
   option gives a new build (files edited in place under the same names do not)."""
-  payload = json.dumps([builder_cls.__name__, str(builder_cls.VERSION), repr(layout),
-                        {s: [dataclasses.astuple(e) for e in es] for s, es in entries.items()}],
-                       sort_keys=True)
+  payload = json.dumps(
+    [
+      builder_cls.__name__,
+      str(builder_cls.VERSION),
+      repr(layout),
+      {s: [dataclasses.astuple(e) for e in es] for s, es in entries.items()},
+    ],
+    sort_keys=True,
+  )
   return hashlib.sha256(payload.encode()).hexdigest()[:12]
 
 
@@ -276,14 +315,18 @@ def load(builder_cls: type, layout, data_dir: str, max_skipped_fraction: float) 
     if not es:
       raise ValueError(f'split {split!r} of {layout} lists no images')
   name = fingerprint(builder_cls, layout, entries)
-  config = LayoutConfig(name=name, description=repr(layout), layout=layout,
-                        max_skipped_fraction=max_skipped_fraction)
+  config = LayoutConfig(
+    name=name, description=repr(layout), layout=layout, max_skipped_fraction=max_skipped_fraction
+  )
   builder = builds.prepared(
-      lambda: builder_cls(config=config, data_dir=data_dir, file_format='array_record'),
-      f'{builder_cls.name} {name} from {layout}')
+    lambda: builder_cls(config=config, data_dir=data_dir, file_format='array_record'),
+    f'{builder_cls.name} {name} from {layout}',
+  )
   sources = builder.as_data_source()
-  return {split: RecordSource(sources[split], builder.info.metadata[split], str(builder.data_dir))
-          for split in entries}
+  return {
+    split: RecordSource(sources[split], builder.info.metadata[split], str(builder.data_dir))
+    for split in entries
+  }
 
 
 class RecordSource:
@@ -302,12 +345,19 @@ class RecordSource:
     record = self._source[int(index)]
     with Image.open(io.BytesIO(record['image'])) as im:
       image = np.asarray(im.convert('RGB'))
-    mask = (_decode_png(record['mask']) if record['mask']
-            else np.full(image.shape[:2], IGNORE_INDEX, np.uint8))
-    saliency = (_decode_png(record['saliency']) if record['saliency']
-                else np.zeros((0, 0), np.uint8))
-    return {'image': image, 'mask': mask, 'saliency': saliency,
-            'labels': np.asarray(record['labels'], np.uint8), 'id': bytes(record['id']).decode()}
+    mask = (
+      _decode_png(record['mask'])
+      if record['mask']
+      else np.full(image.shape[:2], IGNORE_INDEX, np.uint8)
+    )
+    saliency = _decode_png(record['saliency']) if record['saliency'] else np.zeros((0, 0), np.uint8)
+    return {
+      'image': image,
+      'mask': mask,
+      'saliency': saliency,
+      'labels': np.asarray(record['labels'], np.uint8),
+      'id': bytes(record['id']).decode(),
+    }
 
   def labels(self) -> np.ndarray:
     num_classes = self._source.dataset_info.features['labels'].shape[0]

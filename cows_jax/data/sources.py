@@ -21,15 +21,21 @@ EXTRA_LAYOUTS = ('none', 'folders', 'list')
 
 def data_dir(cfg) -> str:
   """Where built datasets live: config field, else $COWS_DATA_DIR, else ~/.cache."""
-  return os.path.expanduser(cfg.data.data_dir or os.environ.get(
-      'COWS_DATA_DIR', '~/.cache/cows_jax/datasets'))
+  return os.path.expanduser(
+    cfg.data.data_dir or os.environ.get('COWS_DATA_DIR', '~/.cache/cows_jax/datasets')
+  )
 
 
 def synthetic_spec(cfg) -> synthetic.SyntheticSpec:
   d = cfg.data
-  return synthetic.SyntheticSpec(num_classes=d.num_classes, image_size=d.image_size,
-                                 train_size=d.train_size, val_size=d.val_size, seed=d.seed,
-                                 max_objects=d.max_objects)
+  return synthetic.SyntheticSpec(
+    num_classes=d.num_classes,
+    image_size=d.image_size,
+    train_size=d.train_size,
+    val_size=d.val_size,
+    seed=d.seed,
+    max_objects=d.max_objects,
+  )
 
 
 def _path(path: str) -> str:
@@ -39,9 +45,13 @@ def _path(path: str) -> str:
 
 def voc_layout(cfg) -> voc.VocLayout:
   d = cfg.data
-  return voc.VocLayout(manual_dir=_path(d.manual_dir), aug_layout=d.voc.aug_layout,
-                       aug_dir=_path(d.voc.aug_dir), train_aug_list=_path(d.voc.train_aug_list),
-                       saliency_dir=_path(d.saliency_dir))
+  return voc.VocLayout(
+    manual_dir=_path(d.manual_dir),
+    aug_layout=d.voc.aug_layout,
+    aug_dir=_path(d.voc.aug_dir),
+    train_aug_list=_path(d.voc.train_aug_list),
+    saliency_dir=_path(d.saliency_dir),
+  )
 
 
 def lists_layout(cfg) -> image_lists.ListLayout:
@@ -50,15 +60,19 @@ def lists_layout(cfg) -> image_lists.ListLayout:
   if not lists:
     raise ValueError('data.lists: no list file set (data.lists.train / .val / .test)')
   return image_lists.ListLayout(
-      class_names=image_lists.read_class_list(_path(d.class_list)),
-      image_root=_path(d.image_root), lists=lists, mask_dir=_path(d.mask_dir),
-      masked_splits=tuple(d.masked_splits), saliency_dir=_path(cfg.data.saliency_dir))
+    class_names=image_lists.read_class_list(_path(d.class_list)),
+    image_root=_path(d.image_root),
+    lists=lists,
+    mask_dir=_path(d.mask_dir),
+    masked_splits=tuple(d.masked_splits),
+    saliency_dir=_path(cfg.data.saliency_dir),
+  )
 
 
 def class_names(cfg) -> tuple[str, ...]:
   """Names of the object classes (background excluded)."""
   if cfg.data.name == 'synthetic':
-    return tuple(synthetic.CLASS_NAMES[:cfg.data.num_classes])
+    return tuple(synthetic.CLASS_NAMES[: cfg.data.num_classes])
   if cfg.data.name == 'voc12':
     return voc.CLASS_NAMES
   if cfg.data.name == 'image_lists':
@@ -71,8 +85,9 @@ def load_splits(cfg) -> dict:
   d = cfg.data
   names = class_names(cfg)
   if d.num_classes != len(names):
-    raise ValueError(f'data.num_classes={d.num_classes} but dataset {d.name!r} has '
-                     f'{len(names)} classes')
+    raise ValueError(
+      f'data.num_classes={d.num_classes} but dataset {d.name!r} has {len(names)} classes'
+    )
   if d.name == 'synthetic':
     return synthetic.load_sources(synthetic_spec(cfg), data_dir(cfg))
   if d.name == 'voc12':
@@ -96,8 +111,10 @@ def split(cfg, splits: dict, field: str):
   """The split named by config field data.<field>, viewed."""
   name = cfg.data[field]
   if name not in splits:
-    raise ValueError(f'data.{field}={name!r} is not a split of dataset {cfg.data.name!r} '
-                     f'(splits: {", ".join(splits)})')
+    raise ValueError(
+      f'data.{field}={name!r} is not a split of dataset {cfg.data.name!r} '
+      f'(splits: {", ".join(splits)})'
+    )
   return view(cfg, splits[name], f'split {name!r}')
 
 
@@ -115,8 +132,7 @@ def extra_layout(cfg):
   if e.layout == 'folders':
     return image_lists.FolderLayout(class_names(cfg), _path(e.root))
   if e.layout == 'list':
-    return image_lists.ListLayout(class_names(cfg), _path(e.root),
-                                  (('train', _path(e.list_file)),))
+    return image_lists.ListLayout(class_names(cfg), _path(e.root), (('train', _path(e.list_file)),))
   return None
 
 

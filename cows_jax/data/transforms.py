@@ -45,16 +45,18 @@ def _hsv_to_rgb(hsv):
   f = h * 6.0 - i
   p, q, t = v * (1 - s), v * (1 - s * f), v * (1 - s * (1 - f))
   i = i.astype(np.int32) % 6
-  choices = [np.stack(c, -1) for c in
-             ((v, t, p), (q, v, p), (p, v, t), (p, q, v), (t, p, v), (v, p, q))]
+  choices = [
+    np.stack(c, -1) for c in ((v, t, p), (q, v, p), (p, v, t), (p, q, v), (t, p, v), (v, p, q))
+  ]
   out = np.zeros_like(hsv)
   for k, c in enumerate(choices):
     out = np.where((i == k)[..., None], c, out)
   return out
 
 
-def color_jitter(image: np.ndarray, rng: np.random.Generator,
-                 strength: tuple[float, float, float, float]) -> np.ndarray:
+def color_jitter(
+  image: np.ndarray, rng: np.random.Generator, strength: tuple[float, float, float, float]
+) -> np.ndarray:
   """torchvision ColorJitter(brightness, contrast, saturation, hue) on a uint8 image."""
   brightness, contrast, saturation, hue = strength
   x = image.astype(np.float32) / 255.0
@@ -101,10 +103,12 @@ def random_scale_crop(image, label, rng, scale_range, crop, mirror, mean):
     fill = np.round(np.asarray(mean) * 255).astype(np.uint8)
     padded = np.empty((size[0] + ph, size[1] + pw, 3), np.uint8)
     padded[:] = fill
-    padded[:size[0], :size[1]] = image
+    padded[: size[0], : size[1]] = image
     image = padded
     label = np.pad(label, ((0, ph), (0, pw)), constant_values=255)
   y = rng.integers(0, image.shape[0] - crop + 1)
   x = rng.integers(0, image.shape[1] - crop + 1)
-  return (np.ascontiguousarray(image[y:y + crop, x:x + crop]),
-          np.ascontiguousarray(label[y:y + crop, x:x + crop]))
+  return (
+    np.ascontiguousarray(image[y : y + crop, x : x + crop]),
+    np.ascontiguousarray(label[y : y + crop, x : x + crop]),
+  )

@@ -19,6 +19,7 @@ PRETRAINED_GROUPS = ('backbone',)
 
 class PairScores(NamedTuple):
   """Logits [B, C] for each image of a pair: single, co-attention, contrastive."""
+
   single_m: jax.Array
   single_n: jax.Array
   co_m: jax.Array
@@ -44,6 +45,7 @@ def co_attend(f_m, f_n, w):
 
 class CoAttentionNet(nn.Module):
   """Backbone + new layers. `features` runs images alone; `pair_head` pairs feature maps."""
+
   num_classes: int
   width: float = 1.0
   feature_dim: int = 512
@@ -58,11 +60,14 @@ class CoAttentionNet(nn.Module):
     vgg_init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
     torch_default = nn.initializers.variance_scaling(1.0 / 3.0, 'fan_in', 'uniform')
     self.backbone = VGG16LargeFOV(width=self.width, norm=self.norm, dtype=self.dtype)
-    self.extra = [Conv(dim, (3, 3), padding=1, dtype=self.dtype, kernel_init=vgg_init,
-                          name=f'extra{i}') for i in (1, 2, 3)]
+    self.extra = [
+      Conv(dim, (3, 3), padding=1, dtype=self.dtype, kernel_init=vgg_init, name=f'extra{i}')
+      for i in (1, 2, 3)
+    ]
     self.classifier = Conv(self.num_classes, (1, 1), dtype=self.dtype, kernel_init=vgg_init)
-    self.co_classifier = Conv(self.num_classes, (1, 1), use_bias=False, dtype=self.dtype,
-                                 kernel_init=torch_default)
+    self.co_classifier = Conv(
+      self.num_classes, (1, 1), use_bias=False, dtype=self.dtype, kernel_init=torch_default
+    )
     self.gate = Conv(1, (1, 1), use_bias=False, dtype=self.dtype, kernel_init=torch_default)
     self.co_weight = self.param('co_weight', torch_default, (dim, dim))
 
@@ -85,8 +90,9 @@ class CoAttentionNet(nn.Module):
   def _co_features(self, f_m, f_n):
     b, hm, wm, d = f_m.shape
     _, hn, wn, _ = f_n.shape
-    co_m, co_n = co_attend(f_m.reshape(b, hm * wm, d), f_n.reshape(b, hn * wn, d),
-                           self.co_weight.astype(self.dtype))
+    co_m, co_n = co_attend(
+      f_m.reshape(b, hm * wm, d), f_n.reshape(b, hn * wn, d), self.co_weight.astype(self.dtype)
+    )
     return co_m.reshape(f_m.shape), co_n.reshape(f_n.shape)
 
   def pair_head(self, f_m, f_n) -> PairScores:
@@ -96,9 +102,13 @@ class CoAttentionNet(nn.Module):
     con_m = f_m * (1.0 - nn.sigmoid(self.gate(co_m)))
     con_n = f_n * (1.0 - nn.sigmoid(self.gate(co_n)))
     return PairScores(
-        single_m=pool(self.classifier(f_m)), single_n=pool(self.classifier(f_n)),
-        co_m=pool(self.co_classifier(co_m)), co_n=pool(self.co_classifier(co_n)),
-        con_m=pool(self.co_classifier(con_m)), con_n=pool(self.co_classifier(con_n)))
+      single_m=pool(self.classifier(f_m)),
+      single_n=pool(self.classifier(f_n)),
+      co_m=pool(self.co_classifier(co_m)),
+      co_n=pool(self.co_classifier(co_n)),
+      con_m=pool(self.co_classifier(con_m)),
+      con_n=pool(self.co_classifier(con_n)),
+    )
 
   def __call__(self, images_m, images_n, train: bool = False) -> PairScores:
     """Both images of a pair go through the backbone in one batched call."""
@@ -106,8 +116,9 @@ class CoAttentionNet(nn.Module):
     f_m, f_n = jnp.split(feats, 2, axis=0)
     return self.pair_head(f_m, f_n)
 
-  def training_scores(self, images_m, images_n, self_views=(), train: bool = True,
-                      view_source=None):
+  def training_scores(
+    self, images_m, images_n, self_views=(), train: bool = True, view_source=None
+  ):
     """Scores of the (m, n) pair and of m paired with each of its self views.
 
     The views are made from `view_source` when given: the reference builds them from the
@@ -120,11 +131,14 @@ class CoAttentionNet(nn.Module):
     source = images_m if view_source is None else view_source
     same = [views_lib.make_view(source, v) for v in self_views if views_lib.same_size(v)]
     feats = self.features(jnp.concatenate([images_m, images_n, *same], axis=0), train)
-    f_m, f_n = feats[:b], feats[b:2 * b]
-    same_feats = iter(jnp.split(feats[2 * b:], len(same)) if same else ())
+    f_m, f_n = feats[:b], feats[b : 2 * b]
+    same_feats = iter(jnp.split(feats[2 * b :], len(same)) if same else ())
     by_view = {}
     for view in self_views:
-      f_v = (next(same_feats) if views_lib.same_size(view)
-             else self.features(views_lib.make_view(source, view), train))
+      f_v = (
+        next(same_feats)
+        if views_lib.same_size(view)
+        else self.features(views_lib.make_view(source, view), train)
+      )
       by_view[views_lib.view_key(view)] = self.pair_head(f_m, f_v)
     return self.pair_head(f_m, f_n), by_view

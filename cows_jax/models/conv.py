@@ -22,8 +22,9 @@ TAPS_MIN_OUTPUT_PIXELS = 128 * 128  # per image; smaller outputs keep XLA's CPU 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
 def _conv(x, w, strides, padding, dilation):
-  return lax.conv_general_dilated(x, w, strides, padding, rhs_dilation=dilation,
-                                  dimension_numbers=_NHWC)
+  return lax.conv_general_dilated(
+    x, w, strides, padding, rhs_dilation=dilation, dimension_numbers=_NHWC
+  )
 
 
 def _conv_fwd(x, w, strides, padding, dilation):
@@ -35,19 +36,35 @@ def kernel_grad_by_taps(x, g, kernel_hw, strides, padding, dilation):
   gradient g: for each tap (i, j), the strided input window it saw, contracted with g."""
   xp = jnp.pad(x, ((0, 0), *padding, (0, 0)))
   n, ho, wo, _ = g.shape
-  taps = [[jnp.einsum('nhwc,nhwd->cd',
-                      lax.slice(xp, (0, i * dilation[0], j * dilation[1], 0),
-                                (n, i * dilation[0] + strides[0] * (ho - 1) + 1,
-                                 j * dilation[1] + strides[1] * (wo - 1) + 1, xp.shape[3]),
-                                (1, strides[0], strides[1], 1)), g)
-           for j in range(kernel_hw[1])] for i in range(kernel_hw[0])]
+  taps = [
+    [
+      jnp.einsum(
+        'nhwc,nhwd->cd',
+        lax.slice(
+          xp,
+          (0, i * dilation[0], j * dilation[1], 0),
+          (
+            n,
+            i * dilation[0] + strides[0] * (ho - 1) + 1,
+            j * dilation[1] + strides[1] * (wo - 1) + 1,
+            xp.shape[3],
+          ),
+          (1, strides[0], strides[1], 1),
+        ),
+        g,
+      )
+      for j in range(kernel_hw[1])
+    ]
+    for i in range(kernel_hw[0])
+  ]
   return jnp.stack([jnp.stack(row) for row in taps]).astype(x.dtype)
 
 
 def _conv_bwd(strides, padding, dilation, residuals, g):
   x, w = residuals
-  conv = lambda x, w: lax.conv_general_dilated(x, w, strides, padding, rhs_dilation=dilation,
-                                               dimension_numbers=_NHWC)
+  conv = lambda x, w: lax.conv_general_dilated(
+    x, w, strides, padding, rhs_dilation=dilation, dimension_numbers=_NHWC
+  )
   _, vjp = jax.vjp(conv, x, w)
   dx, dw_xla = vjp(g)  # on the CPU, XLA drops the unused dw_xla.
   by_taps = lambda x, g: kernel_grad_by_taps(x, g, w.shape[:2], strides, padding, dilation)
@@ -58,24 +75,54 @@ def _conv_bwd(strides, padding, dilation, residuals, g):
 _conv.defvjp(_conv_fwd, _conv_bwd)
 
 
-def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
-                         rhs_dilation=None, dimension_numbers=None, feature_group_count=1,
-                         batch_group_count=1, precision=None, preferred_element_type=None):
+def conv_general_dilated(
+  lhs,
+  rhs,
+  window_strides,
+  padding,
+  lhs_dilation=None,
+  rhs_dilation=None,
+  dimension_numbers=None,
+  feature_group_count=1,
+  batch_group_count=1,
+  precision=None,
+  preferred_element_type=None,
+):
   """lax.conv_general_dilated's signature (what nn.Conv calls). The 2-D NHWC convolutions of
   this project's models with large outputs take the tap gradient; anything else goes to lax
   unchanged."""
-  simple = (lhs.ndim == 4 and not isinstance(padding, str) and feature_group_count == 1
-            and batch_group_count == 1 and precision is None and preferred_element_type is None
-            and all(d == 1 for d in (lhs_dilation or (1, 1)))
-            and lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
-            == lax.conv_dimension_numbers(lhs.shape, rhs.shape, _NHWC))
-  if not simple or _output_pixels(lhs.shape, rhs.shape, window_strides, padding,
-                                  rhs_dilation) < TAPS_MIN_OUTPUT_PIXELS:
-    return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation,
-                                    rhs_dilation, dimension_numbers, feature_group_count,
-                                    batch_group_count, precision, preferred_element_type)
-  return _conv(lhs, rhs, tuple(window_strides), tuple(tuple(p) for p in padding),
-               tuple(rhs_dilation or (1, 1)))
+  simple = (
+    lhs.ndim == 4
+    and not isinstance(padding, str)
+    and feature_group_count == 1
+    and batch_group_count == 1
+    and precision is None
+    and preferred_element_type is None
+    and all(d == 1 for d in (lhs_dilation or (1, 1)))
+    and lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
+    == lax.conv_dimension_numbers(lhs.shape, rhs.shape, _NHWC)
+  )
+  if (
+    not simple
+    or _output_pixels(lhs.shape, rhs.shape, window_strides, padding, rhs_dilation)
+    < TAPS_MIN_OUTPUT_PIXELS
+  ):
+    return lax.conv_general_dilated(
+      lhs,
+      rhs,
+      window_strides,
+      padding,
+      lhs_dilation,
+      rhs_dilation,
+      dimension_numbers,
+      feature_group_count,
+      batch_group_count,
+      precision,
+      preferred_element_type,
+    )
+  return _conv(
+    lhs, rhs, tuple(window_strides), tuple(tuple(p) for p in padding), tuple(rhs_dilation or (1, 1))
+  )
 
 
 def _output_pixels(lhs_shape, rhs_shape, strides, padding, dilation) -> int:

@@ -27,25 +27,49 @@ class LargeFOVHead(nn.Module):
   @nn.compact
   def __call__(self, x):
     init = nn.initializers.kaiming_normal()
-    x = Conv(self.channels, (3, 3), padding=self.dilation, kernel_dilation=self.dilation,
-                use_bias=False, dtype=self.dtype, kernel_init=init, name='fc6')(x)
-    x = Conv(self.channels, (1, 1), use_bias=False, dtype=self.dtype, kernel_init=init,
-                name='fc7')(nn.relu(x))
-    return Conv(self.num_classes, (1, 1), dtype=self.dtype,
-                   kernel_init=nn.initializers.normal(0.01), name='fc8')(nn.relu(x))
+    x = Conv(
+      self.channels,
+      (3, 3),
+      padding=self.dilation,
+      kernel_dilation=self.dilation,
+      use_bias=False,
+      dtype=self.dtype,
+      kernel_init=init,
+      name='fc6',
+    )(x)
+    x = Conv(self.channels, (1, 1), use_bias=False, dtype=self.dtype, kernel_init=init, name='fc7')(
+      nn.relu(x)
+    )
+    return Conv(
+      self.num_classes,
+      (1, 1),
+      dtype=self.dtype,
+      kernel_init=nn.initializers.normal(0.01),
+      name='fc8',
+    )(nn.relu(x))
 
 
 class ASPPHead(nn.Module):
   """DeepLab-v2 ASPP: the logits of parallel dilated 3x3 convs (with bias) are summed."""
+
   num_classes: int
   rates: tuple = (6, 12, 18, 24)
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x):
-    return sum(Conv(self.num_classes, (3, 3), padding=r, kernel_dilation=r, dtype=self.dtype,
-                       kernel_init=nn.initializers.normal(0.01), name=f'c{i}')(x)
-               for i, r in enumerate(self.rates))
+    return sum(
+      Conv(
+        self.num_classes,
+        (3, 3),
+        padding=r,
+        kernel_dilation=r,
+        dtype=self.dtype,
+        kernel_init=nn.initializers.normal(0.01),
+        name=f'c{i}',
+      )(x)
+      for i, r in enumerate(self.rates)
+    )
 
 
 class DeepLab(nn.Module):
@@ -54,6 +78,7 @@ class DeepLab(nn.Module):
   `width` scales the backbone and the LargeFOV head; `norm` applies to VGG16 only (ResNet
   always has its frozen batch norm); `dtype` is the compute dtype (params stay float32).
   """
+
   num_classes: int
   backbone: str = 'vgg16'
   head: str = 'largefov'
@@ -69,16 +94,27 @@ class DeepLab(nn.Module):
   @nn.compact
   def __call__(self, images, train: bool = False):
     if self.backbone == 'vgg16':
-      x = VGG16LargeFOV(width=self.width, norm=self.norm, dtype=self.dtype,
-                        name='backbone')(images, train)
+      x = VGG16LargeFOV(width=self.width, norm=self.norm, dtype=self.dtype, name='backbone')(
+        images, train
+      )
     elif self.backbone == 'resnet101':
-      x = ResNet(self.resnet_stages, width=self.width, stride_in_1x1=self.stride_in_1x1,
-                 dtype=self.dtype, name='backbone')(images, train)
+      x = ResNet(
+        self.resnet_stages,
+        width=self.width,
+        stride_in_1x1=self.stride_in_1x1,
+        dtype=self.dtype,
+        name='backbone',
+      )(images, train)
     else:
       raise ValueError(f'segment.backbone={self.backbone!r}: expected one of {BACKBONES}')
     if self.head == 'largefov':
-      x = LargeFOVHead(self.num_classes, scaled(self.head_channels, self.width),
-                       self.head_dilation, self.dtype, name='head')(x)
+      x = LargeFOVHead(
+        self.num_classes,
+        scaled(self.head_channels, self.width),
+        self.head_dilation,
+        self.dtype,
+        name='head',
+      )(x)
     elif self.head == 'aspp':
       x = ASPPHead(self.num_classes, tuple(self.aspp_rates), self.dtype, name='head')(x)
     else:

@@ -29,6 +29,7 @@ EXPANSION = 4
 
 class FrozenBatchNorm(nn.Module):
   """y = (x - mean) / sqrt(var + eps) * scale + bias with fixed, untrained arrays."""
+
   epsilon: float = 1e-5
   dtype: Any = jnp.float32
 
@@ -44,13 +45,22 @@ class FrozenBatchNorm(nn.Module):
 
 def _conv(features, size, stride=1, dilation=1, dtype=jnp.float32, name=None):
   pad = dilation * (size - 1) // 2
-  return Conv(features, (size, size), strides=stride, padding=pad, kernel_dilation=dilation,
-                 use_bias=False, dtype=dtype, kernel_init=nn.initializers.kaiming_normal(),
-                 name=name)
+  return Conv(
+    features,
+    (size, size),
+    strides=stride,
+    padding=pad,
+    kernel_dilation=dilation,
+    use_bias=False,
+    dtype=dtype,
+    kernel_init=nn.initializers.kaiming_normal(),
+    name=name,
+  )
 
 
 class Downsample(nn.Module):
   """torchvision's `downsample` Sequential: 1x1 conv ('0') and batch norm ('1')."""
+
   features: int
   stride: int
   epsilon: float
@@ -68,6 +78,7 @@ class Bottleneck(nn.Module):
   `stride_in_1x1`: the stride sits on the first 1x1 conv (Caffe/MSRA, DeepLab-v2) rather
   than on the 3x3 conv (torchvision); the weights of one layout do not suit the other.
   """
+
   features: int
   stride: int = 1
   dilation: int = 1
@@ -81,17 +92,18 @@ class Bottleneck(nn.Module):
     s1, s3 = (self.stride, 1) if self.stride_in_1x1 else (1, self.stride)
     bn = lambda name: FrozenBatchNorm(self.epsilon, self.dtype, name=name)
     y = nn.relu(bn('bn1')(_conv(self.features, 1, s1, dtype=self.dtype, name='conv1')(x)))
-    y = nn.relu(bn('bn2')(_conv(self.features, 3, s3, self.dilation, self.dtype,
-                                name='conv2')(y)))
+    y = nn.relu(bn('bn2')(_conv(self.features, 3, s3, self.dilation, self.dtype, name='conv2')(y)))
     y = bn('bn3')(_conv(self.features * EXPANSION, 1, dtype=self.dtype, name='conv3')(y))
     if self.project:
-      x = Downsample(self.features * EXPANSION, self.stride, self.epsilon, self.dtype,
-                     name='downsample')(x)
+      x = Downsample(
+        self.features * EXPANSION, self.stride, self.epsilon, self.dtype, name='downsample'
+      )(x)
     return nn.relu(x + y)
 
 
 class Stage(nn.Module):
   """torchvision's `layerN`: blocks named '0', '1', ...; the first one may stride/project."""
+
   blocks: int
   features: int
   stride: int
@@ -104,13 +116,22 @@ class Stage(nn.Module):
   def __call__(self, x):
     for b in range(self.blocks):
       project = b == 0 and (self.stride != 1 or x.shape[-1] != self.features * EXPANSION)
-      x = Bottleneck(self.features, self.stride if b == 0 else 1, self.dilation, project,
-                     self.stride_in_1x1, self.epsilon, self.dtype, name=str(b))(x)
+      x = Bottleneck(
+        self.features,
+        self.stride if b == 0 else 1,
+        self.dilation,
+        project,
+        self.stride_in_1x1,
+        self.epsilon,
+        self.dtype,
+        name=str(b),
+      )(x)
     return x
 
 
 class ResNet(nn.Module):
   """Stem and four stages; returns the last stage's activations (stride 8 by default)."""
+
   stage_sizes: tuple = RESNET101_STAGES
   dilations: tuple = (1, 1, 2, 4)
   width: float = 1.0
@@ -127,6 +148,14 @@ class ResNet(nn.Module):
     x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
     for i, (blocks, dilation) in enumerate(zip(self.stage_sizes, self.dilations)):
       stride = 2 if i > 0 and dilation == 1 else 1
-      x = Stage(blocks, scaled(64 * 2**i, self.width), stride, dilation, self.stride_in_1x1,
-                self.epsilon, self.dtype, name=f'layer{i + 1}')(x)
+      x = Stage(
+        blocks,
+        scaled(64 * 2**i, self.width),
+        stride,
+        dilation,
+        self.stride_in_1x1,
+        self.epsilon,
+        self.dtype,
+        name=f'layer{i + 1}',
+      )(x)
     return x

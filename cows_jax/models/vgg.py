@@ -31,6 +31,7 @@ def _max_pool(x, window: int, stride: int, pad: int):
 
 class VGG16LargeFOV(nn.Module):
   """conv1_1..conv5_3 with ReLU; returns the conv5_3 activations (stride 8)."""
+
   width: float = 1.0
   norm: str = 'none'  # 'none' (paper) or 'batch'.
   dtype: Any = jnp.float32
@@ -43,12 +44,19 @@ class VGG16LargeFOV(nn.Module):
     for block, channels in enumerate(VGG16_BLOCKS, start=1):
       dilation = 2 if block == 5 else 1
       for i, ch in enumerate(channels, start=1):
-        x = Conv(scaled(ch, self.width), (3, 3), padding=dilation, kernel_dilation=dilation,
-                    dtype=self.dtype, kernel_init=nn.initializers.kaiming_normal(),
-                    name=f'conv{block}_{i}')(x)
+        x = Conv(
+          scaled(ch, self.width),
+          (3, 3),
+          padding=dilation,
+          kernel_dilation=dilation,
+          dtype=self.dtype,
+          kernel_init=nn.initializers.kaiming_normal(),
+          name=f'conv{block}_{i}',
+        )(x)
         if self.norm == 'batch':
-          x = nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=self.dtype,
-                           name=f'norm{block}_{i}')(x)
+          x = nn.BatchNorm(
+            use_running_average=not train, momentum=0.9, dtype=self.dtype, name=f'norm{block}_{i}'
+          )(x)
         x = nn.relu(x)
       if block <= 3:
         x = _max_pool(x, 2, 2, 0)
