@@ -6,7 +6,7 @@ import shutil
 import numpy as np
 import pytest
 
-from cows_jax.data import synthetic
+from cows_jax.data import records, synthetic
 
 SMALL = synthetic.SyntheticSpec(image_size=64, train_size=60, val_size=10)
 
@@ -82,12 +82,12 @@ def test_example_dtypes_and_shapes(examples):
 
 
 def test_labels_match_visible_mask(examples):
-  allowed = set(range(SMALL.num_classes + 1)) | {synthetic.IGNORE_INDEX}
+  allowed = set(range(SMALL.num_classes + 1)) | {records.IGNORE_INDEX}
   counts = []
   for ex in examples:
     mask, labels = ex['mask'], ex['labels']
     assert set(np.unique(mask).tolist()) <= allowed
-    assert 0 in mask and synthetic.IGNORE_INDEX in mask  # background and boundary band
+    assert 0 in mask and records.IGNORE_INDEX in mask  # background and boundary band
     for k in range(SMALL.num_classes):
       visible = np.sum(mask == k + 1)
       if labels[k]:
@@ -99,7 +99,7 @@ def test_labels_match_visible_mask(examples):
 
 
 def test_ignore_band_is_thin(examples):
-  ignore = np.mean([np.mean(ex['mask'] == synthetic.IGNORE_INDEX) for ex in examples])
+  ignore = np.mean([np.mean(ex['mask'] == records.IGNORE_INDEX) for ex in examples])
   foreground = np.mean([np.mean((ex['mask'] > 0) & (ex['mask'] < 255)) for ex in examples])
   assert 0 < ignore < 0.5 * foreground
 
@@ -150,7 +150,7 @@ def _assert_matches_generator(sources):
 def test_build_and_load_round_trip(tmp_path):
   sources = synthetic.load_sources(TINY, str(tmp_path))
   _assert_matches_generator(sources)
-  assert 'DecodedSource' in repr(sources['train'])
+  assert 'RecordSource' in repr(sources['train'])
   assert pickle.loads(pickle.dumps(sources['val']))[1]['id'] == 'val_000001'
 
 

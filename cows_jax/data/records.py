@@ -3,7 +3,9 @@
 A layout (voc.py, image_lists.py) turns a directory the user already has into `Entry`s per
 split; `load` writes them as records {'image', 'mask', 'saliency', 'labels', 'id'} (images
 kept as their original encoded bytes, masks and saliency as PNG) and returns decoded
-random-access sources. No TensorFlow: the byte fields are plain tensors decoded with PIL.
+random-access sources (`RecordSource`, which also reads the synthetic dataset's build, stored
+with the same features and PNG encoding). No TensorFlow: the byte fields are plain tensors
+decoded with PIL.
 
 Per-image problems (missing or corrupt image, bad mask) skip the image, and are counted and
 stored in the build's metadata for `cows-jax data check`; more than `max_skipped_fraction` of
@@ -155,10 +157,17 @@ def read_saliency(path: str, shape: tuple[int, int]) -> np.ndarray | None:
     raise BadFile(path, f'corrupt saliency map ({e})') from None
 
 
-def _png(array: np.ndarray) -> bytes:
+def encode_png(array: np.ndarray) -> bytes:
+  """Lossless PNG of a uint8 array: how every build stores masks and saliency (synthetic: images too)."""
   buffer = io.BytesIO()
   Image.fromarray(array).save(buffer, format='PNG')
   return buffer.getvalue()
+
+
+def decode_png(data: bytes) -> np.ndarray:
+  """The array `encode_png` stored, with its shape and dtype."""
+  with Image.open(io.BytesIO(data)) as im:
+    return np.asarray(im)
 
 
 def encode(entry: Entry, num_classes: int) -> tuple[dict, dict]:
@@ -174,7 +183,7 @@ def encode(entry: Entry, num_classes: int) -> tuple[dict, dict]:
       )
     found = mask_classes(mask, num_classes, entry.mask)
     classes = found if entry.labels is None else entry.labels
-    mask_bytes = _png(mask)
+    mask_bytes = encode_png(mask)
   saliency, notes = None, {}
   if entry.saliency:
     saliency = read_saliency(entry.saliency, shape)
@@ -184,7 +193,7 @@ def encode(entry: Entry, num_classes: int) -> tuple[dict, dict]:
   record = {
     'image': image,
     'mask': mask_bytes,
-    'saliency': b'' if saliency is None else _png(saliency),
+    'saliency': b'' if saliency is None else encode_png(saliency),
     'labels': labels,
     'id': entry.id.encode(),
   }
@@ -330,7 +339,8 @@ def load(builder_cls: type, layout, data_dir: str, max_skipped_fraction: float) 
 
 
 class RecordSource:
-  """Random-access source of decoded records; `labels()` reads no image.
+  """Random-access source (grain RandomAccessDataSource) of the decoded records of any build,
+  real or synthetic: both store the same features. `labels()` decodes no image.
 
   A record without a mask gets an all-ignore mask; without saliency, a [0, 0] saliency.
   """
@@ -346,11 +356,11 @@ class RecordSource:
     with Image.open(io.BytesIO(record['image'])) as im:
       image = np.asarray(im.convert('RGB'))
     mask = (
-      _decode_png(record['mask'])
+      decode_png(record['mask'])
       if record['mask']
       else np.full(image.shape[:2], IGNORE_INDEX, np.uint8)
     )
-    saliency = _decode_png(record['saliency']) if record['saliency'] else np.zeros((0, 0), np.uint8)
+    saliency = decode_png(record['saliency']) if record['saliency'] else np.zeros((0, 0), np.uint8)
     return {
       'image': image,
       'mask': mask,
@@ -360,6 +370,8 @@ class RecordSource:
     }
 
   def labels(self) -> np.ndarray:
+    if 'classes' not in self.metadata:  # synthetic builds: read the stored labels field only
+      return np.stack([np.asarray(self._source[i]['labels'], np.uint8) for i in range(len(self))])
     num_classes = self._source.dataset_info.features['labels'].shape[0]
     out = np.zeros((len(self), num_classes), np.uint8)
     for i, classes in enumerate(self.metadata['classes']):
@@ -368,11 +380,6 @@ class RecordSource:
 
   def __repr__(self) -> str:
     return f'RecordSource({self.build_dir}, {len(self)} records)'
-
-
-def _decode_png(data: bytes) -> np.ndarray:
-  with Image.open(io.BytesIO(data)) as im:
-    return np.asarray(im)
 
 
 class Subset:

@@ -10,27 +10,24 @@ object boundaries) and a simulated saliency map with realistic errors (blur, mis
 false positives on clutter, noise).
 
 Example i of split s depends only on (seed, s, i). `build` writes the examples as a TFDS
-array_record dataset; `load_sources` returns decoded random-access sources usable as grain
-data sources.
+array_record dataset with the features and PNG encoding of the real datasets' builds
+(records.py); `load_sources` returns their decoded random-access sources, records.RecordSource.
 """
 
 import colorsys
 import dataclasses
 import hashlib
-import io
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import numpy as np
 import tensorflow_datasets as tfds
-from PIL import Image
 
-from cows_jax.data import builds
+from cows_jax.data import builds, records
 
 # Bumped whenever rendering changes, so that datasets built by older code are not reused.
 _GENERATOR_VERSION = 1
 SPLITS = ('train', 'val')
-IGNORE_INDEX = 255
 MIN_VISIBLE_FRACTION = 0.01  # objects with a smaller visible core are unlabelled (ignore)
 WEAK_SALIENCY_PROB = 0.10  # fraction of objects the simulated saliency nearly misses
 PARTIAL_SALIENCY_PROB = 0.15  # fraction of objects whose saliency misses one side
@@ -434,10 +431,10 @@ def _ground_truth(instances: np.ndarray, classes: list[int], num_classes: int):
   core_area = np.bincount(instances[(instances >= 0) & ~band], minlength=len(classes))
   visible = core_area >= MIN_VISIBLE_FRACTION * instances.size
   lookup = np.array(
-    [c + 1 if vis else IGNORE_INDEX for c, vis in zip(classes, visible)] + [0], np.uint8
+    [c + 1 if vis else records.IGNORE_INDEX for c, vis in zip(classes, visible)] + [0], np.uint8
   )
   mask = lookup[instances]  # index -1 (background) picks the trailing 0
-  mask[band] = IGNORE_INDEX
+  mask[band] = records.IGNORE_INDEX
   labels = np.zeros(num_classes, np.uint8)
   labels[[c for c, vis in zip(classes, visible) if vis]] = 1
   return mask, labels
@@ -492,16 +489,6 @@ def generate_example(spec: SyntheticSpec, split: str, index: int) -> dict:
 # ----------------------------------------------------------------------------- TFDS storage
 
 
-def _encode_png(array: np.ndarray) -> bytes:
-  buffer = io.BytesIO()
-  Image.fromarray(array).save(buffer, format='PNG')
-  return buffer.getvalue()
-
-
-def _decode_png(data: bytes) -> np.ndarray:
-  return np.asarray(Image.open(io.BytesIO(data)))
-
-
 @dataclasses.dataclass(eq=False)
 class SpecConfig(tfds.core.BuilderConfig):
   """Builder config carrying the spec; it travels with the builder when pickled (grain workers)."""
@@ -544,9 +531,9 @@ class CowsSynthetic(tfds.core.GeneratorBasedBuilder):
       yield (
         index,
         {
-          'image': _encode_png(example['image']),
-          'mask': _encode_png(example['mask']),
-          'saliency': _encode_png(example['saliency']),
+          'image': records.encode_png(example['image']),
+          'mask': records.encode_png(example['mask']),
+          'saliency': records.encode_png(example['saliency']),
           'labels': example['labels'],
           'id': f'{split}_{index:06d}'.encode(),
         },
@@ -568,30 +555,10 @@ def _prepared(spec: SyntheticSpec, data_dir: str) -> CowsSynthetic:
   return builds.prepared(lambda: _builder(spec, data_dir), f'synthetic dataset {spec}')
 
 
-class DecodedSource:
-  """Random-access source (grain RandomAccessDataSource) that decodes the stored PNGs."""
-
-  def __init__(self, source: Sequence[dict]):
-    self._source = source
-
-  def __len__(self) -> int:
-    return len(self._source)
-
-  def __getitem__(self, index: int) -> dict:
-    record = self._source[int(index)]
-    return {
-      'image': _decode_png(record['image']),
-      'mask': _decode_png(record['mask']),
-      'saliency': _decode_png(record['saliency']),
-      'labels': np.asarray(record['labels'], np.uint8),
-      'id': bytes(record['id']).decode(),
-    }
-
-  def __repr__(self) -> str:
-    return f'DecodedSource({self._source!r})'
-
-
-def load_sources(spec: SyntheticSpec, data_dir: str) -> dict[str, Sequence[dict]]:
+def load_sources(spec: SyntheticSpec, data_dir: str) -> dict[str, records.RecordSource]:
   """Builds if needed, then returns {'train': source, 'val': source} of decoded records."""
-  sources = _prepared(spec, data_dir).as_data_source()
-  return {split: DecodedSource(sources[split]) for split in SPLITS}
+  builder = _prepared(spec, data_dir)
+  sources = builder.as_data_source()
+  return {
+    split: records.RecordSource(sources[split], {}, str(builder.data_dir)) for split in SPLITS
+  }
