@@ -1,13 +1,12 @@
 """The reference hyperparameters of the paper, as one ConfigDict.
 
-Every number in ../shared/paper.md lives here under a name; configs/*.py start from
+Every number in the paper lives here under a name; the other configs start from
 `paper_defaults()` and override what their setting changes. Code never hard-codes them.
 """
 
 import ml_collections
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from cows_jax.models.pretrained import IMAGENET_MEAN, IMAGENET_STD
 
 
 def paper_defaults() -> ml_collections.ConfigDict:

@@ -15,8 +15,8 @@
 Hyperparameters are the paper's VOC ones; with ~456k images, 15 epochs are many steps.
 """
 
-from cows_jax import config_presets
-from cows_jax.config import paper_defaults
+from cows_jax.configs import presets
+from cows_jax.configs.defaults import paper_defaults
 
 
 def get_config(arg: str | None = None):
@@ -28,4 +28,4 @@ def get_config(arg: str | None = None):
   c.data.train_split = 'train'
   c.data.eval_split = 'val'
   c.data.lists.masked_splits = ('val',)
-  return config_presets.with_arg(c, arg, 'configs/lid20.py')
+  return presets.with_arg(c, arg, 'configs/lid20.py', runlocal=presets.runlocal)

@@ -1,13 +1,16 @@
-"""Shared parts of the configs (configs/voc12*.py, configs/lid20.py, configs/synthetic.py).
+"""Shared parts of the configs (voc12*.py, lid20.py, synthetic.py) and their one argument parser.
 
-Config files are loaded by path, so what they share lives here: the VOC data fields, the CPU
-from-scratch settings, and the `:runlocal` shrink that lets the whole pipeline run on a
-2-core CPU in minutes on the same data (a smoke run of the code path, not a result).
+What the configs share lives here: the VOC data fields, the CPU from-scratch settings, the
+`:runlocal` shrink that lets the whole pipeline run on a 2-core CPU in minutes on the same
+data (a smoke run of the code path, not a result), and `with_arg`, through which every config
+takes its argument.
 """
+
+from typing import Callable
 
 import ml_collections
 
-from cows_jax.config import paper_defaults
+from cows_jax.configs.defaults import paper_defaults
 
 
 def voc12() -> ml_collections.ConfigDict:
@@ -65,10 +68,14 @@ def runlocal(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   return c
 
 
-def with_arg(c: ml_collections.ConfigDict, arg: str | None, file: str):
-  """Applies the config-file argument (`FILE:runlocal`); anything else is an error."""
-  if arg == 'runlocal':
-    return runlocal(c)
-  if arg:
-    raise ValueError(f'{file}: unknown config argument {arg!r} (known: runlocal)')
+def with_arg(c: ml_collections.ConfigDict, arg: str | None, name: str, **presets: Callable):
+  """Applies the config argument (`NAME:ARG`) to `c`: `arg` names one of `presets`, each a
+  function that changes `c` in place; no argument leaves `c` as it is. Anything else is a
+  one-line error naming the config and the arguments it knows."""
+  if not arg:
+    return c
+  if arg not in presets:
+    known = ', '.join(presets) or 'none'
+    raise ValueError(f'{name}: unknown config argument {arg!r} (known: {known})')
+  presets[arg](c)
   return c

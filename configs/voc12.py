@@ -12,8 +12,8 @@ weights"); without it the backbone starts from random weights.
 `configs/voc12.py:runlocal` runs the whole pipeline on a 2-core CPU in minutes.
 """
 
-from cows_jax import config_presets
+from cows_jax.configs import presets
 
 
 def get_config(arg: str | None = None):
-  return config_presets.with_arg(config_presets.voc12(), arg, 'configs/voc12.py')
+  return presets.with_arg(presets.voc12(), arg, 'configs/voc12.py', runlocal=presets.runlocal)

@@ -10,15 +10,15 @@ labels and the segmenter stay on VOC train_aug. A list file instead of folders:
 --config.data.extra.layout=list --config.data.extra.list_file=FILE (root = image root).
 """
 
-from cows_jax import config_presets
+from cows_jax.configs import presets
 
 
 def get_config(arg: str | None = None):
-  c = config_presets.voc12()
+  c = presets.voc12()
   c.data.extra.layout = 'folders'
   c.data.extra.is_noisy_source = False
   # Extra anchors per epoch per VOC image; (extra images / 10,582) uses each extra image
   # once per epoch, as a plain concatenation of the two sets would.
   c.data.extra.ratio = 0.25
   c.data.extra.mixing = 'plain'
-  return config_presets.with_arg(c, arg, 'configs/voc12_single_label.py')
+  return presets.with_arg(c, arg, 'configs/voc12_single_label.py', runlocal=presets.runlocal)

@@ -10,13 +10,13 @@ Mixing is the paper's (plain: web images pair like VOC images). The robust optio
 (cows_jax/data/mixing.py says why).
 """
 
-from cows_jax import config_presets
+from cows_jax.configs import presets
 
 
 def get_config(arg: str | None = None):
-  c = config_presets.voc12()
+  c = presets.voc12()
   c.data.extra.layout = 'folders'
   c.data.extra.is_noisy_source = True
   c.data.extra.ratio = 0.5  # extra anchors per epoch per VOC image.
   c.data.extra.mixing = 'plain'
-  return config_presets.with_arg(c, arg, 'configs/voc12_web.py')
+  return presets.with_arg(c, arg, 'configs/voc12_web.py', runlocal=presets.runlocal)

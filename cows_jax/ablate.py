@@ -8,15 +8,17 @@ Four variants on one config (paper.md's ablation axes):
 Variants 3 and 4 share one trained classifier. Each variant gets its own workdir under
 DIR/<variant> (maps, pseudo labels) and the classifiers live in DIR/train/<training>; all of
 it resumes like the pipeline does. The table goes to DIR/reports/ablation.{json,md}.
+The stages come in as functions (the CLI's table), so this module imports none of them.
 """
 
-import copy
 import dataclasses
 import os
+from typing import Callable, Mapping
 
 from absl import logging
 
-from cows_jax import classify, evaluate, label, localize, reporting
+from cows_jax import config, map_metrics, run_dir
+from cows_jax.data import sources
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,42 +56,39 @@ VARIANTS = (
 
 
 def variant_config(cfg, variant: Variant):
-  """The config with the variant's overrides applied (a copy; `cfg` is left alone)."""
-  out = copy.deepcopy(cfg)
-  for field, value in variant.overrides:
-    *parents, leaf = field.split('.')
-    node = out
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
-  return out
+  """The finalized config with the variant's overrides applied (`cfg` is left alone)."""
+  return config.with_overrides(cfg, variant.overrides)
 
 
-def _link_classifier(train_dir: str, variant_dir: str) -> None:
-  """variant_dir/classifier -> the shared training run's checkpoints."""
-  link = classify.checkpoint_dir(variant_dir)
-  target = os.path.relpath(classify.checkpoint_dir(train_dir), variant_dir)
+def _link_classifier(train_run: run_dir.RunDir, variant_run: run_dir.RunDir) -> None:
+  """The variant's classifier directory -> the shared training run's checkpoints."""
+  link = os.fspath(variant_run.classifier())
+  target = os.path.relpath(os.fspath(train_run.classifier()), os.fspath(variant_run.root))
   if os.path.islink(link) and os.readlink(link) == target:
     return
   if os.path.lexists(link):
     raise ValueError(f'{link} exists and is not a link to {target}; use a fresh --workdir')
-  os.makedirs(variant_dir, exist_ok=True)
+  variant_run.root.mkdir(parents=True, exist_ok=True)
   os.symlink(target, link)
 
 
-def run(cfg, workdir: str) -> list[dict]:
-  """Train, localize, label and evaluate every variant; write and return the table rows."""
+def run(cfg, workdir: str, stages: Mapping[str, Callable]) -> list[dict]:
+  """Train, localize and label every variant with `stages` ({'classify': fn(cfg, workdir),
+  'localize': ..., 'label': ...}), score its maps and pseudo labels; write and return the
+  table rows."""
   rows = []
   for variant in VARIANTS:
     logging.info('=== ablate: %s ===', variant.name)
     vcfg = variant_config(cfg, variant)
     train_dir = os.path.join(workdir, 'train', variant.training)
-    classify.train(vcfg, train_dir)
+    stages['classify'](vcfg, train_dir)
     variant_dir = os.path.join(workdir, variant.slug)
-    _link_classifier(train_dir, variant_dir)
-    localize.run(vcfg, variant_dir)
-    label.run(vcfg, variant_dir)
-    report = evaluate.localization_report(vcfg, variant_dir)
+    _link_classifier(run_dir.RunDir(train_dir), run_dir.RunDir(variant_dir))
+    stages['localize'](vcfg, variant_dir)
+    stages['label'](vcfg, variant_dir)
+    run = run_dir.RunDir(variant_dir)
+    ids = run_dir.read_json(run.labels_index(), 'label')['ids']
+    report, _ = map_metrics.localization_report(vcfg, sources.load(vcfg)['train'], ids, run)
     rows.append(
       {
         'variant': variant.name,
@@ -99,9 +98,9 @@ def run(cfg, workdir: str) -> list[dict]:
         **report,
       }
     )
-  out = os.path.join(workdir, 'reports')
-  reporting.write_json_atomic(os.path.join(out, 'ablation.json'), rows)
-  reporting.write_text_atomic(os.path.join(out, 'ablation.md'), markdown_table(rows))
+  out = run_dir.RunDir(workdir).reports()
+  run_dir.write_json(out / 'ablation.json', rows)
+  run_dir.write_text(out / 'ablation.md', markdown_table(rows))
   logging.info('ablate:\n%s', markdown_table(rows))
   return rows
 

@@ -1,20 +1,22 @@
 """orbax checkpoints of a training state, resumable after a kill.
 
-One CheckpointManager per trained model, with two items: `variables` (params and, with
-BatchNorm, batch statistics) and `opt_state`, so that later stages restore the variables
-alone. Every epoch end (a multiple of `keep_period`) is kept,
-so `localize` can load a given epoch; periodic checkpoints in between are rotated
-(`max_to_keep`) and only serve resuming.
+One CheckpointManager per trained model, with two items: `variables` (params and the other
+collections, such as BatchNorm statistics) and `opt_state`, so that later stages restore the
+variables alone. Every epoch end (a multiple of `keep_period`) is kept, so `localize` can
+load a given epoch; periodic checkpoints in between are rotated (`max_to_keep`) and only
+serve resuming. Directories are epath paths (run_dir), local or gs://.
 """
-
-import os
 
 import jax
 import orbax.checkpoint as ocp
+from etils import epath
 
 
 def manager(
-  directory: str, keep_period: int | None = None, max_to_keep: int = 2, read_only: bool = False
+  directory: epath.Path,
+  keep_period: int | None = None,
+  max_to_keep: int = 2,
+  read_only: bool = False,
 ) -> ocp.CheckpointManager:
   options = ocp.CheckpointManagerOptions(
     max_to_keep=max_to_keep,
@@ -23,9 +25,7 @@ def manager(
     read_only=read_only,
     enable_async_checkpointing=not read_only,
   )
-  return ocp.CheckpointManager(
-    os.path.abspath(directory), options=options, item_names=('variables', 'opt_state')
-  )
+  return ocp.CheckpointManager(directory, options=options, item_names=('variables', 'opt_state'))
 
 
 def _abstract(tree):
@@ -55,11 +55,11 @@ def restore(mngr: ocp.CheckpointManager, step: int, variables, opt_state):
   return out['variables'], out['opt_state']
 
 
-def restore_variables(directory: str, step: int | None, like, stage: str):
+def restore_variables(directory: epath.Path, step: int | None, like, stage: str):
   """Variables of a finished stage (latest step if `step` is None), with an error that
   names the command producing them when they are missing."""
   hint = f'run `cows-jax {stage}` first'
-  if not os.path.isdir(directory):
+  if not directory.is_dir():
     raise FileNotFoundError(f'{stage} checkpoints not found: {directory} is missing; {hint}')
   mngr = manager(directory, read_only=True)
   steps = mngr.all_steps()

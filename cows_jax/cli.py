@@ -1,12 +1,12 @@
-"""`cows-jax STAGE --config FILE --workdir DIR [--config.a.b=value ...]`.
+"""`cows-jax COMMAND ...`: the one entry point. `cows-jax --help` lists the commands.
 
 Stages run in order classify -> localize -> label -> segment -> evaluate; `pipeline` runs
 them all. Each stage reads the previous stage's outputs from the workdir and skips work
-whose complete outputs exist, so rerunning a stage or the pipeline resumes.
+whose complete outputs exist, so rerunning a stage or the pipeline resumes. `--config` takes a
+file (`configs/voc12.py:runlocal`) or the name of a packaged config (`voc12:runlocal`).
 """
 
 import logging as std_logging
-import os
 import re
 import sys
 import time
@@ -14,19 +14,7 @@ import time
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from cows_jax import (
-  ablate,
-  bench,
-  classify,
-  evaluate,
-  label,
-  localize,
-  model_summary,
-  predict,
-  segment,
-  weights,
-)
-from cows_jax.data import check
+from cows_jax import ablate, classify, config, evaluate, label, localize, predict, segment
 
 STAGES = {
   'classify': classify.train,
@@ -35,22 +23,40 @@ STAGES = {
   'segment': segment.train,
   'evaluate': evaluate.run,
 }
-# Commands that take --config and --workdir: the stages, the whole pipeline, the ablation,
-# the segmenter's label maps of a split.
-COMMANDS = [*STAGES, 'pipeline', 'ablate', 'predict-split']
+# Each command with its one-line description; the first group takes --config and --workdir.
+RUN_COMMANDS = {
+  'classify': 'stage 1: train the co-attention classifier on pairs of images',
+  'localize': 'stage 2a: localization maps with cross-image context -> WORKDIR/maps',
+  'label': 'stage 2b: pseudo labels from the maps (+ saliency) -> WORKDIR/pseudo_labels',
+  'segment': 'stage 3: train the DeepLab segmenter on the pseudo labels (and on GT masks)',
+  'evaluate': 'stage 4: mIoU of maps, pseudo labels and segmenters -> WORKDIR/reports',
+  'pipeline': 'every stage in order; a rerun resumes where a killed run stopped',
+  'ablate': 'the four-variant ablation of the co-attention losses and inference',
+  'predict-split': "VOC-format PNGs of a split's predictions -> WORKDIR/predictions/SPLIT",
+}
+CONFIG_COMMANDS = {
+  'config': 'print the resolved config a run would use (after finalizing)',
+  'data check': 'build the configured dataset and report its images, labels and problems',
+  'summary': 'each model of the config: parameters and FLOPs per image',
+}
+TOOL_COMMANDS = {  # their own arguments: `cows-jax weights import --help`, `cows-jax bench --help`.
+  'weights import': 'convert local ImageNet weights (.pth, .safetensors, .caffemodel) to DIR',
+  'bench': 'time the training step or localization against the reference procedure',
+}
 USAGE = (
-  f'usage: cows-jax {{{",".join(COMMANDS)}}} --config FILE '
-  '--workdir DIR [--config.FIELD=VALUE ...]\n'
-  '       cows-jax data check --config FILE [--config.FIELD=VALUE ...]\n'
-  '       cows-jax summary --config FILE [--config.FIELD=VALUE ...]\n'
-  '       cows-jax weights import --arch {vgg16,resnet101} --src FILE --out DIR\n'
-  '       cows-jax bench {train-step,localize} --size S ... (see --help)'
+  'usage: cows-jax COMMAND [--config NAME[:ARG] | FILE[:ARG]] [--workdir DIR] '
+  '[--config.FIELD=VALUE ...]\n'
+  '       cows-jax --help | cows-jax COMMAND --help'
 )
 
 _CONFIG = config_flags.DEFINE_config_file(
-  'config', None, 'Config file (configs/*.py[:arg]).', lock_config=True
+  'config',
+  None,
+  'The config: a file (configs/voc12.py[:ARG]) or a packaged config by name '
+  f'({", ".join(config.packaged_names())}[:ARG]).',
+  lock_config=True,
 )
-_WORKDIR = flags.DEFINE_string('workdir', None, "Directory of this run's outputs.")
+_WORKDIR = flags.DEFINE_string('workdir', None, "Directory of this run's outputs (local or gs://).")
 _SPLIT = flags.DEFINE_string('split', 'test', 'predict-split: the dataset split to predict.')
 _DISTRIBUTED = flags.DEFINE_bool(
   'distributed',
@@ -58,10 +64,13 @@ _DISTRIBUTED = flags.DEFINE_bool(
   'Call jax.distributed.initialize() first (multi-host, e.g. TPU pods; '
   'coordinator and process ids come from the environment).',
 )
+_FLAGS_OF = {name: ('config', 'workdir', 'distributed') for name in RUN_COMMANDS}
+_FLAGS_OF['predict-split'] += ('split',)
+_FLAGS_OF.update({name: ('config',) for name in CONFIG_COMMANDS})
 
 
 def run_stage(stage: str, cfg, workdir: str) -> None:
-  os.makedirs(workdir, exist_ok=True)
+  """One stage, or every stage for 'pipeline'."""
   names = list(STAGES) if stage == 'pipeline' else [stage]
   for name in names:
     logging.info('=== %s ===', name)
@@ -70,54 +79,55 @@ def run_stage(stage: str, cfg, workdir: str) -> None:
     logging.info('=== %s: %.1f s ===', name, time.time() - start)
 
 
-def data_check() -> None:
-  """`cows-jax data check`: the data summary; exit status 1 on problems."""
+def _fail(command: str, error: Exception) -> None:
+  logging.error('%s', error)
+  print(f'cows-jax {command}: error: {error}', file=sys.stderr)
+  sys.exit(1)
+
+
+def _config_command(command: str) -> None:
+  """`config`, `data check`, `summary`: a config and no workdir."""
   if _CONFIG.value is None:
-    raise app.UsageError('--config is required\n' + USAGE)
+    raise app.UsageError(f'--config is required\n{USAGE}')
   try:
-    sys.exit(check.run(_CONFIG.value))
+    cfg = config.finalize(_CONFIG.value)
+    if command == 'config':
+      print(cfg)
+      sys.exit(0)
+    if command == 'data check':
+      from cows_jax.data import check
+
+      sys.exit(check.run(cfg))
+    from cows_jax.tools import model_summary
+
+    print(model_summary.run(cfg))
+    sys.exit(0)
   except (FileNotFoundError, ValueError) as e:
-    print(f'cows-jax data check: error: {e}', file=sys.stderr)
-    sys.exit(1)
-
-
-def summary() -> None:
-  """`cows-jax summary`: every trained model with parameter counts and FLOPs per image."""
-  if _CONFIG.value is None:
-    raise app.UsageError('--config is required\n' + USAGE)
-  try:
-    print(model_summary.run(_CONFIG.value))
-  except ValueError as e:
-    print(f'cows-jax summary: error: {e}', file=sys.stderr)
-    sys.exit(1)
-  sys.exit(0)
+    _fail(command, e)
 
 
 def main(argv):
-  if argv[1:] == ['data', 'check']:
-    data_check()
-  if argv[1:] == ['summary']:
-    summary()
-  if len(argv) != 2 or argv[1] not in COMMANDS:
+  command = ' '.join(argv[1:])
+  if command in CONFIG_COMMANDS:
+    _config_command(command)
+  if command not in RUN_COMMANDS:
     raise app.UsageError(USAGE)
   if _CONFIG.value is None or _WORKDIR.value is None:
-    raise app.UsageError('--config and --workdir are required\n' + USAGE)
+    raise app.UsageError(f'--config and --workdir are required\n{USAGE}')
   if _DISTRIBUTED.value:
     import jax
 
     jax.distributed.initialize()
   try:
-    weights.apply_input_convention(_CONFIG.value)
-    if argv[1] == 'ablate':
-      ablate.run(_CONFIG.value, _WORKDIR.value)
-    elif argv[1] == 'predict-split':
-      predict.write_split(_CONFIG.value, _WORKDIR.value, _SPLIT.value)
+    cfg = config.finalize(_CONFIG.value)
+    if command == 'ablate':
+      ablate.run(cfg, _WORKDIR.value, STAGES)
+    elif command == 'predict-split':
+      predict.write_split(cfg, _WORKDIR.value, _SPLIT.value)
     else:
-      run_stage(argv[1], _CONFIG.value, _WORKDIR.value)
+      run_stage(command, cfg, _WORKDIR.value)
   except (FileNotFoundError, ValueError) as e:
-    logging.error('%s', e)
-    print(f'cows-jax {argv[1]}: error: {e}', file=sys.stderr)
-    sys.exit(1)
+    _fail(command, e)
 
 
 class _QuietLibraries:
@@ -138,11 +148,73 @@ class _QuietLibraries:
     return record.levelno >= std_logging.WARNING and not str(record.msg).startswith(self.EXPECTED)
 
 
+def help_text(command: str | None = None) -> str:
+  """The list of commands, or one command's usage and flags."""
+  if command is None:
+    width = max(map(len, {**RUN_COMMANDS, **CONFIG_COMMANDS, **TOOL_COMMANDS}))
+    lines = [USAGE, '', 'Weakly supervised semantic segmentation from image-level labels.']
+    for title, table in (
+      ('Run commands (--config, --workdir)', RUN_COMMANDS),
+      ('Config commands (--config)', CONFIG_COMMANDS),
+      ('Tools (their own arguments)', TOOL_COMMANDS),
+    ):
+      lines += ['', f'{title}:'] + [f'  {n:<{width}}  {d}' for n, d in table.items()]
+    return '\n'.join(lines)
+  lines = [
+    f'usage: cows-jax {command} '
+    + ' '.join(f'--{f}={f.upper()}' for f in _FLAGS_OF[command] if f != 'distributed')
+    + ' [--config.FIELD=VALUE ...]',
+    '',
+    {**RUN_COMMANDS, **CONFIG_COMMANDS}[command],
+    '',
+    'flags:',
+  ]
+  for name in _FLAGS_OF[command]:
+    lines.append(f'  --{name}: {flags.FLAGS[name].help}')
+  lines.append('  --config.FIELD=VALUE: set one config field (e.g. --config.classify.epochs=3)')
+  return '\n'.join(lines)
+
+
+def _split_command(args: list[str]) -> tuple[str | None, list[str]]:
+  """(command, the rest) of the arguments; 'data check' and 'weights import' are two words."""
+  if not args or args[0].startswith('-'):
+    return None, args
+  if args[:2] in (['data', 'check'], ['weights', 'import']):
+    return ' '.join(args[:2]), args[2:]
+  return args[0], args[1:]
+
+
+def _resolve_config(args: list[str]) -> list[str]:
+  """`--config NAME[:ARG]` of a packaged config becomes the path of its installed file."""
+  out = list(args)
+  for i, a in enumerate(out):
+    if a == '--config' and i + 1 < len(out):
+      out[i + 1] = config.resolve(out[i + 1])
+    elif a.startswith('--config='):
+      out[i] = '--config=' + config.resolve(a.split('=', 1)[1])
+  return out
+
+
 def run():
-  if sys.argv[1:2] == ['weights']:  # its own arguments: no config, no workdir.
-    sys.exit(weights.main(sys.argv[2:]))
-  if sys.argv[1:2] == ['bench']:  # its own arguments too.
-    sys.exit(bench.main(sys.argv[2:]))
+  command, rest = _split_command(sys.argv[1:])
+  if command is None and (not rest or rest[0] in ('-h', '--help', '--helpfull')):
+    print(help_text())
+    sys.exit(0)
+  if command == 'weights' or command == 'weights import':
+    from cows_jax.tools import weights_import
+
+    sys.exit(weights_import.main(sys.argv[2:]))
+  if command == 'bench':
+    from cows_jax.tools import bench
+
+    sys.exit(bench.main(rest))
+  if command not in {**RUN_COMMANDS, **CONFIG_COMMANDS}:
+    known = ', '.join({**RUN_COMMANDS, **CONFIG_COMMANDS, **TOOL_COMMANDS})
+    sys.exit(f'cows-jax: error: unknown command {command!r} (commands: {known})\n{USAGE}')
+  if '--help' in rest or '-h' in rest:
+    print(help_text(command))
+    sys.exit(0)
+  sys.argv = [sys.argv[0], *command.split(), *_resolve_config(rest)]
   logging.set_verbosity(logging.INFO)
   logging.get_absl_logger().addFilter(_QuietLibraries())
   try:
@@ -171,7 +243,7 @@ def _parse_flags(argv):
   try:  # config_flags loads a missing or broken file lazily, on the first access.
     if _CONFIG.value is not None:
       _CONFIG.value.keys()
-  except OSError as e:
+  except (OSError, ValueError) as e:
     reason = str(e).strip().splitlines()[-1].strip()
     sys.exit(
       f'cows-jax: error: --config={flags.FLAGS["config"].config_filename}: '

@@ -9,9 +9,11 @@ averaged, the padding cropped, and the result resized bilinearly to the image si
 
 All windows of an image, at every scale, with their mirror images, go to the device in one
 call (padded to a few batch sizes, so few compilations); stitching is numpy on the host.
+`load_predictor` gives a run directory's trained segmenter as such a function.
 """
 
 import dataclasses
+import functools
 import math
 from typing import Callable
 
@@ -19,8 +21,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cows_jax import losses
+from cows_jax import checkpoints, crf, losses, run_dir
 from cows_jax.data import transforms
+from cows_jax.models import from_config
 
 
 @dataclasses.dataclass(frozen=True)
@@ -144,3 +147,32 @@ def predict(image: np.ndarray, probs_fn: Callable, settings: Settings, mean, std
   else:
     per_scale = [_run(probs_fn, x[None])[0] for x in scaled]
   return np.mean([resize_bilinear(p, (h, w)) for p in per_scale], axis=0)
+
+
+def load_predictor(cfg, workdir: str, supervision: str = 'pseudo') -> Callable:
+  """A trained segmenter of the run directory as a function uint8 image [H,W,3] -> float32
+  class probabilities [H,W,C], by the test-time procedure of `cfg.inference`."""
+  settings = Settings.from_config(cfg)
+  model = from_config.segmenter(cfg)
+  like = from_config.abstract_variables(model, cfg)
+  variables, _ = checkpoints.restore_variables(
+    run_dir.RunDir(workdir).segmenter(supervision), None, like, 'segment'
+  )
+  probs_fn = functools.partial(window_probabilities(model, settings.flip), variables)
+  return lambda image: predict(image, probs_fn, settings, cfg.segment.mean, cfg.segment.std)
+
+
+def label_maps(image: np.ndarray, probabilities: Callable, crf_params=None):
+  """(argmax label map, argmax after the dense CRF or None), uint8 [H, W]."""
+  p = probabilities(image)
+  plain = np.argmax(p, -1).astype(np.uint8)
+  if crf_params is None:
+    return plain, None
+  return plain, np.argmax(crf.refine(image, p, crf_params), -1).astype(np.uint8)
+
+
+def predict_source(source, probabilities: Callable, crf_params=None):
+  """([label map per record], [after the CRF per record] or None)."""
+  pairs = [label_maps(source[i]['image'], probabilities, crf_params) for i in range(len(source))]
+  plain = [p for p, _ in pairs]
+  return plain, (None if crf_params is None else [r for _, r in pairs])

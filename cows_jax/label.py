@@ -5,20 +5,10 @@ WORKDIR/pseudo_labels/palette/<id>.png the same with the VOC palette for viewing
 Existing labels are kept (resume); index.json marks the stage complete.
 """
 
-import os
-
 from absl import logging
 
-from cows_jax import localize, pseudo_labels, reporting, visualize
+from cows_jax import config, pseudo_labels, run_dir
 from cows_jax.data import sources
-
-
-def labels_dir(workdir: str, kind: str = 'index') -> str:
-  return os.path.join(workdir, 'pseudo_labels', kind)
-
-
-def index_path(workdir: str) -> str:
-  return os.path.join(workdir, 'pseudo_labels', 'index.json')
 
 
 def rules(cfg) -> pseudo_labels.LabelRules:
@@ -30,6 +20,7 @@ def rules(cfg) -> pseudo_labels.LabelRules:
     fg_confident=c.fg_confident,
     min_fg_fraction=c.min_fg_fraction,
     bg_threshold=c.bg_threshold,
+    ignore_index=cfg.segment.ignore_index,
   )
 
 
@@ -40,26 +31,24 @@ def make_label(maps, classes, saliency, cfg):
   return pseudo_labels.pseudo_label_without_saliency(maps, classes, rules(cfg))
 
 
-def label_path(workdir: str, image_id: str) -> str:
-  return os.path.join(labels_dir(workdir), image_id + '.png')
-
-
 def run(cfg, workdir: str) -> None:
-  if os.path.isfile(index_path(workdir)):
-    logging.info('label: complete (%s exists), skipping', index_path(workdir))
+  cfg = config.finalize(cfg)
+  run = run_dir.RunDir(workdir)
+  if run.labels_index().is_file():
+    logging.info('label: complete (%s exists), skipping', run.labels_index())
     return
-  ids = reporting.read_json(localize.index_path(workdir), 'localize')['ids']
+  ids = run_dir.read_json(run.maps_index(), 'localize')['ids']
   train = sources.load(cfg)['train']
   if len(ids) != len(train):
     raise ValueError(
-      f'{localize.index_path(workdir)} lists {len(ids)} images but the train '
+      f'{run.maps_index()} lists {len(ids)} images but the train '
       f'split has {len(train)}; rerun `cows-jax localize` in a fresh workdir'
     )
   written = all_ignore = 0
   for i, image_id in enumerate(ids):
-    if os.path.isfile(label_path(workdir, image_id)):
+    if run.label_file(image_id).is_file():
       continue
-    maps, classes = localize.load_maps(os.path.join(localize.maps_dir(workdir), image_id + '.npz'))
+    maps, classes = run_dir.load_maps(run.map_file(image_id))
     saliency = train[i]['saliency']
     if cfg.label.use_saliency and not saliency.size:
       raise ValueError(
@@ -68,11 +57,9 @@ def run(cfg, workdir: str) -> None:
         'mode with --config.label.use_saliency=False'
       )
     label = make_label(maps, classes, saliency, cfg)
-    all_ignore += int((label == 255).all())
-    visualize.save_label_png(
-      os.path.join(labels_dir(workdir, 'palette'), image_id + '.png'), label, palette=True
-    )
-    visualize.save_label_png(label_path(workdir, image_id), label, palette=False)
+    all_ignore += int((label == cfg.segment.ignore_index).all())
+    run_dir.save_label_png(run.label_file(image_id, 'palette'), label, palette=True)
+    run_dir.save_label_png(run.label_file(image_id), label, palette=False)
     written += 1
   logging.info(
     'label: wrote %d pseudo labels (%d all-ignore: too little foreground), mode=%s',
@@ -86,6 +73,4 @@ def run(cfg, workdir: str) -> None:
       'supervision; the classifier is too weak (train longer) or the '
       'thresholds in config.label are too strict'
     )
-  reporting.write_json_atomic(
-    index_path(workdir), {'ids': ids, 'use_saliency': cfg.label.use_saliency}
-  )
+  run_dir.write_json(run.labels_index(), {'ids': ids, 'use_saliency': cfg.label.use_saliency})

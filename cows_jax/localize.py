@@ -6,12 +6,11 @@ aggregated by the paper's rule and resized to the image size.
 
 Backbone features are computed once per image and view, then only the co-attention head runs
 for each pairing (the reference reruns the full pair forward for every pairing; the maps are
-the same). Per-image maps are written atomically to WORKDIR/maps/<id>.npz, so an interrupted
-run resumes where it stopped; maps/index.json marks the stage complete.
+the same). Per-image maps are written atomically to WORKDIR/maps/<id>.npz (run_dir), so an
+interrupted run resumes where it stopped; maps/index.json marks the stage complete.
 """
 
 import contextlib
-import io
 import os
 import tempfile
 
@@ -21,19 +20,12 @@ import numpy as np
 from absl import logging
 from PIL import Image
 
-from cows_jax import checkpoints, classify, files, reporting, views
+from cows_jax import checkpoints, config, run_dir, views
 from cows_jax.data import sources, transforms
 from cows_jax.data.pairs import ClassIndex
+from cows_jax.models import from_config
 
 METHODS = ('coattention', 'cam')
-
-
-def maps_dir(workdir: str) -> str:
-  return os.path.join(workdir, 'maps')
-
-
-def index_path(workdir: str) -> str:
-  return os.path.join(maps_dir(workdir), 'index.json')
 
 
 def related_images(class_index: ClassIndex, m: int, c: int, k: int, seed: int) -> list[int]:
@@ -76,24 +68,6 @@ def _input_batch(source, indices, cfg) -> np.ndarray:
 def _padded(indices: list[int], batch: int) -> list[int]:
   """Pad a short last batch by repeating its first element (fixed shapes, one compile)."""
   return indices + [indices[0]] * (batch - len(indices))
-
-
-def save_maps(path: str, maps: np.ndarray, classes: np.ndarray) -> None:
-  """Atomic .npz: maps float16 [K,H,W] in 0..255, classes int32 [K]."""
-  buf = io.BytesIO()
-  np.savez_compressed(buf, maps=maps.astype(np.float16), classes=classes.astype(np.int32))
-  files.write_atomic(path, buf.getvalue())
-
-
-def load_maps(path: str) -> tuple[np.ndarray, np.ndarray]:
-  """(maps float32 [K,H,W], classes [K]) of one image, with an error naming the file."""
-  try:
-    with np.load(path) as z:
-      return z['maps'].astype(np.float32), z['classes']
-  except (OSError, KeyError, ValueError) as e:
-    raise ValueError(
-      f'localization maps {path} are missing or unreadable ({e}); run `cows-jax localize`'
-    ) from e
 
 
 class MapComputer:
@@ -182,44 +156,37 @@ def cam_maps(computer: MapComputer, feats: np.ndarray, classes: list[np.ndarray]
 
 def run(cfg, workdir: str) -> None:
   """Maps for every training image; skips images whose maps exist."""
-  if os.path.isfile(index_path(workdir)):
-    logging.info('localize: complete (%s exists), skipping', index_path(workdir))
+  cfg = config.finalize(cfg)
+  run = run_dir.RunDir(workdir)
+  if run.maps_index().is_file():
+    logging.info('localize: complete (%s exists), skipping', run.maps_index())
     return
-  train = sources.load(cfg)['train']
-  spe = classify.steps_per_epoch(cfg, sources.classifier_plan(cfg).epoch_length)
-  model = classify.create_model(cfg)
-  like = classify.abstract_variables(model, cfg)
-  variables, step = checkpoints.restore_variables(
-    classify.checkpoint_dir(workdir), spe * cfg.classify.localize_epoch, like, 'classify'
-  )
+  method = cfg.localize.method
+  if method not in METHODS:
+    raise ValueError(f'localize.method={method!r}: expected one of {METHODS}')
+  step = run_dir.classifier_epoch_step(run, cfg.classify.localize_epoch)
+  model = from_config.classifier(cfg)
+  like = from_config.abstract_variables(model, cfg)
+  variables, step = checkpoints.restore_variables(run.classifier(), step, like, 'classify')
   logging.info(
     'localize: classifier checkpoint of step %d (epoch %d)', step, cfg.classify.localize_epoch
   )
+  train = sources.load(cfg)['train']
   computer = MapComputer(model, variables)
   class_index = ClassIndex(sources.all_labels(train))
   ids = [str(train[i]['id']) for i in range(len(train))]
 
-  method = cfg.localize.method
-  if method not in METHODS:
-    raise ValueError(f'localize.method={method!r}: expected one of {METHODS}')
-  os.makedirs(maps_dir(workdir), exist_ok=True)
-  todo = [
-    i
-    for i in range(len(train))
-    if not os.path.isfile(os.path.join(maps_dir(workdir), ids[i] + '.npz'))
-  ]
+  todo = [i for i in range(len(train)) if not run.map_file(ids[i]).is_file()]
   logging.info('localize: %s maps, %d of %d images to do', method, len(todo), len(train))
   # Co-attention: every image can be a related image, so the features of all of them.
   store = (
-    _feature_store(computer, train, cfg, maps_dir(workdir))
+    _feature_store(computer, train, cfg, run.scratch())
     if method == 'coattention' and todo
     else contextlib.nullcontext()
   )
   with store as all_feats:
-    _write_maps(computer, train, ids, todo, class_index, all_feats, cfg, workdir)
-  reporting.write_json_atomic(
-    index_path(workdir), {'ids': ids, 'checkpoint_step': step, 'method': method}
-  )
+    _write_maps(computer, train, ids, todo, class_index, all_feats, cfg, run)
+  run_dir.write_json(run.maps_index(), {'ids': ids, 'checkpoint_step': step, 'method': method})
 
 
 @contextlib.contextmanager
@@ -251,7 +218,7 @@ def _write_maps(
   class_index: ClassIndex,
   all_feats,
   cfg,
-  workdir: str,
+  run: run_dir.RunDir,
 ) -> None:
   """Maps of the training images `todo`, in batches, one file per image."""
   method, bs = cfg.localize.method, cfg.localize.batch_size
@@ -281,5 +248,5 @@ def _write_maps(
       record = train[i]
       size = record['image'].shape[:2]
       full = np.stack([resize_map(m, size) for m in small[j]])
-      save_maps(os.path.join(maps_dir(workdir), ids[i] + '.npz'), full, classes[j])
+      run_dir.save_maps(run.map_file(ids[i]), full, classes[j])
     logging.log_every_n_seconds(logging.INFO, 'localize: %d/%d', 30, s + len(chunk), len(todo))

@@ -1,41 +1,17 @@
-"""The segmenter's label maps for a whole split: test-time inference (inference.py), then the
-dense CRF when evaluate.crf is set; `cows-jax predict-split` writes them as VOC-format PNGs
-(palette PNGs of class indices, the evaluation server's format) to WORKDIR/predictions/SPLIT/.
-"""
+"""`cows-jax predict-split`: the segmenter's label maps of a whole split as VOC-format PNGs
+(palette PNGs of class indices, the evaluation server's format) in WORKDIR/predictions/SPLIT/,
+after the dense CRF when evaluate.crf is set."""
 
-import os
-
-import numpy as np
 from absl import logging
 
-from cows_jax import crf, segment, visualize
+from cows_jax import config, crf, inference, run_dir
 from cows_jax.data import sources
-
-
-def predictions_dir(workdir: str, split: str, supervision: str = 'pseudo') -> str:
-  name = split if supervision == 'pseudo' else f'{split}_{supervision}'
-  return os.path.join(workdir, 'predictions', name)
-
-
-def label_maps(image: np.ndarray, probabilities, crf_params=None):
-  """(argmax label map, argmax after the dense CRF or None), uint8 [H, W]."""
-  p = probabilities(image)
-  plain = np.argmax(p, -1).astype(np.uint8)
-  if crf_params is None:
-    return plain, None
-  return plain, np.argmax(crf.refine(image, p, crf_params), -1).astype(np.uint8)
-
-
-def predict_source(source, probabilities, crf_params=None):
-  """([label map per record], [after the CRF per record] or None)."""
-  pairs = [label_maps(source[i]['image'], probabilities, crf_params) for i in range(len(source))]
-  plain = [p for p, _ in pairs]
-  return plain, (None if crf_params is None else [r for _, r in pairs])
 
 
 def write_split(cfg, workdir: str, split: str, supervision: str = 'pseudo') -> str:
   """VOC-format index PNGs (<id>.png, original image sizes) of every image of `split`,
   after the CRF when evaluate.crf; returns their directory."""
+  cfg = config.finalize(cfg)
   splits = sources.load_splits(cfg)
   if split not in splits:
     raise ValueError(
@@ -44,14 +20,13 @@ def write_split(cfg, workdir: str, split: str, supervision: str = 'pseudo') -> s
   crf_params = cfg.crf if cfg.evaluate.crf else None
   if crf_params is not None:
     crf.check_available()
-  probabilities = segment.load_predictor(cfg, workdir, supervision)
-  source, out = splits[split], predictions_dir(workdir, split, supervision)
+  probabilities = inference.load_predictor(cfg, workdir, supervision)
+  source = splits[split]
+  out = run_dir.RunDir(workdir).predictions(split, supervision)
   for i in range(len(source)):
     record = source[i]
-    plain, refined = label_maps(record['image'], probabilities, crf_params)
-    visualize.save_label_png(
-      os.path.join(out, f'{record["id"]}.png'), plain if refined is None else refined
-    )
+    plain, refined = inference.label_maps(record['image'], probabilities, crf_params)
+    run_dir.save_label_png(out / f'{record["id"]}.png', plain if refined is None else refined)
   logging.info(
     'predict-split: %d label maps of %r (%s) -> %s',
     len(source),
@@ -59,4 +34,4 @@ def write_split(cfg, workdir: str, split: str, supervision: str = 'pseudo') -> s
     'with CRF' if crf_params is not None else 'no CRF',
     out,
   )
-  return out
+  return str(out)

@@ -13,17 +13,16 @@ import numpy as np
 
 @dataclasses.dataclass(frozen=True)
 class LabelRules:
-  """Thresholds of the pseudo-label rules; defaults are the paper's values."""
+  """Thresholds of the pseudo-label rules. No defaults: the config (`label.*`, with the
+  paper's values) is their only source; `label.rules(cfg)` builds them."""
 
-  score_threshold: float = 0.3  # scores below set to 0
-  conflict_threshold: float = 0.99  # more than one score above -> ignore
-  bg_saliency_ignore: int = (
-    32  # bg pixels with max(S, 255*[any A_c > fg_confident]) >= this -> ignore
-  )
-  fg_confident: float = 0.95
-  min_fg_fraction: float = 0.01  # images with labelled foreground < this fraction -> all ignore
-  bg_threshold: float = 0.3  # saliency-free mode: constant background score
-  ignore_index: int = 255
+  score_threshold: float  # scores below set to 0
+  conflict_threshold: float  # more than one score above -> ignore
+  bg_saliency_ignore: int  # bg pixels with max(S, 255*[any A_c > fg_confident]) >= this -> ignore
+  fg_confident: float
+  min_fg_fraction: float  # images with labelled foreground < this fraction -> all ignore
+  bg_threshold: float  # saliency-free mode: constant background score
+  ignore_index: int
 
 
 def normalize_maps(maps: np.ndarray) -> np.ndarray:
@@ -92,7 +91,7 @@ def _drop_if_little_foreground(label: np.ndarray, rules: LabelRules) -> np.ndarr
 
 
 def pseudo_label_with_saliency(
-  maps: np.ndarray, classes: np.ndarray, saliency: np.ndarray, rules: LabelRules = LabelRules()
+  maps: np.ndarray, classes: np.ndarray, saliency: np.ndarray, rules: LabelRules
 ) -> np.ndarray:
   """The paper's rules: background from a saliency map S, objects from the localization maps.
 
@@ -123,7 +122,7 @@ def pseudo_label_with_saliency(
 
 
 def pseudo_label_without_saliency(
-  maps: np.ndarray, classes: np.ndarray, rules: LabelRules = LabelRules()
+  maps: np.ndarray, classes: np.ndarray, rules: LabelRules
 ) -> np.ndarray:
   """Saliency-free mode: the classic CAM recipe with a constant background score.
 

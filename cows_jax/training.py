@@ -1,39 +1,171 @@
-"""The loop both trained stages share: step, accumulate metrics, log, checkpoint."""
+"""The one trainer both trained stages share, and the training state it carries.
 
-from typing import Callable
+`classify` and `segment` describe what differs (model, loss, data, schedule) in a `Task`;
+`fit` does the rest, top to bottom: checkpoints (skip a finished run, resume a killed one),
+the device mesh, init or restore, the jitted step with the state donated, the loop, metric
+logs, and a guard that stops on a non-finite loss before it reaches a checkpoint.
+"""
 
+import dataclasses
+import functools
+import json
+import time
+from typing import Any, Callable, Iterator
+
+import flax.struct
+import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
+from absl import logging
+from etils import epath
 
-from cows_jax import checkpoints, parallel
+from cows_jax import checkpoints, parallel, run_dir
 
 
-def run_steps(
-  step_fn: Callable,
-  variables,
-  opt_state,
-  batches,
-  mesh,
-  mngr,
-  log,
-  start: int,
-  total: int,
-  log_every: int,
-  should_save: Callable[[int], bool],
-  step_args: Callable[[int], tuple] = lambda step: (),
-):
-  """Steps start..total-1. `step_fn(variables, opt_state, batch, *step_args(step))` returns
-  (variables, opt_state, clu metrics); metrics are logged every `log_every` steps and at the
-  end; a checkpoint is saved after step s when `should_save(s + 1)` or at the end."""
-  acc = None
-  for step in range(start, total):
-    batch = parallel.shard_batch(next(batches), mesh)
-    variables, opt_state, m = step_fn(variables, opt_state, batch, *step_args(step))
-    acc = m if acc is None else acc.merge(m)
-    done = step + 1
-    if done % log_every == 0 or done == total:
-      log.write(done, {k: np.asarray(v) for k, v in acc.compute().items()})
-      acc = None
-    if should_save(done) or done == total:
-      checkpoints.save(mngr, done, variables, opt_state)
-  mngr.wait_until_finished()
-  mngr.close()
+@flax.struct.dataclass
+class TrainState:
+  """Everything a training step reads and writes: one pytree to jit, donate and checkpoint."""
+
+  step: jax.Array  # optimizer steps taken (micro-steps for an accumulating optimizer).
+  params: Any
+  collections: dict  # the model's other variables: BatchNorm statistics, frozen BN.
+  opt_state: Any
+
+  @classmethod
+  def create(cls, variables: dict, opt_state, step: int = 0) -> 'TrainState':
+    collections = {k: v for k, v in variables.items() if k != 'params'}
+    return cls(jnp.asarray(step, jnp.int32), variables['params'], collections, opt_state)
+
+  @property
+  def variables(self) -> dict:
+    """{'params': ..., **collections}: what `model.apply` and later stages take."""
+    return {'params': self.params, **self.collections}
+
+
+def train_step(state: TrainState, batch, *args, loss_fn: Callable, tx):
+  """One step, pure: `loss_fn(params, collections, batch, *args)` returns
+  (loss, (loss terms, updated collections)); returns the new state and {'loss', **terms}."""
+  (loss, (terms, collections)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+    state.params, state.collections, batch, *args
+  )
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  new = state.replace(
+    step=state.step + 1,
+    params=optax.apply_updates(state.params, updates),
+    collections=collections,
+    opt_state=opt_state,
+  )
+  return new, {'loss': loss, **terms}
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+  """What one trained model brings to `fit`."""
+
+  name: str  # in log lines, e.g. 'classify'.
+  checkpoint_dir: epath.Path
+  log_path: epath.Path
+  total_steps: int
+  global_batch: int  # checked against the device count ...
+  batch_field: str  # ... and named by this config field when it does not divide.
+  init_variables: Callable[[], dict]  # random init or imported weights.
+  optimizer: Callable[[Any], optax.GradientTransformation]  # of the params.
+  loss_fn: Callable  # (params, collections, batch, *step_args) -> (loss, (terms, collections))
+  batches: Callable[[int], Iterator]  # this process's numpy batches from a step on.
+  log_every: int
+  checkpoint_every: int  # resume points; rotated.
+  keep_period: int  # checkpoints at multiples of it are kept (the classifier's epoch ends).
+  step_args: Callable[[int], tuple] = lambda step: ()  # extra arguments of the loss by step.
+
+
+class NonFiniteLoss(ValueError):
+  """Training produced a NaN or infinite loss; the last good checkpoint is kept."""
+
+
+class MetricLog:
+  """Appends {'step', **scalars} lines to a .jsonl file and logs them with throughput."""
+
+  def __init__(self, target: epath.Path, total_steps: int):
+    self.target, self.total = target, total_steps
+    self._last_time, self._last_step = time.time(), None
+
+  def write(self, step: int, scalars: dict) -> None:
+    scalars = {k: float(v) for k, v in scalars.items()}
+    now = time.time()
+    if self._last_step is not None and step > self._last_step:
+      scalars['steps_per_sec'] = (step - self._last_step) / max(now - self._last_time, 1e-9)
+    self._last_time, self._last_step = now, step
+    if jax.process_index() == 0:
+      run_dir.append_line(self.target, json.dumps({'step': step, **scalars}))
+    text = ', '.join(f'{k}={v:.4g}' for k, v in sorted(scalars.items()))
+    logging.info('[%d/%d] %s', step, self.total, text)
+
+
+def check_finite(task: Task, first_step: int, scalars: list[dict]) -> None:
+  """Raises NonFiniteLoss naming the first step (1-based) whose loss terms are not finite."""
+  for i, values in enumerate(jax.device_get(scalars)):
+    if not all(np.isfinite(v) for v in values.values()):
+      terms = ', '.join(f'{k}={float(v):.4g}' for k, v in sorted(values.items()))
+      raise NonFiniteLoss(
+        f'{task.name}: non-finite loss at step {first_step + i} ({terms}); training stopped, '
+        f'the last good checkpoint in {task.checkpoint_dir} is kept'
+      )
+
+
+def fit(task: Task) -> None:
+  """Train `task` to `total_steps`, resuming from its latest checkpoint; skips a finished run."""
+  # Checkpoints: a finished run is skipped, a killed one resumes.
+  mngr = checkpoints.manager(task.checkpoint_dir, keep_period=task.keep_period, max_to_keep=2)
+  start = mngr.latest_step() or 0
+  if start >= task.total_steps:
+    logging.info(
+      '%s: complete (step %d of %d in %s), skipping',
+      task.name,
+      start,
+      task.total_steps,
+      task.checkpoint_dir,
+    )
+    mngr.close()
+    return
+
+  # Devices, then the state: initialized, replicated, and restored when resuming.
+  mesh = parallel.data_mesh()
+  parallel.check_divisible(task.global_batch, mesh, task.batch_field)
+  variables = task.init_variables()
+  tx = task.optimizer(variables['params'])
+  state = parallel.replicate(TrainState.create(variables, tx.init(variables['params'])), mesh)
+  if start:
+    variables, opt_state = checkpoints.restore(mngr, start, state.variables, state.opt_state)
+    state = TrainState.create(variables, opt_state, start)
+    logging.info('%s: resumed from step %d', task.name, start)
+
+  # The loop: one jitted step; logs every `log_every` steps; checkpoints only checked steps.
+  step_fn = jax.jit(functools.partial(train_step, loss_fn=task.loss_fn, tx=tx), donate_argnums=(0,))
+  batches = task.batches(start)
+  log = MetricLog(task.log_path, task.total_steps)
+  logging.info(
+    '%s: steps %d..%d, %d devices', task.name, start, task.total_steps, mesh.devices.size
+  )
+  unlogged, unchecked = [], 0
+  try:
+    for step in range(start, task.total_steps):
+      state, scalars = step_fn(
+        state, parallel.shard_batch(next(batches), mesh), *task.step_args(step)
+      )
+      unlogged.append(scalars)
+      done = step + 1
+      last = done == task.total_steps
+      save = last or done % task.keep_period == 0 or done % task.checkpoint_every == 0
+      if save or done % task.log_every == 0:
+        check_finite(task, done - len(unlogged) + 1 + unchecked, unlogged[unchecked:])
+        unchecked = len(unlogged)
+      if done % task.log_every == 0 or last:
+        values = jax.device_get(unlogged)
+        log.write(done, {k: np.mean([v[k] for v in values]) for k in values[0]})
+        unlogged, unchecked = [], 0
+      if save:
+        checkpoints.save(mngr, done, state.variables, state.opt_state)
+  finally:
+    mngr.wait_until_finished()
+    mngr.close()

@@ -1,19 +1,12 @@
-"""Label PNG I/O and small visualization helpers (palette, heatmaps, image grids, IoU tables).
-
-All writes are atomic (temp file in the target directory, then ``os.replace``) so an interrupted
-pseudo-label job never leaves a truncated PNG that a later stage would read as a valid label.
-"""
+"""Small visualization helpers: the VOC palette, heatmaps, image grids, IoU tables and the
+confusion-matrix figure. They make arrays; run_dir writes them."""
 
 from __future__ import annotations
 
-import io
-import os
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
-
-from cows_jax import files
 
 
 def voc_palette(n: int = 256) -> np.ndarray:
@@ -24,50 +17,6 @@ def voc_palette(n: int = 256) -> np.ndarray:
     for ch in range(3):
       rgb[:, ch] |= ((idx >> (3 * j + ch)) & 1) << (7 - j)
   return rgb.astype(np.uint8)
-
-
-def _save_atomic(path: str | os.PathLike, image: Image.Image) -> None:
-  """Encode the PNG first, then write it atomically (an encoding error leaves no file)."""
-  buf = io.BytesIO()
-  image.save(buf, format='PNG')
-  files.write_atomic(path, buf.getvalue())
-
-
-def save_label_png(path: str | os.PathLike, label: np.ndarray, palette: bool = True) -> None:
-  """Save a label map as a VOC palette PNG ('P', viewable in colour) or a plain index PNG ('L').
-
-  Both store the raw indices, so either reads back with ``read_label_png``.
-  """
-  label = np.asarray(label)
-  if label.ndim != 2:
-    raise ValueError(f'label must be [H,W], got shape {label.shape}')
-  if label.size and (label.min() < 0 or label.max() > 255):
-    raise ValueError(f'label values must fit in uint8, got range {label.min()}..{label.max()}')
-  image = Image.fromarray(label.astype(np.uint8))
-  if palette:
-    image.putpalette(voc_palette().ravel().tolist())
-  _save_atomic(path, image)
-
-
-def read_label_png(path: str | os.PathLike) -> np.ndarray:
-  """uint8 [H,W] raw indices of a label PNG; palette PNGs decode to indices, not colours."""
-  try:
-    with Image.open(path) as image:
-      if image.mode not in ('P', 'L'):
-        raise ValueError(
-          f"label PNG {os.fspath(path)} has mode {image.mode!r}, expected 'P' or 'L'"
-        )
-      return np.array(image, dtype=np.uint8)
-  except OSError as err:
-    raise OSError(f'cannot read label PNG {os.fspath(path)}: {err}') from err
-
-
-def save_png_atomic(path: str | os.PathLike, rgb: np.ndarray) -> None:
-  """Save a uint8 [H,W,3] RGB image atomically."""
-  rgb = np.asarray(rgb)
-  if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
-    raise ValueError(f'rgb must be uint8 [H,W,3], got {rgb.dtype} {rgb.shape}')
-  _save_atomic(path, Image.fromarray(rgb))
 
 
 def colorize(label: np.ndarray) -> np.ndarray:

@@ -1,7 +1,6 @@
 """Shared fixtures: tiny configs that run the real code in seconds."""
 
 import os
-import sys
 
 import pytest
 
@@ -13,15 +12,13 @@ FAST_COMPILE_FLAGS = (
 )
 os.environ['XLA_FLAGS'] = f'{os.environ.get("XLA_FLAGS", "")} {FAST_COMPILE_FLAGS}'.strip()
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, 'configs'))
-
 
 @pytest.fixture
 def tiny_config(tmp_path):
   """configs/synthetic.py:tiny with the dataset built under tmp_path."""
-  import synthetic  # configs/synthetic.py
 
-  cfg = synthetic.get_config('tiny')
+  from cows_jax import config
+
+  cfg = config.load('synthetic:tiny')
   cfg.data.data_dir = str(tmp_path / 'data')
   return cfg

@@ -4,7 +4,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cows_jax import ablate, classify
+from cows_jax import ablate, classify, config
+from cows_jax.models import from_config
 
 
 def test_variants_change_only_their_axis(tiny_config):
@@ -31,10 +32,10 @@ def test_variants_change_only_their_axis(tiny_config):
 def test_baseline_trains_no_coattention_layer(tiny_config):
   """With the co-attention and contrastive weights at 0 the co-attention layers get no
   gradient: variant 1 is a plain single-image classifier."""
-  cfg = ablate.variant_config(tiny_config, ablate.VARIANTS[0])
-  cfg.model.norm, cfg.input.size = 'none', 32
-  model = classify.create_model(cfg)
-  params = classify.init_variables(model, cfg, jax.random.key(0))['params']
+  overrides = ablate.VARIANTS[0].overrides + (('model.norm', 'none'), ('input.size', 32))
+  cfg = config.with_overrides(tiny_config, overrides)
+  model = from_config.classifier(cfg)
+  params = from_config.init_variables(model, cfg, jax.random.key(0))['params']
   rng = np.random.default_rng(0)
   size = cfg.input.size
   batch = {
@@ -45,7 +46,13 @@ def test_baseline_trains_no_coattention_layer(tiny_config):
   }
   grads = jax.grad(
     lambda p: classify.loss_fn(
-      p, {}, model, batch, jnp.asarray(True), classify.loss_weights(cfg), ('flip',)
+      p,
+      {},
+      batch,
+      jnp.asarray(True),
+      model=model,
+      weights=classify.loss_weights(cfg),
+      self_views=('flip',),
     )[0]
   )(params)
   for name in ('co_weight', 'co_classifier', 'gate'):

@@ -3,7 +3,7 @@ ratios against ours."""
 
 import re
 
-from cows_jax import bench
+from cows_jax.tools import bench
 
 
 def test_train_step_bench_prints_rows_and_ratios(capsys):

@@ -7,14 +7,15 @@ import os
 import jax
 import numpy as np
 
-from cows_jax import checkpoints, classify
+from cows_jax import checkpoints, classify, run_dir
+from cows_jax.models import from_config
 
 
 def _final_params(cfg, workdir):
-  model = classify.create_model(cfg)
-  like = classify.abstract_variables(model, cfg)
+  model = from_config.classifier(cfg)
+  like = from_config.abstract_variables(model, cfg)
   params, step = checkpoints.restore_variables(
-    classify.checkpoint_dir(workdir), None, like, 'classify'
+    run_dir.RunDir(workdir).classifier(), None, like, 'classify'
   )
   return jax.device_get(params), step
 
@@ -39,6 +40,6 @@ def test_resume_equals_uninterrupted(tiny_config, tmp_path):
   for a, b in zip(jax.tree.leaves(p_straight), jax.tree.leaves(p_resumed)):
     np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
   # A finished run is skipped, not retrained.
-  mtime = os.path.getmtime(os.path.join(classify.checkpoint_dir(resumed), str(s2)))
+  mtime = os.path.getmtime(os.path.join(run_dir.RunDir(resumed).classifier(), str(s2)))
   classify.train(cfg, resumed)
-  assert os.path.getmtime(os.path.join(classify.checkpoint_dir(resumed), str(s2))) == mtime
+  assert os.path.getmtime(os.path.join(run_dir.RunDir(resumed).classifier(), str(s2))) == mtime

@@ -6,7 +6,8 @@ import sys
 import numpy as np
 import pytest
 
-from cows_jax import config, crf
+from cows_jax import crf
+from cows_jax.configs.defaults import paper_defaults
 
 
 def test_boundary_moves_to_the_colour_edge():
@@ -24,7 +25,7 @@ def test_boundary_moves_to_the_colour_edge():
   p1 = np.clip(p1 + np.random.default_rng(0).normal(0, 0.05, (h, w)), 0.01, 0.99)
   probs = np.stack([1 - p1, p1], -1).astype(np.float32)
   assert np.mean(probs.argmax(-1)[:, wrong:edge] == 1) > 0.8  # the unary is wrong there.
-  out = crf.refine(image, probs, config.paper_defaults().crf)
+  out = crf.refine(image, probs, paper_defaults().crf)
   expected = (x >= edge)[None].repeat(h, 0)
   assert out.shape == probs.shape
   np.testing.assert_allclose(out.sum(-1), 1, atol=1e-4)

@@ -1,5 +1,6 @@
 """`cows-jax data check` and one classifier step on the real-data configs, on tiny fixtures."""
 
+import importlib
 import json
 import os
 import subprocess
@@ -7,10 +8,9 @@ import sys
 
 import data_fixtures as fx
 import pytest
-import voc12
-import voc12_web
 
 from cows_jax import classify
+from cows_jax.configs import voc12, voc12_web
 from cows_jax.data import check, sources
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -91,7 +91,7 @@ def test_one_classifier_step_on_voc_with_web_images(tmp_path):
 
 @pytest.mark.parametrize('name', ['voc12', 'voc12_single_label', 'voc12_web', 'lid20'])
 def test_configs_take_runlocal_and_nothing_else(name):
-  module = __import__(name)
+  module = importlib.import_module(f'cows_jax.configs.{name}')
   full, local = module.get_config(), module.get_config('runlocal')
   assert full.data.max_per_split == 0 and local.data.max_per_split > 0
   assert local.model.width < full.model.width and local.input.size < full.input.size

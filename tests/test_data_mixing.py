@@ -4,7 +4,7 @@ import grain
 import numpy as np
 import pytest
 
-from cows_jax.config import paper_defaults
+from cows_jax.configs.defaults import paper_defaults
 from cows_jax.data import input_pipeline, mixing
 
 

@@ -95,7 +95,7 @@ def test_folder_with_an_unknown_class_name_is_an_error(tmp_path):
 
 
 def test_lid20_config_reads_the_list_layout(tmp_path):
-  import lid20  # configs/lid20.py
+  from cows_jax.configs import lid20
 
   layout = _lid(tmp_path)
   cfg = lid20.get_config()

@@ -6,7 +6,8 @@ import jax
 import numpy as np
 import pytest
 
-from cows_jax import config, inference, losses
+from cows_jax import inference, losses
+from cows_jax.configs.defaults import paper_defaults
 from cows_jax.data import transforms
 from cows_jax.models.deeplab import DeepLab
 
@@ -87,7 +88,7 @@ def test_resize_and_settings():
   assert [inference.bucket(n) for n in (1, 3, 8, 9, 17)] == [1, 4, 8, 16, 24]
   assert inference.window_starts(401, 401, 268) == [0]
   assert inference.window_starts(750, 401, 268) == [0, 268, 349]
-  cfg = config.paper_defaults()
+  cfg = paper_defaults()
   assert inference.Settings.from_config(cfg) == inference.Settings(
     (0.5, 0.75, 1.0, 1.25, 1.5), True, 401, 2 / 3
   )

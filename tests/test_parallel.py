@@ -6,34 +6,33 @@ import sys
 import textwrap
 
 SCRIPT = textwrap.dedent("""
-    import functools, sys
+    import functools
     import jax, jax.numpy as jnp, numpy as np
-    sys.path.insert(0, 'configs')
-    import synthetic
-    from cows_jax import classify, parallel
+    from cows_jax import classify, config, parallel, training
+    from cows_jax.models import from_config
 
     assert jax.device_count() == 8, jax.devices()
-    cfg = synthetic.get_config('tiny')
+    cfg = config.load('synthetic:tiny')
     cfg.input.size = 32
-    model = classify.create_model(cfg)
-    params = classify.init_variables(model, cfg, jax.random.key(0))
+    model = from_config.classifier(cfg)
+    params = from_config.init_variables(model, cfg, jax.random.key(0))
     tx = classify.make_optimizer(cfg, params['params'], 10)
     rng = np.random.default_rng(0)
     batch = {'image_m': rng.normal(size=(8, 32, 32, 3)).astype(np.float32),
              'image_n': rng.normal(size=(8, 32, 32, 3)).astype(np.float32),
              'labels_m': (rng.random((8, 10)) < 0.3).astype(np.float32),
              'labels_n': (rng.random((8, 10)) < 0.3).astype(np.float32)}
-    step = jax.jit(functools.partial(classify.train_step, model=model, tx=tx,
-                                     weights=classify.loss_weights(cfg)))
+    loss_fn = functools.partial(classify.loss_fn, model=model, weights=classify.loss_weights(cfg))
+    step = jax.jit(functools.partial(training.train_step, loss_fn=loss_fn, tx=tx))
     outs = []
     for devices in (jax.devices()[:1], jax.devices()):
       mesh = parallel.data_mesh(devices)
-      p, o = parallel.replicate((params, tx.init(params['params'])), mesh)
+      state = parallel.replicate(training.TrainState.create(params, tx.init(params['params'])), mesh)
       b = parallel.shard_batch(batch, mesh)
       assert len(b['image_m'].sharding.device_set) == len(devices)
       for _ in range(2):
-        p, o, m = step(p, o, b, jnp.asarray(True))
-      outs.append((jax.device_get(p), float(m.compute()['loss'])))
+        state, m = step(state, b, jnp.asarray(True))
+      outs.append((jax.device_get(state.variables), float(m['loss'])))
     (p1, l1), (p8, l8) = outs
     np.testing.assert_allclose(l1, l8, rtol=1e-5)
     for a, b in zip(jax.tree.leaves(p1), jax.tree.leaves(p8)):

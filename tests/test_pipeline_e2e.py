@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cows_jax import cli, evaluate, localize, predict, visualize
+from cows_jax import cli, evaluate, predict, run_dir
 
 
 def test_tiny_pipeline_end_to_end(tiny_config, tmp_path):
@@ -27,7 +27,7 @@ def test_tiny_pipeline_end_to_end(tiny_config, tmp_path):
     assert 0.0 <= summary[key] <= 100.0, (key, summary[key])
   ids = json.load(open(os.path.join(workdir, 'pseudo_labels', 'index.json')))['ids']
   assert len(ids) == tiny_config.data.train_size
-  label = visualize.read_label_png(os.path.join(workdir, 'pseudo_labels', 'index', ids[0] + '.png'))
+  label = run_dir.read_label_png(os.path.join(workdir, 'pseudo_labels', 'index', ids[0] + '.png'))
   assert label.shape == (tiny_config.data.image_size,) * 2
   assert set(np.unique(label)) <= set(range(tiny_config.data.num_classes + 1)) | {255}
   palette = Image.open(os.path.join(workdir, 'pseudo_labels', 'palette', ids[0] + '.png'))
@@ -57,14 +57,14 @@ def test_tiny_pipeline_end_to_end(tiny_config, tmp_path):
 
   # A missing map file is reported by name with the command that makes it ...
   map_path = os.path.join(workdir, 'maps', ids[0] + '.npz')
-  expected = localize.load_maps(map_path)
+  expected = run_dir.load_maps(map_path)
   os.remove(map_path)
   with pytest.raises(ValueError, match='cows-jax localize'):
     evaluate.run(tiny_config, workdir)
   # ... and an interrupted localize (no index yet) makes only the missing one, the same.
-  os.remove(localize.index_path(workdir))
+  os.remove(run_dir.RunDir(workdir).maps_index())
   cli.run_stage('localize', tiny_config, workdir)
-  for a, b in zip(localize.load_maps(map_path), expected):
+  for a, b in zip(run_dir.load_maps(map_path), expected):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-4)
 
 

@@ -1,20 +1,24 @@
 """Each paper rule of the pseudo-label generator on a tiny hand-made image.
 
 Maps are written so that min-max normalization is the identity (each contains 0 and 1) unless a
-test is about normalization. Rules not under test are switched off through LabelRules.
+test is about normalization. Rules not under test are switched off by replacing fields of the paper's rules.
 """
+
+import dataclasses
 
 import numpy as np
 import pytest
 
+from cows_jax import label
+from cows_jax.configs.defaults import paper_defaults
 from cows_jax.pseudo_labels import (
-  LabelRules,
   normalize_maps,
   pseudo_label_with_saliency,
   pseudo_label_without_saliency,
 )
 
-NO_BG_IGNORE = LabelRules(bg_saliency_ignore=256)
+PAPER = label.rules(paper_defaults())  # the paper's thresholds, from the config.
+NO_BG_IGNORE = dataclasses.replace(PAPER, bg_saliency_ignore=256)
 
 
 def test_normalize_maps_min_max_per_map_and_constant_to_zero():
@@ -52,14 +56,14 @@ def test_more_than_one_score_above_099_is_ignored():
 def test_background_with_saliency_at_least_32_is_ignored():
   maps = np.array([[[0.0, 0.1, 1.0, 0.2]]])
   saliency = np.array([[31, 32, 255, 0]], np.uint8)
-  label = pseudo_label_with_saliency(maps, np.array([0]), saliency)
+  label = pseudo_label_with_saliency(maps, np.array([0]), saliency, PAPER)
   np.testing.assert_array_equal(label, [[0, 255, 1, 0]])
 
 
 def test_background_where_a_map_exceeds_095_is_ignored():
   maps = np.array([[[0.0, 0.97, 1.0, 0.5]]])
   saliency = np.array([[0, 0, 255, 0]], np.uint8)  # bg score 1 beats 0.97: labelled bg
-  label = pseudo_label_with_saliency(maps, np.array([0]), saliency)
+  label = pseudo_label_with_saliency(maps, np.array([0]), saliency, PAPER)
   np.testing.assert_array_equal(label, [[0, 255, 1, 0]])
 
 
@@ -68,12 +72,12 @@ def test_foreground_below_one_percent_ignores_whole_image():
   maps = np.zeros((1, 10, 20))
   maps[0, 0, 0] = 1.0
   saliency[0, 0] = 255
-  label = pseudo_label_with_saliency(maps, np.array([0]), saliency)
+  label = pseudo_label_with_saliency(maps, np.array([0]), saliency, PAPER)
   np.testing.assert_array_equal(label, np.full((10, 20), 255))
 
   maps[0, 0, 1] = 1.0
   saliency[0, 1] = 255
-  label = pseudo_label_with_saliency(maps, np.array([0]), saliency)
+  label = pseudo_label_with_saliency(maps, np.array([0]), saliency, PAPER)
   expected = np.zeros((10, 20), np.uint8)
   expected[0, :2] = 1
   np.testing.assert_array_equal(label, expected)
@@ -83,41 +87,44 @@ def test_saliency_free_mode_uses_constant_background_score():
   maps = np.array([[[0.0, 1.0, 0.5, 0.25, 0.3]], [[0.2, 0.0, 0.6, 1.0, 0.1]]])
   classes = np.array([0, 3])
   # bg 0.3: pixel 4 ties 0.3 vs 0.3 -> background.
-  np.testing.assert_array_equal(pseudo_label_without_saliency(maps, classes), [[0, 1, 4, 4, 0]])
   np.testing.assert_array_equal(
-    pseudo_label_without_saliency(maps, classes, LabelRules(bg_threshold=0.7)), [[0, 1, 0, 4, 0]]
+    pseudo_label_without_saliency(maps, classes, PAPER), [[0, 1, 4, 4, 0]]
+  )
+  np.testing.assert_array_equal(
+    pseudo_label_without_saliency(maps, classes, dataclasses.replace(PAPER, bg_threshold=0.7)),
+    [[0, 1, 0, 4, 0]],
   )
 
 
 def test_saliency_free_mode_applies_conflict_and_min_foreground_rules():
   conflict = np.array([[[1.0, 1.0, 0.0]], [[0.0, 1.0, 1.0]]])
   np.testing.assert_array_equal(
-    pseudo_label_without_saliency(conflict, np.array([0, 1])), [[1, 255, 2]]
+    pseudo_label_without_saliency(conflict, np.array([0, 1]), PAPER), [[1, 255, 2]]
   )
   constant = np.full((1, 2, 3), 7.0)  # constant map -> zeros -> all bg -> no foreground
   np.testing.assert_array_equal(
-    pseudo_label_without_saliency(constant, np.array([0])), np.full((2, 3), 255)
+    pseudo_label_without_saliency(constant, np.array([0]), PAPER), np.full((2, 3), 255)
   )
 
 
 def test_empty_label_set_is_all_ignore():
   empty = np.zeros((0, 2, 3))
   np.testing.assert_array_equal(
-    pseudo_label_with_saliency(empty, np.array([], int), np.zeros((2, 3), np.uint8)),
+    pseudo_label_with_saliency(empty, np.array([], int), np.zeros((2, 3), np.uint8), PAPER),
     np.full((2, 3), 255),
   )
   np.testing.assert_array_equal(
-    pseudo_label_without_saliency(empty, np.array([], int)), np.full((2, 3), 255)
+    pseudo_label_without_saliency(empty, np.array([], int), PAPER), np.full((2, 3), 255)
   )
 
 
 def test_shape_and_class_validation():
   maps = np.zeros((2, 3, 4))
   with pytest.raises(ValueError, match='classes'):
-    pseudo_label_without_saliency(maps, np.array([0]))
+    pseudo_label_without_saliency(maps, np.array([0]), PAPER)
   with pytest.raises(ValueError, match='saliency shape'):
-    pseudo_label_with_saliency(maps, np.array([0, 1]), np.zeros((4, 3), np.uint8))
+    pseudo_label_with_saliency(maps, np.array([0, 1]), np.zeros((4, 3), np.uint8), PAPER)
   with pytest.raises(ValueError, match='class ids'):
-    pseudo_label_without_saliency(maps, np.array([0, 254]))
+    pseudo_label_without_saliency(maps, np.array([0, 254]), PAPER)
   with pytest.raises(ValueError, match=r'\[K,H,W\]'):
-    pseudo_label_without_saliency(np.zeros((3, 4)), np.array([0]))
+    pseudo_label_without_saliency(np.zeros((3, 4)), np.array([0]), PAPER)

@@ -4,11 +4,13 @@ confusion-matrix picture."""
 import numpy as np
 import pytest
 
-from cows_jax import config, model_summary, visualize
+from cows_jax import visualize
+from cows_jax.configs.defaults import paper_defaults
+from cows_jax.tools import model_summary
 
 
 def test_summary_of_the_paper_segmenter_and_a_tiny_run(tiny_config):
-  cfg = config.paper_defaults()
+  cfg = paper_defaults()
   cfg.data.num_classes = 20
   text = model_summary.segmenter(cfg, depth=1)
   assert 'resnet101-largefov, 21 classes' in text

@@ -6,7 +6,8 @@ import flax.linen as nn
 import jax
 import numpy as np
 
-from cows_jax import config, segment
+from cows_jax import segment, training
+from cows_jax.configs.defaults import paper_defaults
 
 
 class TinySegmenter(nn.Module):
@@ -19,7 +20,7 @@ class TinySegmenter(nn.Module):
 
 
 def test_accumulating_10_micro_batches_equals_one_batch_of_10():
-  cfg = config.paper_defaults()
+  cfg = paper_defaults()
   cfg.segment.base_lr = 0.1  # big enough that a wrong mean would show.
   model = TinySegmenter()
   rng = np.random.default_rng(0)
@@ -33,11 +34,12 @@ def test_accumulating_10_micro_batches_equals_one_batch_of_10():
   def run(k, batches):
     cfg.segment.accumulation_steps = k
     tx = segment.make_optimizer(cfg, variables['params'])
-    step = jax.jit(functools.partial(segment.train_step, model=model, tx=tx, ignore_index=255))
-    v, state = variables, tx.init(variables['params'])
+    loss_fn = functools.partial(segment.loss_fn, model=model, ignore_index=255)
+    step = jax.jit(functools.partial(training.train_step, loss_fn=loss_fn, tx=tx))
+    state = training.TrainState.create(variables, tx.init(variables['params']))
     for b in batches:
-      v, state, _ = step(v, state, b)
-    return v['params']
+      state, _ = step(state, b)
+    return state.params
 
   micro = run(10, [{'image': images[i : i + 1], 'label': labels[i : i + 1]} for i in range(10)])
   whole = run(1, [{'image': images, 'label': labels}])

@@ -1,6 +1,8 @@
 """DeepLab segmenters: ResNet-101 layout and size, frozen batch norm really frozen by a train
 step, ASPP and LargeFOV heads, mixed precision."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -8,7 +10,9 @@ import optax
 import pytest
 from flax import traverse_util
 
-from cows_jax import config, segment
+from cows_jax import segment, training
+from cows_jax.configs.defaults import paper_defaults
+from cows_jax.models import from_config
 from cows_jax.models.deeplab import ASPPHead, DeepLab
 from cows_jax.models.resnet import FROZEN_BN, ResNet
 
@@ -34,9 +38,9 @@ def _count(tree):
 
 
 def test_resnet101_largefov_size_and_torchvision_layout():
-  cfg = config.paper_defaults()
+  cfg = paper_defaults()
   cfg.data.num_classes, cfg.segment.backbone = 20, 'resnet101'
-  v = segment.abstract_variables(segment.create_model(cfg), cfg)
+  v = from_config.abstract_variables(from_config.segmenter(cfg), cfg)
   params = traverse_util.flatten_dict(v['params'], sep='/')
   # torchvision's 42.5 M (no fc) + LargeFOV head 19.9 M; frozen BN affine counted with it.
   total = _count(v['params']) + _count(v[FROZEN_BN]) // 2
@@ -70,10 +74,12 @@ def test_frozen_batch_norm_unchanged_by_a_train_step():
   v = {'params': v['params'], FROZEN_BN: frozen}
   tx = optax.sgd(0.1)
   batch = {'image': x, 'label': jax.random.randint(jax.random.key(3), (2, 32, 32), 0, 3)}
-  new, _, m = jax.jit(
-    lambda v, s, b: segment.train_step(v, s, b, model=model, tx=tx, ignore_index=255)
-  )(v, tx.init(v['params']), batch)
-  assert np.isfinite(m.compute()['loss'])
+  loss_fn = functools.partial(segment.loss_fn, model=model, ignore_index=255)
+  state, m = jax.jit(functools.partial(training.train_step, loss_fn=loss_fn, tx=tx))(
+    training.TrainState.create(v, tx.init(v['params'])), batch
+  )
+  new = state.variables
+  assert np.isfinite(m['loss'])
   assert not np.allclose(
     new['params']['head']['fc8']['kernel'], v['params']['head']['fc8']['kernel']
   )

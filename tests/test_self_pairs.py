@@ -6,8 +6,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cows_jax import bench, classify, losses
+from cows_jax import classify, losses
 from cows_jax.models.coattention import CoAttentionNet
+from cows_jax.tools import bench
 
 VIEWS = ('flip', 0.75, 2.0)
 
@@ -28,7 +29,9 @@ def test_shared_anchor_features_give_the_naive_gradients():
   }
 
   def fast(p):
-    return classify.loss_fn(p, {}, model, batch, jnp.asarray(True), weights, VIEWS)[0]
+    return classify.loss_fn(
+      p, {}, batch, jnp.asarray(True), model=model, weights=weights, self_views=VIEWS
+    )[0]
 
   loss_fast, g_fast = jax.value_and_grad(fast)(params)
   loss_naive, g_naive = jax.value_and_grad(bench.reference_procedure_loss)(
@@ -38,7 +41,9 @@ def test_shared_anchor_features_give_the_naive_gradients():
   for a, b in zip(jax.tree.leaves(g_fast), jax.tree.leaves(g_naive)):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
   # The self-pair terms are really in the loss.
-  no_views = classify.loss_fn(params, {}, model, batch, jnp.asarray(True), weights, ())[0]
+  no_views = classify.loss_fn(
+    params, {}, batch, jnp.asarray(True), model=model, weights=weights, self_views=()
+  )[0]
   assert loss_fast > no_views
 
 

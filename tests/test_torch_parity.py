@@ -1,4 +1,4 @@
-"""The JAX classifier against an independent PyTorch reference (cows_jax/torch_reference.py)
+"""The JAX classifier against an independent PyTorch reference (cows_jax/tools/torch_reference.py)
 with the same weights: forward scores and co-attention maps, the reference step's loss terms
 and gradients (4 full pair forwards), the SGD update, and the localization maps."""
 
@@ -9,14 +9,15 @@ import numpy as np
 import optax
 import pytest
 
-from cows_jax import classify, config, localize, views
-from cows_jax.bench import random_params
+from cows_jax import classify, localize, views
+from cows_jax.configs.defaults import paper_defaults
 from cows_jax.models.coattention import CoAttentionNet, PairScores
+from cows_jax.tools.bench import random_params
 
 torch = pytest.importorskip(
   'torch', reason='PyTorch parity tests need torch (CI installs it: pip install torch==2.13.0)'
 )
-from cows_jax import torch_reference as ref  # noqa: E402  (needs torch)
+from cows_jax.tools import torch_reference as ref  # noqa: E402  (needs torch)
 
 # Tiny tensors: one thread, or OpenMP workers spin against each other on a small shared CPU
 # (seconds instead of milliseconds per step).
@@ -109,7 +110,9 @@ def jax_loss_and_grads(models):
   weights = {k: 1.0 for k in TERMS}
 
   def loss(params, batch, use_contrastive):
-    return classify.loss_fn(params, {}, model, batch, use_contrastive, weights, VIEWS)
+    return classify.loss_fn(
+      params, {}, batch, use_contrastive, model=model, weights=weights, self_views=VIEWS
+    )
 
   return jax.jit(jax.value_and_grad(loss, has_aux=True), compiler_options=FAST_COMPILE)
 
@@ -121,7 +124,7 @@ def test_loss_terms_and_gradients_match_the_reference_step(
   models, images, jax_loss_and_grads, labels_n, epoch
 ):
   _, variables, torch_model = models
-  contrastive_from_epoch = config.paper_defaults().classify.contrastive_from_epoch
+  contrastive_from_epoch = paper_defaults().classify.contrastive_from_epoch
   l_m = np.asarray(LABELS_M, np.float32)
   l_n = np.asarray(LABELS_N[labels_n], np.float32)
   batch = {'image_m': images[:2], 'image_n': images[2:4], 'labels_m': l_m, 'labels_n': l_n}
@@ -159,7 +162,7 @@ def test_sgd_updates_match_torch_param_groups(models):
   """Two steps of classify.make_optimizer and of torch SGD with the reference's four param
   groups (lr x1/x2 backbone weights/biases, x10/x20 new layers), on the same gradients."""
   _, variables, _ = models
-  cfg = config.paper_defaults()
+  cfg = paper_defaults()
   c = cfg.classify
   params = variables['params']
   rng = np.random.default_rng(1)

@@ -6,16 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cows_jax.visualize import (
-  colorize,
-  heatmap,
-  make_grid,
-  per_class_iou_markdown,
-  read_label_png,
-  save_label_png,
-  save_png_atomic,
-  voc_palette,
-)
+from cows_jax.run_dir import read_label_png, save_label_png, save_png
+from cows_jax.visualize import colorize, heatmap, make_grid, per_class_iou_markdown, voc_palette
 
 LABEL = np.array([[0, 1, 2], [15, 20, 255]], np.uint8)
 
@@ -70,7 +62,7 @@ def test_read_label_png_errors_name_the_file(tmp_path):
   with pytest.raises(OSError, match='bad.png'):
     read_label_png(bad)
   rgb = tmp_path / 'rgb.png'
-  save_png_atomic(rgb, np.zeros((2, 2, 3), np.uint8))
+  save_png(rgb, np.zeros((2, 2, 3), np.uint8))
   with pytest.raises(ValueError, match='rgb.png'):
     read_label_png(rgb)
 

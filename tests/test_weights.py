@@ -8,8 +8,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cows_jax import weights
+from cows_jax import config
+from cows_jax.models import from_config, pretrained
 from cows_jax.models.vgg import VGG16LargeFOV
+from cows_jax.tools import weights_import
 
 torch = pytest.importorskip(
   'torch',
@@ -51,7 +53,7 @@ def _check_forward(torch_vgg, out_dir):
     expected = torch_vgg.features(torch.from_numpy(x)).numpy().transpose(0, 2, 3, 1)
   model = VGG16LargeFOV()
   like = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 40, 40, 3)))
-  variables = weights.load_backbone(out_dir, 'vgg16', dict(like))
+  variables = pretrained.load_backbone(out_dir, 'vgg16', dict(like))
   got = np.asarray(model.apply(variables, x.transpose(0, 2, 3, 1)))
   np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
 
@@ -66,14 +68,14 @@ def test_torchvision_vgg16_matches_pytorch_forward(torch_vgg, tmp_path, fmt):
     from safetensors.torch import save_file
 
     save_file({k: v.contiguous() for k, v in state.items()}, src)
-  provenance = weights.import_weights('vgg16', src, str(tmp_path / 'out'))
+  provenance = weights_import.import_weights('vgg16', src, str(tmp_path / 'out'))
   assert provenance['input']['name'] == 'torchvision'
   assert provenance['ignored_keys'] == sorted(k for k in state if k.startswith('classifier'))
   _check_forward(torch_vgg, str(tmp_path / 'out'))
 
 
 def _write_caffemodel(path, layers):
-  msgs = weights._caffe_messages()
+  msgs = weights_import._caffe_messages()
   net = msgs['NetParameter'](name='test')
   for name, blobs in layers.items():
     layer = net.layer.add(name=name, type='Convolution')
@@ -88,7 +90,7 @@ def _write_caffemodel(path, layers):
 def test_caffe_vgg16_takes_rgb_and_caffe_mean(torch_vgg, tmp_path):
   state = {k: v.numpy() for k, v in torch_vgg.state_dict().items()}
   layers = {}
-  for index, name in zip(weights._VGG16_FEATURE_CONVS, weights._VGG16_NAMES):
+  for index, name in zip(weights_import._VGG16_FEATURE_CONVS, weights_import._VGG16_NAMES):
     w = state[f'features.{index}.weight']
     if name == 'conv1_1':
       w = w[:, ::-1]  # a Caffe model expects BGR input.
@@ -96,7 +98,7 @@ def test_caffe_vgg16_takes_rgb_and_caffe_mean(torch_vgg, tmp_path):
   layers['fc8'] = [np.zeros((3, 4), np.float32)]
   src = str(tmp_path / 'vgg16.caffemodel')
   _write_caffemodel(src, layers)
-  provenance = weights.import_weights('vgg16', src, str(tmp_path / 'out'))
+  provenance = weights_import.import_weights('vgg16', src, str(tmp_path / 'out'))
   assert provenance['ignored_keys'] == ['fc8']
   np.testing.assert_allclose(
     np.array(provenance['input']['mean']) * 255, [122.675, 116.669, 104.008], rtol=1e-6
@@ -109,25 +111,25 @@ def test_wrong_files_give_clear_errors(torch_vgg, tmp_path):
   truncated = tmp_path / 'truncated.pth'
   torch.save(state, truncated)
   truncated.write_bytes(truncated.read_bytes()[:1000])
-  with pytest.raises(weights.WeightsError, match='truncated.pth: not a readable PyTorch'):
-    weights.import_weights('vgg16', str(truncated), str(tmp_path / 'a'))
+  with pytest.raises(pretrained.WeightsError, match='truncated.pth: not a readable PyTorch'):
+    weights_import.import_weights('vgg16', str(truncated), str(tmp_path / 'a'))
 
   other = tmp_path / 'resnet_like.pth'
   torch.save({'conv1.weight': torch.zeros(64, 3, 7, 7), 'fc.weight': torch.zeros(10, 2048)}, other)
   with pytest.raises(
-    weights.WeightsError, match='resnet_like.pth: none of its keys.*another architecture'
+    pretrained.WeightsError, match='resnet_like.pth: none of its keys.*another architecture'
   ):
-    weights.import_weights('vgg16', str(other), str(tmp_path / 'b'))
+    weights_import.import_weights('vgg16', str(other), str(tmp_path / 'b'))
 
   bad_shape = {k: v for k, v in state.items()}
   bad_shape['features.0.weight'] = torch.zeros(32, 3, 3, 3)
   torch.save(bad_shape, tmp_path / 'bad.pth')
-  with pytest.raises(weights.WeightsError, match=r'conv1_1/kernel: file \(3, 3, 3, 32\)'):
-    weights.import_weights('vgg16', str(tmp_path / 'bad.pth'), str(tmp_path / 'c'))
+  with pytest.raises(pretrained.WeightsError, match=r'conv1_1/kernel: file \(3, 3, 3, 32\)'):
+    weights_import.import_weights('vgg16', str(tmp_path / 'bad.pth'), str(tmp_path / 'c'))
 
   (tmp_path / 'junk.caffemodel').write_bytes(b'\xff' * 64)
-  with pytest.raises(weights.WeightsError, match='junk.caffemodel'):
-    weights.import_weights('vgg16', str(tmp_path / 'junk.caffemodel'), str(tmp_path / 'd'))
+  with pytest.raises(pretrained.WeightsError, match='junk.caffemodel'):
+    weights_import.import_weights('vgg16', str(tmp_path / 'junk.caffemodel'), str(tmp_path / 'd'))
   for out in 'abcd':
     assert not os.path.exists(tmp_path / out / 'provenance.json')
 
@@ -135,38 +137,38 @@ def test_wrong_files_give_clear_errors(torch_vgg, tmp_path):
 def test_load_checks_arch_and_width(torch_vgg, tmp_path):
   src = str(tmp_path / 'vgg16.pth')
   torch.save(torch_vgg.state_dict(), src)
-  weights.import_weights('vgg16', src, str(tmp_path / 'out'))
-  with pytest.raises(weights.WeightsError, match='holds vgg16 weights, the model needs resnet101'):
-    weights.load_backbone(str(tmp_path / 'out'), 'resnet101', {})
+  weights_import.import_weights('vgg16', src, str(tmp_path / 'out'))
+  with pytest.raises(
+    pretrained.WeightsError, match='holds vgg16 weights, the model needs resnet101'
+  ):
+    pretrained.load_backbone(str(tmp_path / 'out'), 'resnet101', {})
   small = jax.eval_shape(
     VGG16LargeFOV(width=0.5).init, jax.random.key(0), jnp.zeros((1, 32, 32, 3))
   )
-  with pytest.raises(weights.WeightsError, match='shape mismatch'):
-    weights.load_backbone(str(tmp_path / 'out'), 'vgg16', dict(small))
+  with pytest.raises(pretrained.WeightsError, match='shape mismatch'):
+    pretrained.load_backbone(str(tmp_path / 'out'), 'vgg16', dict(small))
 
 
-def test_classifier_starts_from_imported_backbone(torch_vgg, tmp_path, tiny_config):
-  from cows_jax import classify
-
+def test_classifier_starts_from_imported_backbone(torch_vgg, tmp_path, tiny_config, monkeypatch):
   src = str(tmp_path / 'vgg16.caffemodel')
   state = {k: v.numpy() for k, v in torch_vgg.state_dict().items()}
   _write_caffemodel(
     src,
     {
       name: [state[f'features.{i}.weight'], state[f'features.{i}.bias']]
-      for i, name in zip(weights._VGG16_FEATURE_CONVS, weights._VGG16_NAMES)
+      for i, name in zip(weights_import._VGG16_FEATURE_CONVS, weights_import._VGG16_NAMES)
     },
   )
-  weights.import_weights('vgg16', src, str(tmp_path / 'out'))
+  weights_import.import_weights('vgg16', src, str(tmp_path / 'out'))
   cfg = tiny_config
   cfg.model.width, cfg.model.norm, cfg.input.size = 1.0, 'none', 32
   cfg.model.init_from = str(tmp_path / 'out')
-  model = classify.create_model(cfg)
-  # The random init as classify.init_variables makes it (zeros here: no compile needed).
+  model = from_config.classifier(cfg)
+  # The random init as from_config.init_variables makes it (zeros here: no compile needed).
   fresh = jax.tree.map(
-    lambda a: np.zeros(a.shape, a.dtype), classify.abstract_variables(model, cfg)
+    lambda a: np.zeros(a.shape, a.dtype), from_config.abstract_variables(model, cfg)
   )
-  variables = weights.with_pretrained_backbone(fresh, cfg.model.init_from, 'vgg16')
+  variables = pretrained.with_pretrained_backbone(fresh, cfg.model.init_from, 'vgg16')
   w = variables['params']['backbone']['conv2_1']['kernel']
   np.testing.assert_array_equal(w, state['features.5.weight'].transpose(2, 3, 1, 0))
   # conv1_1 came from a BGR Caffe model: RGB order now.
@@ -176,8 +178,23 @@ def test_classifier_starts_from_imported_backbone(torch_vgg, tmp_path, tiny_conf
   )
   # New layers keep their own initialization.
   assert not np.any(variables['params']['co_weight'])
-  weights.apply_input_convention(cfg)
-  np.testing.assert_allclose(np.array(cfg.input.std) * 255, [1, 1, 1], rtol=1e-6)
+  finalized = config.finalize(cfg)
+  np.testing.assert_allclose(np.array(finalized.input.std) * 255, [1, 1, 1], rtol=1e-6)
+
+  # A stage called from Python with the unfinalized config normalizes as the CLI does.
+  from cows_jax import classify
+
+  class Seen(Exception):
+    pass
+
+  def capture(stage_cfg):
+    raise Seen(stage_cfg)
+
+  monkeypatch.setattr(classify.sources, 'classifier_pool', capture)
+  with pytest.raises(Seen) as seen:
+    classify.train(cfg, str(tmp_path / 'run'))
+  assert seen.value.args[0].input.mean == finalized.input.mean != cfg.input.mean
+  assert seen.value.args[0].input.std == finalized.input.std != cfg.input.std
 
 
 class _TorchBottleneck(nn.Module):
@@ -267,7 +284,7 @@ def _check_resnet_forward(torch_model, variables, width_mult, stride_in_1x1, bgr
 
 def test_torchvision_resnet101_matches_pytorch_forward():
   model = _torch_resnet(0.0625, stride_in_1x1=False)
-  variables, ignored = weights.resnet101_from_torchvision(
+  variables, ignored = weights_import.resnet101_from_torchvision(
     {k: v.numpy() for k, v in model.state_dict().items()}
   )
   assert ignored == ['fc.bias', 'fc.weight']
@@ -280,7 +297,7 @@ def test_caffe_resnet101_matches_pytorch_forward(tmp_path):
   model = _torch_resnet(0.0625, stride_in_1x1=True)
   state = {k: v.numpy() for k, v in model.state_dict().items()}
   layers = {}
-  for _, _, conv, bn, c_conv, c_bn, c_scale in weights._resnet_layers():
+  for _, _, conv, bn, c_conv, c_bn, c_scale in weights_import._resnet_layers():
     w = state[f'{conv}.weight']
     layers[c_conv] = [np.ascontiguousarray(w[:, ::-1] if conv == 'conv1' else w)]
     factor = 7.0  # Caffe stores mean and var multiplied by this factor.
@@ -293,7 +310,7 @@ def test_caffe_resnet101_matches_pytorch_forward(tmp_path):
   layers['fc1_voc12_c0'] = [np.zeros((21, 8, 3, 3), np.float32)]
   src = str(tmp_path / 'init.caffemodel')
   _write_caffemodel(src, layers)
-  variables, ignored = weights.resnet101_from_caffe(weights.read_caffemodel(src))
+  variables, ignored = weights_import.resnet101_from_caffe(weights_import.read_caffemodel(src))
   assert ignored == ['fc1_voc12_c0']
   _check_resnet_forward(model, variables, 0.0625, stride_in_1x1=True)
 
@@ -301,24 +318,23 @@ def test_caffe_resnet101_matches_pytorch_forward(tmp_path):
 def test_full_size_resnet101_import_into_the_segmenter(tmp_path, tiny_config):
   from safetensors.torch import save_file
 
-  from cows_jax import segment
-
   model = _torch_resnet(1.0, stride_in_1x1=False)
   src = str(tmp_path / 'resnet101.safetensors')
   save_file({k: v.contiguous() for k, v in model.state_dict().items()}, src)
-  provenance = weights.import_weights('resnet101', src, str(tmp_path / 'out'))
+  provenance = weights_import.import_weights('resnet101', src, str(tmp_path / 'out'))
   assert provenance['arch'] == 'resnet101'
   assert provenance['ignored_keys'] == ['fc.bias', 'fc.weight']
 
   cfg = tiny_config
   cfg.model.width, cfg.segment.backbone = 1.0, 'resnet101'
   cfg.segment.init_from = str(tmp_path / 'out')
-  weights.apply_input_convention(cfg)
+  cfg = config.finalize(cfg)
   assert cfg.segment.resnet_stride_in_1x1 is False  # torchvision's layout.
   fresh = jax.tree.map(
-    lambda a: np.zeros(a.shape, a.dtype), segment.abstract_variables(segment.create_model(cfg), cfg)
+    lambda a: np.zeros(a.shape, a.dtype),
+    from_config.abstract_variables(from_config.segmenter(cfg), cfg),
   )
-  variables = weights.with_pretrained_backbone(fresh, cfg.segment.init_from, 'resnet101')
+  variables = pretrained.with_pretrained_backbone(fresh, cfg.segment.init_from, 'resnet101')
   np.testing.assert_array_equal(
     variables['frozen_bn']['backbone']['layer3']['5']['bn2']['var'],
     model.layer3[5].bn2.running_var.numpy(),

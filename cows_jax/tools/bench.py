@@ -1,5 +1,5 @@
 """`cows-jax bench train-step|localize`: our jitted code against the reference's procedure
-(and, where torch is importable, the PyTorch reference of cows_jax/torch_reference.py) on
+(and, where torch is importable, the PyTorch reference of cows_jax/tools/torch_reference.py) on
 random images and a randomly initialised classifier.
 
 Each measurement runs in its own fresh process, so that its peak memory is its own and one
@@ -19,7 +19,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from cows_jax import classify, config, localize, losses, views
+from cows_jax import classify, localize, losses, training, views
+from cows_jax.configs.defaults import paper_defaults
+from cows_jax.models import from_config
 
 SELF_VIEWS = {'pair': (), 'full': ('flip', 0.75, 2.0)}
 CLASSES_PER_IMAGE = 2  # localize: classes of each query image (VOC train averages ~1.5).
@@ -42,7 +44,7 @@ def random_params(model, size: int, seed: int):
 
 
 def _config(args):
-  cfg = config.paper_defaults()
+  cfg = paper_defaults()
   cfg.input.size = args.size
   cfg.model.width = args.width
   cfg.data.num_classes = args.classes
@@ -113,7 +115,7 @@ def reference_procedure_loss(params, model, batch, use_contrastive, weights, sel
 
 def _jax_train_step(args, naive: bool) -> dict:
   cfg = _config(args)
-  model = classify.create_model(cfg)
+  model = from_config.classifier(cfg)
   params = random_params(model, args.size, 0)
   tx = classify.make_optimizer(cfg, params, 1000)
   weights, self_views = classify.loss_weights(cfg), SELF_VIEWS[args.views]
@@ -123,18 +125,12 @@ def _jax_train_step(args, naive: bool) -> dict:
     updates, opt_state = tx.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state
 
+  loss_fn = functools.partial(classify.loss_fn, model=model, weights=weights, self_views=self_views)
+
   def ours_step(params, opt_state, batch, on):
-    variables, opt_state, _ = classify.train_step(
-      {'params': params},
-      opt_state,
-      batch,
-      on,
-      model=model,
-      tx=tx,
-      weights=weights,
-      self_views=self_views,
-    )
-    return variables['params'], opt_state
+    state = training.TrainState.create({'params': params}, opt_state)
+    state, _ = training.train_step(state, batch, on, loss_fn=loss_fn, tx=tx)
+    return state.params, state.opt_state
 
   step = jax.jit(naive_step if naive else ours_step, donate_argnums=(0, 1))
   state = (params, tx.init(params))
@@ -162,7 +158,7 @@ def _torch_train_step(args) -> dict:
   _cpu_only_jax()
   import torch
 
-  from cows_jax import torch_reference as ref
+  from cows_jax.tools import torch_reference as ref
 
   cuda = torch.cuda.is_available()
   device = 'cuda' if cuda else 'cpu'
@@ -316,7 +312,7 @@ def _jax_localize_naive(model, variables, cfg, images, classes, related):
 
 def _jax_localize(args, naive: bool) -> dict:
   cfg = _config(args)
-  model = classify.create_model(cfg)
+  model = from_config.classifier(cfg)
   variables = {'params': random_params(model, args.size, 0)}
   method = _jax_localize_naive if naive else _jax_localize_ours
   run = method(model, variables, cfg, *_localize_data(args))
@@ -329,7 +325,7 @@ def _torch_localize(args) -> dict:
   _cpu_only_jax()
   import torch
 
-  from cows_jax import torch_reference as ref
+  from cows_jax.tools import torch_reference as ref
 
   cuda = torch.cuda.is_available()
   device = 'cuda' if cuda else 'cpu'
@@ -374,7 +370,7 @@ def localize_bench(args) -> None:
   ]
   if importlib.util.find_spec('torch'):
     rows.append(('torch, pair forward each', _isolated(_torch_localize, args)))
-  self_views = config.paper_defaults().localize.self_views
+  self_views = paper_defaults().localize.self_views
   pairings = CLASSES_PER_IMAGE * args.related + len(self_views)
   print(
     f'bench localize: size {args.size}, {args.images} images x {CLASSES_PER_IMAGE} classes, '

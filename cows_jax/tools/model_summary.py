@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cows_jax import classify, segment
+from cows_jax.models import from_config
 
 CONSOLE = {'width': 140, 'force_terminal': False, 'no_color': True}  # plain text tables.
 
@@ -35,7 +35,7 @@ def _report(title, model, variables, flops, note, table) -> str:
 
 
 def classifier(cfg, depth: int) -> str:
-  model = classify.create_model(cfg)
+  model = from_config.classifier(cfg)
   x = jax.ShapeDtypeStruct((1, cfg.input.size, cfg.input.size, 3), jnp.float32)
   v = jax.eval_shape(model.init, jax.random.key(0), x, x)
   flops = forward_flops(lambda v, a, b: model.apply(v, a, b), v, x, x) / 2
@@ -47,7 +47,7 @@ def classifier(cfg, depth: int) -> str:
 
 
 def segmenter(cfg, depth: int) -> str:
-  model = segment.create_model(cfg)
+  model = from_config.segmenter(cfg)
   size = cfg.segment.crop_size
   x = jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)
   v = jax.eval_shape(model.init, jax.random.key(0), x)

@@ -1,0 +1,58 @@
+"""The stage-2 numbers of a run directory: mIoU of the localization maps (as CAMs, at the
+best background threshold of a sweep) and of the pseudo labels, both on data.train_split.
+`evaluate` reports them beside the segmenter's; `ablate` compares them across variants.
+"""
+
+import numpy as np
+
+from cows_jax import metrics, run_dir
+
+
+def _cam_items(train, ids, run: run_dir.RunDir):
+  for i, image_id in enumerate(ids):
+    maps, classes = run_dir.load_maps(run.map_file(image_id))
+    yield maps, classes, train[i]['mask']
+
+
+def evaluate_cams(cfg, train, ids, run: run_dir.RunDir):
+  """(best threshold, mIoU, curve, per-class IoU at the best threshold)."""
+  n = cfg.data.num_classes + 1
+  best_t, best_miou, curve, acc = metrics.sweep_bg_threshold(
+    _cam_items(train, ids, run), cfg.evaluate.cam_thresholds, n
+  )
+  return best_t, best_miou, curve, acc.per_class_iou()
+
+
+def evaluate_pseudo_labels(cfg, train, ids, run: run_dir.RunDir) -> metrics.ConfusionAccumulator:
+  acc = metrics.ConfusionAccumulator(cfg.data.num_classes + 1)
+  for i, image_id in enumerate(ids):
+    acc.add(run_dir.read_label_png(run.label_file(image_id)), train[i]['mask'])
+  return acc
+
+
+def ignored_fraction(acc: metrics.ConfusionAccumulator) -> float:
+  """Share of the labelled pixels that the pseudo labels ignore (the accumulator's last column)."""
+  return float(acc.matrix[:, -1].sum() / acc.matrix.sum())
+
+
+def localization_report(cfg, train, ids, run: run_dir.RunDir) -> tuple[dict, dict]:
+  """(summary entries, per-class IoU columns) of the maps and the pseudo labels."""
+  best_t, cam_miou, curve, cam_iou = evaluate_cams(cfg, train, ids, run)
+  pseudo = evaluate_pseudo_labels(cfg, train, ids, run)
+  summary = {
+    'cam_miou': cam_miou,
+    'cam_bg_threshold': best_t,
+    'cam_threshold_sweep': [{'threshold': t, 'miou': m} for t, m in curve],
+    'pseudo_label_miou': pseudo.miou(),
+    'pseudo_label_ignored_fraction': ignored_fraction(pseudo),
+  }
+  columns = {'CAM (train)': cam_iou, 'pseudo label (train)': pseudo.per_class_iou()}
+  return summary, columns
+
+
+def per_class_json(names, columns: dict) -> dict:
+  """Per-class IoU columns as JSON (NaN, a class absent everywhere, as null)."""
+  return {
+    'classes': list(names),
+    **{k: [None if np.isnan(x) else float(x) for x in v] for k, v in columns.items()},
+  }

@@ -1,0 +1,230 @@
+"""The run directory: every path under WORKDIR and the format of every artifact written there.
+
+Stages hand work to each other only through this directory, so this module is their one
+contract: the classifier's and segmenters' checkpoint directories, the classifier's epoch
+boundaries, the localization maps, the pseudo labels, the stage-complete markers, reports,
+logs and predictions. Paths are `etils.epath` paths, so a gs:// workdir reaches the stages
+unchanged. Every write is atomic: a local file is written beside its target and renamed over
+it; an object store publishes an object only once its upload is complete. A stage therefore
+never reads a half-written file, and a killed stage resumes from the files that exist.
+"""
+
+import io
+import json
+import os
+import tempfile
+
+import numpy as np
+from etils import epath
+from PIL import Image
+
+from cows_jax import visualize
+
+# Segmenters by supervision: 'pseudo' (the paper's) and 'ground_truth' (the upper bound).
+SUPERVISIONS = ('pseudo', 'ground_truth')
+
+
+def path(root: str | os.PathLike) -> epath.Path:
+  """An epath of `root`; local paths are made absolute (orbax needs absolute paths)."""
+  root = os.fspath(root)
+  return epath.Path(root if '://' in root else os.path.abspath(root))
+
+
+def _is_local(p: epath.Path) -> bool:
+  return '://' not in os.fspath(p)
+
+
+# ---------------------------------------------------------------- paths
+
+
+class RunDir:
+  """The layout of one run directory (WORKDIR)."""
+
+  def __init__(self, workdir: str | os.PathLike):
+    self.root = path(workdir)
+
+  def classifier(self) -> epath.Path:
+    """The classifier's orbax checkpoints."""
+    return self.root / 'classifier'
+
+  def classifier_epochs(self) -> epath.Path:
+    """Which checkpoint step ends each classifier epoch (written before training starts)."""
+    return self.classifier() / 'epochs.json'
+
+  def segmenter(self, supervision: str = 'pseudo') -> epath.Path:
+    """segmenter/ (pseudo labels) or segmenter_<supervision>/ (e.g. the upper bound)."""
+    return self.root / ('segmenter' if supervision == 'pseudo' else f'segmenter_{supervision}')
+
+  def maps(self) -> epath.Path:
+    return self.root / 'maps'
+
+  def map_file(self, image_id: str) -> epath.Path:
+    return self.maps() / f'{image_id}.npz'
+
+  def maps_index(self) -> epath.Path:
+    """Stage-complete marker of localize: the image ids, the checkpoint step, the method."""
+    return self.maps() / 'index.json'
+
+  def labels(self, kind: str = 'index') -> epath.Path:
+    """pseudo_labels/index (class ids, read by later stages) or pseudo_labels/palette."""
+    return self.root / 'pseudo_labels' / kind
+
+  def label_file(self, image_id: str, kind: str = 'index') -> epath.Path:
+    return self.labels(kind) / f'{image_id}.png'
+
+  def labels_index(self) -> epath.Path:
+    """Stage-complete marker of label: the image ids and the labelling mode."""
+    return self.root / 'pseudo_labels' / 'index.json'
+
+  def reports(self) -> epath.Path:
+    return self.root / 'reports'
+
+  def log(self, name: str) -> epath.Path:
+    """The JSON-lines metric log of one trained model."""
+    return self.root / 'logs' / f'{name}.jsonl'
+
+  def predictions(self, split: str, supervision: str = 'pseudo') -> epath.Path:
+    name = split if supervision == 'pseudo' else f'{split}_{supervision}'
+    return self.root / 'predictions' / name
+
+  def scratch(self) -> str:
+    """A local directory for temporary files that never belong in a shared workdir."""
+    local = self.maps() if _is_local(self.root) else epath.Path(tempfile.gettempdir())
+    local.mkdir(parents=True, exist_ok=True)
+    return os.fspath(local)
+
+
+# ---------------------------------------------------------------- atomic writes, checked reads
+
+
+def write_bytes(target: str | os.PathLike, data: bytes) -> None:
+  """Write `data` to `target` atomically: complete or absent, never half written."""
+  target = epath.Path(target)
+  target.parent.mkdir(parents=True, exist_ok=True)
+  if not _is_local(target):  # object stores publish an object only when it is complete.
+    target.write_bytes(data)
+    return
+  fd, tmp = tempfile.mkstemp(dir=os.fspath(target.parent), prefix=f'.{target.name}.', suffix='.tmp')
+  try:
+    with os.fdopen(fd, 'wb') as f:
+      f.write(data)
+    os.replace(tmp, os.fspath(target))
+  except BaseException:
+    os.unlink(tmp)
+    raise
+
+
+def write_json(target: str | os.PathLike, obj) -> None:
+  write_bytes(target, json.dumps(obj, indent=2, sort_keys=True).encode())
+
+
+def write_text(target: str | os.PathLike, text: str) -> None:
+  write_bytes(target, text.encode())
+
+
+def read_json(source: str | os.PathLike, stage: str):
+  """JSON written by an earlier stage, or an error naming the command that writes it."""
+  source = epath.Path(source)
+  if not source.is_file():
+    raise FileNotFoundError(f'{source} is missing; run `cows-jax {stage}` first')
+  try:
+    return json.loads(source.read_text())
+  except (OSError, json.JSONDecodeError) as e:
+    raise ValueError(f'{source} is unreadable ({e}); rerun `cows-jax {stage}`') from e
+
+
+def append_line(target: str | os.PathLike, line: str) -> None:
+  """One line at the end of a log file (logs are appended, not rewritten)."""
+  target = epath.Path(target)
+  target.parent.mkdir(parents=True, exist_ok=True)
+  with target.open('a') as f:
+    f.write(line + '\n')
+
+
+# ---------------------------------------------------------------- artifacts
+
+
+def save_maps(target: str | os.PathLike, maps: np.ndarray, classes: np.ndarray) -> None:
+  """One image's maps: .npz with maps float16 [K,H,W] in 0..255 and classes int32 [K]."""
+  buf = io.BytesIO()
+  np.savez_compressed(buf, maps=maps.astype(np.float16), classes=classes.astype(np.int32))
+  write_bytes(target, buf.getvalue())
+
+
+def load_maps(source: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
+  """(maps float32 [K,H,W], classes [K]) of one image, with an error naming the file."""
+  try:
+    with np.load(io.BytesIO(epath.Path(source).read_bytes())) as z:
+      return z['maps'].astype(np.float32), z['classes']
+  except (OSError, KeyError, ValueError) as e:
+    raise ValueError(
+      f'localization maps {source} are missing or unreadable ({e}); run `cows-jax localize`'
+    ) from e
+
+
+def _png_bytes(image: Image.Image) -> bytes:
+  """Encode first, so that an encoding error leaves no file behind."""
+  buf = io.BytesIO()
+  image.save(buf, format='PNG')
+  return buf.getvalue()
+
+
+def save_label_png(target: str | os.PathLike, label: np.ndarray, palette: bool = True) -> None:
+  """A label map as a VOC palette PNG ('P', viewable in colour) or a plain index PNG ('L').
+
+  Both store the raw indices, so either reads back with `read_label_png`.
+  """
+  label = np.asarray(label)
+  if label.ndim != 2:
+    raise ValueError(f'label must be [H,W], got shape {label.shape}')
+  if label.size and (label.min() < 0 or label.max() > 255):
+    raise ValueError(f'label values must fit in uint8, got range {label.min()}..{label.max()}')
+  image = Image.fromarray(label.astype(np.uint8))
+  if palette:
+    image.putpalette(visualize.voc_palette().ravel().tolist())
+  write_bytes(target, _png_bytes(image))
+
+
+def read_label_png(source: str | os.PathLike) -> np.ndarray:
+  """uint8 [H,W] raw indices of a label PNG; palette PNGs decode to indices, not colours."""
+  try:
+    with Image.open(io.BytesIO(epath.Path(source).read_bytes())) as image:
+      if image.mode not in ('P', 'L'):
+        raise ValueError(f"label PNG {source} has mode {image.mode!r}, expected 'P' or 'L'")
+      return np.array(image, dtype=np.uint8)
+  except OSError as err:
+    raise OSError(f'cannot read label PNG {source}: {err}') from err
+
+
+def save_png(target: str | os.PathLike, rgb: np.ndarray) -> None:
+  """A uint8 [H,W,3] RGB image (figures of the reports)."""
+  rgb = np.asarray(rgb)
+  if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
+    raise ValueError(f'rgb must be uint8 [H,W,3], got {rgb.dtype} {rgb.shape}')
+  write_bytes(target, _png_bytes(Image.fromarray(rgb)))
+
+
+def write_classifier_epochs(run: RunDir, steps_per_epoch: int, epochs: int) -> None:
+  """The steps that end each epoch, so that later stages find an epoch's checkpoint without
+  rebuilding the classifier's data plan."""
+  write_json(
+    run.classifier_epochs(),
+    {
+      'steps_per_epoch': steps_per_epoch,
+      'epoch_end_steps': [steps_per_epoch * (e + 1) for e in range(epochs)],
+    },
+  )
+
+
+def classifier_epoch_step(run: RunDir, epoch: int) -> int:
+  """The checkpoint step that ends classifier epoch `epoch` (1-based)."""
+  record = read_json(run.classifier_epochs(), 'classify')
+  return int(record['steps_per_epoch']) * epoch
+
+
+def supervisions(cfg) -> tuple[str, ...]:
+  """segment.supervisions, checked: the segmenters a run trains, each with its directory."""
+  sups = tuple(cfg.segment.supervisions)
+  if not sups or set(sups) - set(SUPERVISIONS) or len(set(sups)) != len(sups):
+    raise ValueError(f'segment.supervisions={sups}: expected distinct entries of {SUPERVISIONS}')
+  return sups

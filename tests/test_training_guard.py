@@ -1,0 +1,27 @@
+"""The trainer stops on a non-finite loss, names the step and the loss terms, and keeps the last
+good checkpoint."""
+
+import copy
+
+import pytest
+
+from cows_jax import classify, run_dir, training
+
+
+def test_nan_learning_rate_stops_with_the_step_and_keeps_good_checkpoints(tiny_config, tmp_path):
+  cfg = copy.deepcopy(tiny_config)
+  cfg.classify.epochs, cfg.classify.lr_decay_epochs, cfg.classify.localize_epoch = 2, (1,), 2
+  workdir = str(tmp_path / 'run')
+  first = copy.deepcopy(cfg)
+  first.classify.epochs = 1
+  classify.train(first, workdir)  # a good epoch-1 checkpoint.
+  spe = tiny_config.data.train_size // cfg.classify.batch_pairs
+  # From epoch 1 on, a learning rate of 5e28 blows the parameters up in the first step, so
+  # the loss of the next step overflows.
+  cfg.classify.lr_decay_factor = 1e30
+  with pytest.raises(training.NonFiniteLoss, match=rf'non-finite loss at step {spe + 2} \(.*loss='):
+    classify.train(cfg, workdir)
+  steps = sorted(
+    int(p.name) for p in run_dir.RunDir(workdir).classifier().iterdir() if p.name.isdigit()
+  )
+  assert steps == [spe]
