@@ -79,6 +79,7 @@ def train(cfg, workdir: str) -> None:
       name='classify',
       checkpoint_dir=run.classifier(),
       log_path=run.log('classify'),
+      tensorboard=run.tensorboard('classify'),
       total_steps=spe * cfg.classify.epochs,
       global_batch=cfg.classify.batch_pairs,
       batch_field='classify.batch_pairs',
@@ -106,6 +107,11 @@ def train(cfg, workdir: str) -> None:
       log_every=cfg.classify.log_every_steps,
       checkpoint_every=cfg.classify.checkpoint_every_steps,
       keep_period=spe,
+      learning_rate=lambda step: float(
+        optim.step_decay(
+          cfg.classify.base_lr, spe, cfg.classify.lr_decay_epochs, cfg.classify.lr_decay_factor
+        )(step)
+      ),
       step_args=lambda step: (jnp.asarray(step // spe >= cfg.classify.contrastive_from_epoch),),
     )
   )

@@ -11,10 +11,22 @@ import re
 import sys
 import time
 
+import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from cows_jax import ablate, classify, config, evaluate, label, localize, predict, segment
+from cows_jax import (
+  ablate,
+  classify,
+  config,
+  evaluate,
+  export,
+  inference,
+  label,
+  localize,
+  predict,
+  segment,
+)
 
 STAGES = {
   'classify': classify.train,
@@ -33,6 +45,10 @@ RUN_COMMANDS = {
   'pipeline': 'every stage in order; a rerun resumes where a killed run stopped',
   'ablate': 'the four-variant ablation of the co-attention losses and inference',
   'predict-split': "VOC-format PNGs of a split's predictions -> WORKDIR/predictions/SPLIT",
+  'export': 'the trained segmenter (or classifier maps) as a jax.export artifact -> --out DIR',
+}
+PREDICT = {  # --export E, or --config and --workdir; image files or directories after the flags.
+  'predict': 'label maps of image files, from an export or a run -> --out DIR',
 }
 CONFIG_COMMANDS = {
   'config': 'print the resolved config a run would use (after finalizing)',
@@ -64,9 +80,28 @@ _DISTRIBUTED = flags.DEFINE_bool(
   'Call jax.distributed.initialize() first (multi-host, e.g. TPU pods; '
   'coordinator and process ids come from the environment).',
 )
+_OUT = flags.DEFINE_string(
+  'out', None, 'export: the export directory; predict: the output directory.'
+)
+_PLATFORMS = flags.DEFINE_string(
+  'platforms',
+  'cpu',
+  f'export: comma list of platforms to lower for ({", ".join(export.PLATFORMS)}).',
+)
+_MODEL = flags.DEFINE_enum(
+  'model', 'segmenter', ['segmenter', 'classifier'], 'export: which trained model.'
+)
+_EXPORT = flags.DEFINE_string('export', None, 'predict: an export directory (`cows-jax export`).')
+_OVERLAY = flags.DEFINE_bool('overlay', False, 'predict: also write <name>_overlay.png.')
+_CRF = flags.DEFINE_bool('crf', False, 'predict: refine with the dense CRF (extra cows_jax[crf]).')
 _FLAGS_OF = {name: ('config', 'workdir', 'distributed') for name in RUN_COMMANDS}
 _FLAGS_OF['predict-split'] += ('split',)
+_FLAGS_OF['export'] += ('out', 'model', 'platforms')
+_FLAGS_OF['predict'] = ('export', 'config', 'workdir', 'out', 'overlay', 'crf')
 _FLAGS_OF.update({name: ('config',) for name in CONFIG_COMMANDS})
+
+
+_COMMAND = ['']  # the command `run` parsed, for `main`.
 
 
 def run_stage(stage: str, cfg, workdir: str) -> None:
@@ -106,12 +141,41 @@ def _config_command(command: str) -> None:
     _fail(command, e)
 
 
+def _predict(paths: list[str]) -> None:
+  """`predict`: from an export, or from the run's trained segmenter."""
+  if not paths or _OUT.value is None:
+    raise app.UsageError(
+      'usage: cows-jax predict (--export E | --config C --workdir W) --out DIR IMAGES_OR_DIRS...'
+    )
+  try:
+    if _EXPORT.value:
+      probabilities, meta = inference.load_export(_EXPORT.value)
+      crf_params = ml_collections.ConfigDict(meta['crf']) if _CRF.value else None
+    elif _CONFIG.value is not None and _WORKDIR.value is not None:
+      cfg = config.finalize(_CONFIG.value)
+      probabilities = inference.load_predictor(cfg, _WORKDIR.value)
+      crf_params = cfg.crf if _CRF.value else None
+    else:
+      raise app.UsageError('predict needs --export E, or --config and --workdir')
+    result = predict.write_files(probabilities, paths, _OUT.value, _OVERLAY.value, crf_params)
+  except (FileNotFoundError, ValueError) as e:
+    _fail('predict', e)
+  print(
+    f'{result["written"]} label maps -> {_OUT.value}; {len(result["skipped"])} skipped'
+    + ''.join(f'\n  skipped (not a readable image): {p}' for p in result['skipped'])
+  )
+  sys.exit(0)
+
+
 def main(argv):
-  command = ' '.join(argv[1:])
+  command = _COMMAND[0]
+  positional = argv[1 + len(command.split()) :]
+  if command == 'predict':
+    _predict(positional)
+  if positional:
+    raise app.UsageError(f'unexpected arguments {positional}\n{USAGE}')
   if command in CONFIG_COMMANDS:
     _config_command(command)
-  if command not in RUN_COMMANDS:
-    raise app.UsageError(USAGE)
   if _CONFIG.value is None or _WORKDIR.value is None:
     raise app.UsageError(f'--config and --workdir are required\n{USAGE}')
   if _DISTRIBUTED.value:
@@ -122,6 +186,13 @@ def main(argv):
     cfg = config.finalize(_CONFIG.value)
     if command == 'ablate':
       ablate.run(cfg, _WORKDIR.value, STAGES)
+    elif command == 'export':
+      if _OUT.value is None:
+        raise app.UsageError(f'export needs --out DIR\n{USAGE}')
+      platforms = export.parse_platforms(_PLATFORMS.value)
+      write = export.export_segmenter if _MODEL.value == 'segmenter' else export.export_classifier
+      write(cfg, _WORKDIR.value, _OUT.value, platforms=platforms)
+      logging.info('export: -> %s (%s)', _OUT.value, ', '.join(platforms))
     elif command == 'predict-split':
       predict.write_split(cfg, _WORKDIR.value, _SPLIT.value)
     else:
@@ -151,10 +222,11 @@ class _QuietLibraries:
 def help_text(command: str | None = None) -> str:
   """The list of commands, or one command's usage and flags."""
   if command is None:
-    width = max(map(len, {**RUN_COMMANDS, **CONFIG_COMMANDS, **TOOL_COMMANDS}))
+    width = max(map(len, {**RUN_COMMANDS, **PREDICT, **CONFIG_COMMANDS, **TOOL_COMMANDS}))
     lines = [USAGE, '', 'Weakly supervised semantic segmentation from image-level labels.']
     for title, table in (
       ('Run commands (--config, --workdir)', RUN_COMMANDS),
+      ('Prediction (--export, or --config and --workdir)', PREDICT),
       ('Config commands (--config)', CONFIG_COMMANDS),
       ('Tools (their own arguments)', TOOL_COMMANDS),
     ):
@@ -163,9 +235,10 @@ def help_text(command: str | None = None) -> str:
   lines = [
     f'usage: cows-jax {command} '
     + ' '.join(f'--{f}={f.upper()}' for f in _FLAGS_OF[command] if f != 'distributed')
-    + ' [--config.FIELD=VALUE ...]',
+    + ' [--config.FIELD=VALUE ...]'
+    + (' IMAGES_OR_DIRS...' if command == 'predict' else ''),
     '',
-    {**RUN_COMMANDS, **CONFIG_COMMANDS}[command],
+    {**RUN_COMMANDS, **PREDICT, **CONFIG_COMMANDS}[command],
     '',
     'flags:',
   ]
@@ -208,12 +281,13 @@ def run():
     from cows_jax.tools import bench
 
     sys.exit(bench.main(rest))
-  if command not in {**RUN_COMMANDS, **CONFIG_COMMANDS}:
-    known = ', '.join({**RUN_COMMANDS, **CONFIG_COMMANDS, **TOOL_COMMANDS})
+  if command not in {**RUN_COMMANDS, **PREDICT, **CONFIG_COMMANDS}:
+    known = ', '.join({**RUN_COMMANDS, **PREDICT, **CONFIG_COMMANDS, **TOOL_COMMANDS})
     sys.exit(f'cows-jax: error: unknown command {command!r} (commands: {known})\n{USAGE}')
   if '--help' in rest or '-h' in rest:
     print(help_text(command))
     sys.exit(0)
+  _COMMAND[:] = [command]
   sys.argv = [sys.argv[0], *command.split(), *_resolve_config(rest)]
   logging.set_verbosity(logging.INFO)
   logging.get_absl_logger().addFilter(_QuietLibraries())

@@ -9,7 +9,7 @@
 import numpy as np
 from absl import logging
 
-from cows_jax import config, crf, inference, map_metrics, metrics, run_dir, visualize
+from cows_jax import config, crf, inference, map_metrics, metrics, run_dir, summaries, visualize
 from cows_jax.data import sources
 
 # summary.json key stem and table column of each segmenter's val predictions.
@@ -117,17 +117,23 @@ def run(cfg, workdir: str) -> dict:
   out = run.reports()
   run_dir.write_json(out / 'per_class_iou.json', map_metrics.per_class_json(names, columns))
   run_dir.write_text(out / 'per_class_iou.md', visualize.per_class_iou_markdown(names, columns))
-  run_dir.save_png(out / 'val_predictions.png', val_grid(cfg, val, results))
   main = next(iter(results))  # the first segmenter, after the CRF when there is one.
   acc, _, title = results.get(main + '_crf', results[main])
-  run_dir.save_png(
-    out / 'confusion_matrix.png', visualize.confusion_matrix_image(acc.matrix, names, title)
-  )
   run_dir.write_json(
     out / 'confusion_matrix.json',
     {'output': title, 'classes': list(names), 'matrix': acc.matrix.tolist()},
   )
-  run_dir.save_png(out / 'train_pipeline.png', train_grid(cfg, train, ids, run, probabilities))
+  figures = {
+    'val_predictions': val_grid(cfg, val, results),
+    'confusion_matrix': visualize.confusion_matrix_image(acc.matrix, names, title),
+    'train_pipeline': train_grid(cfg, train, ids, run, probabilities),
+  }
+  tensorboard = summaries.Writer(run.tensorboard('evaluate'))
+  for name, rgb in figures.items():
+    run_dir.save_png(out / f'{name}.png', rgb)
+    tensorboard.image(name, rgb)
+  tensorboard.scalars(0, {k: v for k, v in summary.items() if k.endswith(('_miou', '_crf'))})
+  tensorboard.close()
   run_dir.write_json(out / 'summary.json', summary)
   logging.info(
     'evaluate: CAM %.1f (bg %.2f) | pseudo labels %.1f | %s | all-background %.1f -> %s',

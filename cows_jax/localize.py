@@ -20,7 +20,7 @@ import numpy as np
 from absl import logging
 from PIL import Image
 
-from cows_jax import checkpoints, config, run_dir, views
+from cows_jax import checkpoints, config, maps, run_dir, views
 from cows_jax.data import sources, transforms
 from cows_jax.data.pairs import ClassIndex
 from cows_jax.models import from_config
@@ -32,18 +32,6 @@ def related_images(class_index: ClassIndex, m: int, c: int, k: int, seed: int) -
   """K images with class c other than m, drawn from a generator seeded by (seed, m, c)."""
   rng = np.random.default_rng([seed, m, c])
   return [class_index.sample_with_class(c, rng, exclude=m) for _ in range(k)]
-
-
-def aggregate(maps: jax.Array, gate: float) -> jax.Array:
-  """The reference rule over a list of raw maps [V, h, w] of one class: ReLU, scale each map
-  to 0..255 by its max, add maps after the first only if sigmoid(mean(raw)) > gate, and
-  divide by the number of maps."""
-  relu = jax.nn.relu(maps)
-  peak = jnp.max(relu, axis=(1, 2), keepdims=True)
-  scaled = jnp.where(peak > 0, relu / jnp.where(peak > 0, peak, 1.0) * 255.0, 0.0)
-  keep = jax.nn.sigmoid(jnp.mean(maps, axis=(1, 2))) > gate
-  keep = keep.at[0].set(True)
-  return jnp.sum(jnp.where(keep[:, None, None], scaled, 0.0), axis=0) / maps.shape[0]
 
 
 def resize_map(m: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -136,7 +124,7 @@ def image_maps(
     for c in classes[i]:
       stack = [m[i, :, :, c] for m in self_maps] + [cross[row : row + k, :, :, c].mean(0)]
       row += k
-      per_class.append(np.asarray(aggregate(jnp.asarray(np.stack(stack)), cfg.localize.gate)))
+      per_class.append(np.asarray(maps.aggregate(jnp.asarray(np.stack(stack)), cfg.localize.gate)))
     out.append(np.stack(per_class) if per_class else np.zeros((0, h, w), np.float32))
   return out
 
@@ -147,7 +135,7 @@ def cam_maps(computer: MapComputer, feats: np.ndarray, classes: list[np.ndarray]
   over one map)."""
   cams = computer.cams(feats)
   return [
-    np.stack([np.asarray(aggregate(jnp.asarray(cams[i, None, :, :, c]), 0.0)) for c in cls])
+    np.stack([np.asarray(maps.aggregate(jnp.asarray(cams[i, None, :, :, c]), 0.0)) for c in cls])
     if len(cls)
     else np.zeros((0, *cams.shape[1:3]), np.float32)
     for i, cls in enumerate(classes)

@@ -1,11 +1,18 @@
-"""`cows-jax predict-split`: the segmenter's label maps of a whole split as VOC-format PNGs
-(palette PNGs of class indices, the evaluation server's format) in WORKDIR/predictions/SPLIT/,
-after the dense CRF when evaluate.crf is set."""
+"""Label maps from a trained segmenter: `cows-jax predict-split` (a dataset split, VOC-format
+PNGs for the evaluation server, in WORKDIR/predictions/SPLIT/) and `cows-jax predict` (image
+files of any size, from a run directory or from an export)."""
 
+import io
+
+import numpy as np
 from absl import logging
+from etils import epath
+from PIL import Image, UnidentifiedImageError
 
-from cows_jax import config, crf, inference, run_dir
+from cows_jax import config, crf, inference, run_dir, visualize
 from cows_jax.data import sources
+
+IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.bmp', '.webp')
 
 
 def write_split(cfg, workdir: str, split: str, supervision: str = 'pseudo') -> str:
@@ -35,3 +42,56 @@ def write_split(cfg, workdir: str, split: str, supervision: str = 'pseudo') -> s
     out,
   )
   return str(out)
+
+
+def image_files(paths: list[str]) -> list[epath.Path]:
+  """The files named, and the image files (by suffix) of the directories named, sorted."""
+  out = []
+  for p in map(epath.Path, paths):
+    if p.is_dir():
+      out += sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+    elif p.exists():
+      out.append(p)
+    else:
+      raise FileNotFoundError(f'{p} does not exist')
+  stems = [f.stem for f in out]
+  twice = sorted({s for s in stems if stems.count(s) > 1})
+  if twice:
+    raise ValueError(f'two inputs would write the same output: {", ".join(twice)}')
+  return out
+
+
+def read_image(path: epath.Path) -> np.ndarray | None:
+  """uint8 RGB [H, W, 3], or None for a file that is not a readable image."""
+  try:
+    with Image.open(io.BytesIO(path.read_bytes())) as im:
+      return np.asarray(im.convert('RGB'))
+  except (UnidentifiedImageError, OSError, ValueError):
+    return None
+
+
+def write_files(
+  probabilities, paths: list[str], out: str, overlay: bool = False, crf_params=None
+) -> dict:
+  """A palette PNG of class indices per image (and an overlay PNG of its colours over the
+  image) in `out`; files that are not readable images are skipped and counted. Returns
+  {'written': n, 'skipped': [paths]}."""
+  if crf_params is not None:
+    crf.check_available()
+  files, directory, skipped = image_files(paths), run_dir.path(out), []
+  for i, f in enumerate(files):
+    image = read_image(f)
+    if image is None:
+      logging.warning('predict: %s is not a readable image, skipped', f)
+      skipped.append(str(f))
+      continue
+    plain, refined = inference.label_maps(image, probabilities, crf_params)
+    label = plain if refined is None else refined
+    run_dir.save_label_png(directory / f'{f.stem}.png', label)
+    if overlay:
+      blend = 0.5 * image + 0.5 * visualize.colorize(label)
+      run_dir.save_png(directory / f'{f.stem}_overlay.png', blend.round().astype(np.uint8))
+    logging.log_every_n_seconds(logging.INFO, 'predict: %d/%d', 30, i + 1, len(files))
+  written = len(files) - len(skipped)
+  logging.info('predict: %d label maps -> %s, %d files skipped', written, directory, len(skipped))
+  return {'written': written, 'skipped': skipped}

@@ -3,12 +3,13 @@
 Stages hand work to each other only through this directory, so this module is their one
 contract: the classifier's and segmenters' checkpoint directories, the classifier's epoch
 boundaries, the localization maps, the pseudo labels, the stage-complete markers, reports,
-logs and predictions. Paths are `etils.epath` paths, so a gs:// workdir reaches the stages
+logs, predictions, and the layout of an export. Paths are `etils.epath` paths, so a gs:// workdir reaches the stages
 unchanged. Every write is atomic: a local file is written beside its target and renamed over
 it; an object store publishes an object only once its upload is complete. A stage therefore
 never reads a half-written file, and a killed stage resumes from the files that exist.
 """
 
+import hashlib
 import io
 import json
 import os
@@ -82,6 +83,10 @@ class RunDir:
   def log(self, name: str) -> epath.Path:
     """The JSON-lines metric log of one trained model."""
     return self.root / 'logs' / f'{name}.jsonl'
+
+  def tensorboard(self, name: str) -> epath.Path:
+    """TensorBoard event files of one trained model or of the evaluation."""
+    return self.root / 'tensorboard' / name
 
   def predictions(self, split: str, supervision: str = 'pseudo') -> epath.Path:
     name = split if supervision == 'pseudo' else f'{split}_{supervision}'
@@ -228,3 +233,50 @@ def supervisions(cfg) -> tuple[str, ...]:
   if not sups or set(sups) - set(SUPERVISIONS) or len(set(sups)) != len(sups):
     raise ValueError(f'segment.supervisions={sups}: expected distinct entries of {SUPERVISIONS}')
   return sups
+
+
+# ---------------------------------------------------------------- exports (`cows-jax export`)
+
+EXPORT_FORMAT_VERSION = 1
+
+
+class ExportDir:
+  """The layout of an export: model.jax (Exported.serialize()), meta.json, test_time.py."""
+
+  def __init__(self, directory: str | os.PathLike):
+    self.root = path(directory)
+
+  def model(self) -> epath.Path:
+    return self.root / 'model.jax'
+
+  def meta(self) -> epath.Path:
+    return self.root / 'meta.json'
+
+  def driver(self) -> epath.Path:
+    return self.root / 'test_time.py'
+
+
+def write_export(export: ExportDir, model_bytes: bytes, meta: dict, driver: bytes = b'') -> None:
+  """model.jax and the driver (if any) first, meta.json (with model.jax's sha256) last: a
+  directory with a meta.json is a complete export."""
+  write_bytes(export.model(), model_bytes)
+  if driver:
+    write_bytes(export.driver(), driver)
+  digest = hashlib.sha256(model_bytes).hexdigest()
+  write_json(export.meta(), {**meta, 'format_version': EXPORT_FORMAT_VERSION, 'sha256': digest})
+
+
+def read_export(export: ExportDir) -> tuple[bytes, dict]:
+  """(model.jax bytes, meta) of a complete export of a format this code reads."""
+  if not export.meta().is_file():
+    raise FileNotFoundError(f'{export.meta()} is missing; make the export with `cows-jax export`')
+  meta = json.loads(export.meta().read_text())
+  if meta.get('format_version', 0) > EXPORT_FORMAT_VERSION:
+    raise ValueError(
+      f'{export.meta()}: format version {meta["format_version"]} is newer than this cows_jax '
+      f'reads ({EXPORT_FORMAT_VERSION}); upgrade cows_jax'
+    )
+  data = export.model().read_bytes()
+  if hashlib.sha256(data).hexdigest() != meta.get('sha256'):
+    raise ValueError(f'{export.model()}: its sha256 differs from meta.json; export it again')
+  return data, meta

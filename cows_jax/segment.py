@@ -88,6 +88,7 @@ def _train(cfg, run: run_dir.RunDir, supervision: str) -> None:
   else:
     labels_for = ground_truth_reader
   model = from_config.segmenter(cfg)
+  name = 'segment' if supervision == 'pseudo' else f'segment_{supervision}'
   logging.info(
     'segment (%s labels): %d iterations x %d accumulation steps',
     supervision,
@@ -96,9 +97,10 @@ def _train(cfg, run: run_dir.RunDir, supervision: str) -> None:
   )
   training.fit(
     training.Task(
-      name='segment' if supervision == 'pseudo' else f'segment_{supervision}',
+      name=name,
       checkpoint_dir=run.segmenter(supervision),
-      log_path=run.log('segment' if supervision == 'pseudo' else f'segment_{supervision}'),
+      log_path=run.log(name),
+      tensorboard=run.tensorboard(name),
       total_steps=micro_steps,
       global_batch=s.batch_size,
       batch_field='segment.batch_size',
@@ -115,5 +117,8 @@ def _train(cfg, run: run_dir.RunDir, supervision: str) -> None:
       log_every=s.log_every_steps,
       checkpoint_every=s.checkpoint_every_steps,
       keep_period=micro_steps,
+      learning_rate=lambda step: float(
+        optim.poly(s.base_lr, s.iterations, s.lr_power)(step // s.accumulation_steps)
+      ),
     )
   )

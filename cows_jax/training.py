@@ -20,7 +20,7 @@ import optax
 from absl import logging
 from etils import epath
 
-from cows_jax import checkpoints, parallel, run_dir
+from cows_jax import checkpoints, parallel, run_dir, summaries
 
 
 @flax.struct.dataclass
@@ -66,6 +66,7 @@ class Task:
   name: str  # in log lines, e.g. 'classify'.
   checkpoint_dir: epath.Path
   log_path: epath.Path
+  tensorboard: epath.Path  # TensorBoard event files.
   total_steps: int
   global_batch: int  # checked against the device count ...
   batch_field: str  # ... and named by this config field when it does not divide.
@@ -76,6 +77,7 @@ class Task:
   log_every: int
   checkpoint_every: int  # resume points; rotated.
   keep_period: int  # checkpoints at multiples of it are kept (the classifier's epoch ends).
+  learning_rate: Callable[[int], float] = lambda step: float('nan')  # of a step, for the logs.
   step_args: Callable[[int], tuple] = lambda step: ()  # extra arguments of the loss by step.
 
 
@@ -84,11 +86,13 @@ class NonFiniteLoss(ValueError):
 
 
 class MetricLog:
-  """Appends {'step', **scalars} lines to a .jsonl file and logs them with throughput."""
+  """Appends {'step', **scalars} lines to a .jsonl file, logs them with throughput, and writes
+  them to TensorBoard."""
 
-  def __init__(self, target: epath.Path, total_steps: int):
+  def __init__(self, target: epath.Path, total_steps: int, tensorboard: epath.Path):
     self.target, self.total = target, total_steps
     self._last_time, self._last_step = time.time(), None
+    self._tb = summaries.Writer(tensorboard)
 
   def write(self, step: int, scalars: dict) -> None:
     scalars = {k: float(v) for k, v in scalars.items()}
@@ -98,8 +102,12 @@ class MetricLog:
     self._last_time, self._last_step = now, step
     if jax.process_index() == 0:
       run_dir.append_line(self.target, json.dumps({'step': step, **scalars}))
+    self._tb.scalars(step, scalars)
     text = ', '.join(f'{k}={v:.4g}' for k, v in sorted(scalars.items()))
     logging.info('[%d/%d] %s', step, self.total, text)
+
+  def close(self) -> None:
+    self._tb.close()
 
 
 def check_finite(task: Task, first_step: int, scalars: list[dict]) -> None:
@@ -143,7 +151,7 @@ def fit(task: Task) -> None:
   # The loop: one jitted step; logs every `log_every` steps; checkpoints only checked steps.
   step_fn = jax.jit(functools.partial(train_step, loss_fn=task.loss_fn, tx=tx), donate_argnums=(0,))
   batches = task.batches(start)
-  log = MetricLog(task.log_path, task.total_steps)
+  log = MetricLog(task.log_path, task.total_steps, task.tensorboard)
   logging.info(
     '%s: steps %d..%d, %d devices', task.name, start, task.total_steps, mesh.devices.size
   )
@@ -162,10 +170,12 @@ def fit(task: Task) -> None:
         unchecked = len(unlogged)
       if done % task.log_every == 0 or last:
         values = jax.device_get(unlogged)
-        log.write(done, {k: np.mean([v[k] for v in values]) for k in values[0]})
+        means = {k: np.mean([v[k] for v in values]) for k in values[0]}
+        log.write(done, {**means, 'learning_rate': task.learning_rate(step)})
         unlogged, unchecked = [], 0
       if save:
         checkpoints.save(mngr, done, state.variables, state.opt_state)
   finally:
+    log.close()
     mngr.wait_until_finished()
     mngr.close()

@@ -16,9 +16,21 @@ os.environ['XLA_FLAGS'] = f'{os.environ.get("XLA_FLAGS", "")} {FAST_COMPILE_FLAG
 @pytest.fixture
 def tiny_config(tmp_path):
   """configs/synthetic.py:tiny with the dataset built under tmp_path."""
-
   from cows_jax import config
 
   cfg = config.load('synthetic:tiny')
   cfg.data.data_dir = str(tmp_path / 'data')
   return cfg
+
+
+@pytest.fixture(scope='session')
+def tiny_run(tmp_path_factory):
+  """(config, workdir) of the whole tiny pipeline, run once for the tests that read its outputs."""
+  from cows_jax import cli, config
+
+  base = tmp_path_factory.mktemp('tiny_run')
+  cfg = config.load('synthetic:tiny')
+  cfg.data.data_dir = str(base / 'data')
+  workdir = str(base / 'run')
+  cli.run_stage('pipeline', cfg, workdir)
+  return cfg, workdir

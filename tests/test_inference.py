@@ -6,7 +6,7 @@ import jax
 import numpy as np
 import pytest
 
-from cows_jax import inference, losses
+from cows_jax import inference, losses, test_time
 from cows_jax.configs.defaults import paper_defaults
 from cows_jax.data import transforms
 from cows_jax.models.deeplab import DeepLab
@@ -37,12 +37,12 @@ def test_one_scale_no_flip_equals_single_scale(tiny_model):
   model, variables = tiny_model
   image = _image(40, 56)
   probs_fn = functools.partial(inference.window_probabilities(model, False), variables)
-  got = inference.predict(image, probs_fn, inference.Settings((1.0,), False, 0), MEAN, STD)
+  got = test_time.predict(image, probs_fn, (1.0,), 0, 2 / 3, MEAN, STD)
   want = jax.jit(functools.partial(_whole, model))(
     variables, transforms.normalize(image, MEAN, STD)
   )
   np.testing.assert_allclose(got, want, atol=1e-6)
-  twice = inference.predict(image, probs_fn, inference.Settings((1.0, 1.0), False, 0), MEAN, STD)
+  twice = test_time.predict(image, probs_fn, (1.0, 1.0), 0, 2 / 3, MEAN, STD)
   np.testing.assert_allclose(twice, want, atol=1e-6)
 
 
@@ -51,7 +51,7 @@ def test_window_covering_the_image_equals_whole_padded_image(tiny_model):
   model, variables = tiny_model
   image = _image(40, 56)
   probs_fn = functools.partial(inference.window_probabilities(model, False), variables)
-  got = inference.predict(image, probs_fn, inference.Settings((1.0,), False, 64), MEAN, STD)
+  got = test_time.predict(image, probs_fn, (1.0,), 64, 2 / 3, MEAN, STD)
   padded = np.pad(transforms.normalize(image, MEAN, STD), ((12, 12), (4, 4), (0, 0)))
   want = np.asarray(probs_fn(padded[None]))[0, 12:52, 4:60]
   np.testing.assert_allclose(got, want, atol=1e-6)
@@ -64,10 +64,10 @@ def test_overlapping_windows_stitch_back_exactly():
   pixelwise = lambda x: np.asarray(jax.nn.softmax(x @ w, -1))
   for h in (40, 10):
     image = transforms.normalize(_image(h, 56), MEAN, STD)
-    crops, boxes, shape, pad = inference.tile(image, 16, 2 / 3)
+    crops, boxes, shape, pad = test_time.tile(image, 16, 2 / 3)
     assert len(boxes) == (4 if h == 40 else 1) * 5
     np.testing.assert_allclose(
-      inference.stitch(pixelwise(crops), boxes, shape, pad, (h, 56)), pixelwise(image), atol=1e-6
+      test_time.stitch(pixelwise(crops), boxes, shape, pad, (h, 56)), pixelwise(image), atol=1e-6
     )
 
 
@@ -84,10 +84,10 @@ def test_resize_and_settings():
   x = np.random.default_rng(0).normal(size=(6, 9, 2)).astype(np.float32)
   for size in ((12, 18), (4, 5), (6, 9), (13, 7)):
     want = jax.image.resize(x, (*size, 2), 'linear', antialias=False)
-    np.testing.assert_allclose(inference.resize_bilinear(x, size), want, atol=1e-5)
-  assert [inference.bucket(n) for n in (1, 3, 8, 9, 17)] == [1, 4, 8, 16, 24]
-  assert inference.window_starts(401, 401, 268) == [0]
-  assert inference.window_starts(750, 401, 268) == [0, 268, 349]
+    np.testing.assert_allclose(test_time.resize_bilinear(x, size), want, atol=1e-5)
+  assert [test_time.bucket(n) for n in (1, 3, 8, 9, 17)] == [1, 4, 8, 16, 24]
+  assert test_time.window_starts(401, 401, 268) == [0]
+  assert test_time.window_starts(750, 401, 268) == [0, 268, 349]
   cfg = paper_defaults()
   assert inference.Settings.from_config(cfg) == inference.Settings(
     (0.5, 0.75, 1.0, 1.25, 1.5), True, 401, 2 / 3

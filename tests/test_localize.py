@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from cows_jax import localize, views
+from cows_jax import localize, maps, views
 from cows_jax.models.coattention import CoAttentionNet
 
 
@@ -15,7 +15,7 @@ def test_aggregate_rule():
   raw[0] = [[2.0, 1.0], [0.0, -1.0]]  # first map: always added.
   raw[1] = [[4.0, 0.0], [0.0, 0.0]]  # sigmoid(mean=1) > 0.1: added.
   raw[2] = [[1.0, -9.0], [-9.0, -9.0]]  # sigmoid(mean=-6.5) = 0.0015 < 0.1: dropped.
-  out = np.asarray(localize.aggregate(jnp.asarray(raw), 0.1))
+  out = np.asarray(maps.aggregate(jnp.asarray(raw), 0.1))
   expected = (np.array([[255.0, 127.5], [0, 0]]) + np.array([[255.0, 0], [0, 0]])) / 3
   np.testing.assert_allclose(out, expected, rtol=1e-6)
 
@@ -60,7 +60,7 @@ def test_feature_reuse_equals_naive_pair_forwards():
         stack.append(views.map_back(maps_v, v, f.shape[1:3])[0, :, :, c])
       stack.append(np.mean(cross, axis=0))
       assert len(stack) == 5  # the paper's 5 maps.
-      naive = localize.aggregate(jnp.asarray(np.stack(stack)), 0.1)
+      naive = maps.aggregate(jnp.asarray(np.stack(stack)), 0.1)
       np.testing.assert_allclose(fast[qi][ci], naive, rtol=1e-4, atol=1e-3)
 
 
@@ -84,10 +84,10 @@ def test_map_back_is_pytorch_bicubic():
   torch = __import__('pytest').importorskip('torch', reason='torch is not installed')
   rng = np.random.default_rng(0)
   for h in (24, 64):  # the 0.75x and 2x views of a 32 x 32 map.
-    maps = rng.normal(size=(2, h, h, 3)).astype(np.float32)
+    raw_maps = rng.normal(size=(2, h, h, 3)).astype(np.float32)
     expected = (
       torch.nn.functional.interpolate(
-        torch.from_numpy(maps.transpose(0, 3, 1, 2)),
+        torch.from_numpy(raw_maps.transpose(0, 3, 1, 2)),
         size=(32, 32),
         mode='bicubic',
         align_corners=False,
@@ -95,5 +95,5 @@ def test_map_back_is_pytorch_bicubic():
       .numpy()
       .transpose(0, 2, 3, 1)
     )
-    got = np.asarray(views.map_back(jnp.asarray(maps), 2.0, (32, 32)))
+    got = np.asarray(views.map_back(jnp.asarray(raw_maps), 2.0, (32, 32)))
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)

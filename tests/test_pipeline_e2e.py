@@ -11,9 +11,8 @@ from PIL import Image
 from cows_jax import cli, evaluate, predict, run_dir
 
 
-def test_tiny_pipeline_end_to_end(tiny_config, tmp_path):
-  workdir = str(tmp_path / 'run')
-  cli.run_stage('pipeline', tiny_config, workdir)
+def test_tiny_pipeline_end_to_end(tiny_run):
+  tiny_config, workdir = tiny_run
   summary = json.load(open(os.path.join(workdir, 'reports', 'summary.json')))
   for key in (
     'cam_miou',
@@ -75,3 +74,35 @@ def test_tiny_pipeline_end_to_end(tiny_config, tmp_path):
 def test_stage_without_its_inputs_names_the_command(tiny_config, tmp_path, stage, missing):
   with pytest.raises(FileNotFoundError, match=f'cows-jax {missing}'):
     cli.run_stage(stage, tiny_config, str(tmp_path / 'empty'))
+
+
+def _event_tags(directory) -> set[str]:
+  """Summary tags in the TensorBoard event files of a directory (TFRecord framing: length,
+  its crc, an Event proto, its crc)."""
+  import struct
+
+  from tensorboardX.proto import event_pb2
+
+  tags = set()
+  for name in os.listdir(directory):
+    data = open(os.path.join(directory, name), 'rb').read()
+    pos = 0
+    while pos < len(data):
+      (length,) = struct.unpack('<Q', data[pos : pos + 8])
+      event = event_pb2.Event.FromString(data[pos + 12 : pos + 12 + length])
+      tags |= {v.tag for v in event.summary.value}
+      pos += 12 + length + 4
+  return tags
+
+
+def test_tensorboard_summaries_beside_the_logs(tiny_run):
+  _, workdir = tiny_run
+  board = os.path.join(workdir, 'tensorboard')
+  assert {'loss', 'coattention', 'contrastive', 'learning_rate', 'steps_per_sec'} <= _event_tags(
+    os.path.join(board, 'classify')
+  )
+  assert {'loss', 'learning_rate'} <= _event_tags(os.path.join(board, 'segment'))
+  evaluate_tags = _event_tags(os.path.join(board, 'evaluate'))
+  assert {'train_pipeline', 'val_predictions', 'confusion_matrix', 'segmentation_miou'} <= (
+    evaluate_tags
+  )

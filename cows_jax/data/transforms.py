@@ -7,12 +7,7 @@ shift in [-h, h] turns), the four adjustments applied in a random order.
 import numpy as np
 from PIL import Image
 
-
-def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-  """Bilinear resize of a uint8 HxWx3 image to (H, W)."""
-  if image.shape[:2] == tuple(size):
-    return image
-  return np.asarray(Image.fromarray(image).resize((size[1], size[0]), Image.BILINEAR))
+from cows_jax.test_time import normalize, resize_image  # noqa: F401  (shared with exports)
 
 
 def resize_label(label: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -81,12 +76,6 @@ def color_jitter(
   for k in rng.permutation(len(ops)):
     x = np.clip(ops[k](x), 0, 1)
   return (x * 255.0 + 0.5).astype(np.uint8)
-
-
-def normalize(image: np.ndarray, mean, std) -> np.ndarray:
-  """uint8 RGB -> float32 (x/255 - mean) / std."""
-  x = image.astype(np.float32) / 255.0
-  return (x - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
 
 
 def random_scale_crop(image, label, rng, scale_range, crop, mirror, mean):

@@ -93,6 +93,7 @@ def conv_general_dilated(
   unchanged."""
   simple = (
     lhs.ndim == 4
+    and all(isinstance(d, int) for d in lhs.shape)  # symbolic shapes (jax.export): XLA's.
     and not isinstance(padding, str)
     and feature_group_count == 1
     and batch_group_count == 1

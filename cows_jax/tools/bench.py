@@ -10,6 +10,7 @@ import argparse
 import concurrent.futures
 import functools
 import importlib.util
+import json
 import multiprocessing
 import resource
 import time
@@ -18,8 +19,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax import export as jax_export
 
-from cows_jax import classify, localize, losses, training, views
+from cows_jax import classify, export, localize, losses, maps, training, views
 from cows_jax.configs.defaults import paper_defaults
 from cows_jax.models import from_config
 
@@ -303,7 +305,7 @@ def _jax_localize_naive(model, variables, cfg, images, classes, related):
           jnp.stack([pair(x_m, images[n : n + 1])[0][0, :, :, c] for n in partners]), axis=0
         )
         stack = jnp.stack([m[0, :, :, c] for m in self_maps] + [cross])
-        per_class.append(np.asarray(localize.aggregate(stack, cfg.localize.gate)))
+        per_class.append(np.asarray(maps.aggregate(stack, cfg.localize.gate)))
       out.append(np.stack(per_class))
     return out
 
@@ -383,6 +385,61 @@ def localize_bench(args) -> None:
   print('  '.join(f'{name} / ours: {r["per_image"] / ours:.2f}x' for name, r in rows[1:]))
 
 
+# --- export -------------------------------------------------------------------------------
+
+
+def _segmenter_variables(model, size: int, seed: int) -> dict:
+  """Random variables of every collection (frozen BN: positive variances and scales)."""
+  x = jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)
+  shapes = jax.eval_shape(model.init, jax.random.key(0), x)
+  rng = np.random.default_rng(seed)
+
+  def draw(path, leaf):
+    if path[-1].key in ('var', 'scale'):
+      return (1.0 + 0.1 * np.abs(rng.normal(size=leaf.shape))).astype(np.float32)
+    fan_in = max(int(np.prod(leaf.shape[:-1])), 1)
+    return (rng.normal(size=leaf.shape) * np.sqrt(2.0 / fan_in)).astype(np.float32)
+
+  return jax.tree_util.tree_map_with_path(draw, dict(shapes))
+
+
+def _export_one(args, platform: str) -> dict:
+  """Export the segmenter for one platform; size, export and load (deserialize) seconds, and
+  the first call on this machine's platform."""
+  cfg = paper_defaults()
+  cfg.data.num_classes, cfg.model.width = args.classes, args.width
+  cfg.segment.backbone, cfg.segment.head = args.backbone, args.head
+  model = from_config.segmenter(cfg)
+  variables = _segmenter_variables(model, args.size, 0)
+  start = time.perf_counter()
+  data = export.segmenter_function(model, variables, True, (platform,)).serialize()
+  export_s = time.perf_counter() - start
+  start = time.perf_counter()
+  loaded = jax_export.deserialize(bytearray(data))
+  out = {'mib': len(data) / 2**20, 'export_s': export_s, 'load_s': time.perf_counter() - start}
+  if platform == jax.default_backend():
+    x = np.zeros((1, args.size, args.size, 3), np.float32)
+    start = time.perf_counter()
+    jax.block_until_ready(loaded.call(x))
+    out['first_call_s'] = time.perf_counter() - start
+  return out
+
+
+def export_bench(args) -> None:
+  rows = [(p, _isolated(_export_one, args, p)) for p in export.parse_platforms(args.platforms)]
+  print(
+    f'bench export: {args.backbone}-{args.head} segmenter, width {args.width}, '
+    f'{args.classes} classes, random weights; flip inside; this machine: {jax.default_backend()}'
+  )
+  print(
+    f'{"platform":8}  {"MiB":>8}  {"export s":>8}  {"load s":>7}  first call s ({args.size} px)'
+  )
+  for name, r in rows:
+    first = f'{r["first_call_s"]:.2f}' if 'first_call_s' in r else '-'
+    print(f'{name:8}  {r["mib"]:8.1f}  {r["export_s"]:8.2f}  {r["load_s"]:7.3f}  {first}')
+  print(json.dumps({'bench': 'export', 'args': vars(args), 'rows': dict(rows)}))
+
+
 # --- output and command line --------------------------------------------------------------
 
 
@@ -413,7 +470,11 @@ def _parser() -> argparse.ArgumentParser:
   loc = sub.add_parser('localize', help='localization maps of query images')
   loc.add_argument('--images', type=int, required=True, help='query images')
   loc.add_argument('--related', type=int, default=3, help='related images per class (K)')
-  for p in (step, loc):
+  exp = sub.add_parser('export', help='size and load time of the exported segmenter')
+  exp.add_argument('--backbone', choices=('resnet101', 'vgg16'), default='resnet101')
+  exp.add_argument('--head', choices=('largefov', 'aspp'), default='largefov')
+  exp.add_argument('--platforms', default='cpu,cuda,tpu', help='comma list, one export each')
+  for p in (step, loc, exp):
     p.add_argument('--size', type=int, required=True, help='square input size in pixels')
     p.add_argument('--width', type=float, default=1.0, help='channel multiplier (1.0: paper)')
     p.add_argument('--classes', type=int, default=20, help='number of classes')
@@ -422,5 +483,6 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv) -> int:
   args = _parser().parse_args(argv)
-  (train_step_bench if args.what == 'train-step' else localize_bench)(args)
+  benches = {'train-step': train_step_bench, 'localize': localize_bench, 'export': export_bench}
+  benches[args.what](args)
   return 0

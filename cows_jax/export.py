@@ -1,0 +1,154 @@
+"""`cows-jax export`: a trained model as a portable `jax.export` artifact.
+
+The segmenter (default, `--model segmenter`):
+
+    E/model.jax     Exported.serialize(): softmax probabilities of a batch of normalized
+                    images, mirrored images averaged in; parameters baked in; batch, height and
+                    width symbolic; lowered for every requested platform
+    E/meta.json     what a user of the export needs to know (format_version, input layout,
+                    mean/std, classes and palette, symbolic dimensions, test-time settings,
+                    platforms, source checkpoint, sha256 of model.jax, versions)
+    E/test_time.py  the numpy driver of the paper's test-time procedure (scales, sliding
+                    windows, averaged softmax), a copy of cows_jax/test_time.py
+
+The network runs inside the export and the procedure around it as the numpy driver: the
+number and size of windows depend on each image's size, which the export's symbolic shapes
+cannot express as one static program, and the driver is the same code the project runs
+in-process, so an export predicts exactly what `evaluate` measures.
+
+The classifier (`--model classifier`) exports its localization function: one query image's
+maps of every class with cross-image context from k given related images (k symbolic) and the
+self views, the computation of `localize` (E/model.jax and E/meta.json).
+"""
+
+import importlib.metadata
+
+import jax
+import jax.numpy as jnp
+from etils import epath
+from jax import export as jax_export
+
+from cows_jax import checkpoints, config, inference, maps, run_dir, test_time, visualize
+from cows_jax.data import sources
+from cows_jax.models import from_config
+
+PLATFORMS = ('cpu', 'cuda', 'tpu')
+
+
+def parse_platforms(text: str) -> tuple[str, ...]:
+  """'cpu,cuda' -> ('cpu', 'cuda'), each checked."""
+  platforms = tuple(p.strip() for p in text.split(',') if p.strip())
+  bad = [p for p in platforms if p not in PLATFORMS]
+  if not platforms or bad:
+    raise ValueError(f'--platforms={text!r}: expected a comma list of {", ".join(PLATFORMS)}')
+  return platforms
+
+
+def segmenter_function(model, variables, flip: bool, platforms) -> jax_export.Exported:
+  """The segmenter's softmax of a batch of normalized images [b, h, w, 3] (b, h, w symbolic),
+  mirrored images averaged in when `flip`, with `variables` baked in."""
+  probs = inference.window_probabilities(model, flip)
+  shape = jax_export.symbolic_shape('b, h, w, 3')
+  return jax_export.export(jax.jit(lambda x: probs(variables, x)), platforms=platforms)(
+    jax.ShapeDtypeStruct(shape, jnp.float32)
+  )
+
+
+def export_segmenter(
+  cfg, workdir: str, out: str, platforms=('cpu',), supervision: str = 'pseudo'
+) -> dict:
+  """Writes E/model.jax, E/meta.json and E/test_time.py for the run's trained segmenter;
+  returns the metadata."""
+  cfg = config.finalize(cfg)
+  settings = inference.Settings.from_config(cfg)
+  model = from_config.segmenter(cfg)
+  like = from_config.abstract_variables(model, cfg)
+  directory = run_dir.RunDir(workdir).segmenter(supervision)
+  variables, step = checkpoints.restore_variables(directory, None, like, 'segment')
+  variables = jax.device_get(variables)  # host arrays: baked in as constants.
+  exported = segmenter_function(model, variables, settings.flip, platforms)
+  names = ('background',) + tuple(sources.class_names(cfg))
+  meta = {
+    'model': 'segmenter',
+    'input': {
+      'layout': 'NHWC',
+      'dtype': 'float32',
+      'values': '(RGB / 255 - mean) / std',
+      'mean': list(cfg.segment.mean),
+      'std': list(cfg.segment.std),
+    },
+    'output': {'layout': 'NHWC', 'dtype': 'float32', 'values': 'softmax probabilities'},
+    'symbolic_dims': {
+      'b': 'batch, >= 1',
+      'h': 'height, >= 1; the output has the input size',
+      'w': 'width, >= 1',
+    },
+    'classes': list(names),
+    'palette': visualize.voc_palette()[: len(names)].tolist(),
+    'flip': settings.flip,  # inside model.jax: mirrored images averaged in.
+    'test_time': {
+      'scales': list(settings.scales),
+      'window': settings.window,
+      'stride': settings.stride,
+      'mean': list(cfg.segment.mean),
+      'std': list(cfg.segment.std),
+    },
+    'platforms': list(platforms),
+    'crf': cfg.crf.to_dict(),  # the dense CRF's parameters, for `cows-jax predict --crf`.
+    'source': {'checkpoint_dir': str(directory), 'step': int(step), 'supervision': supervision},
+    'versions': _versions(),
+  }
+  driver = epath.Path(test_time.__file__).read_bytes()
+  run_dir.write_export(run_dir.ExportDir(out), exported.serialize(), meta, driver)
+  return meta
+
+
+def classifier_function(model, variables, cfg, platforms) -> jax_export.Exported:
+  """One query's maps with cross-image context: (query [1, S, S, 3], related [k, S, S, 3])
+  -> [C, h, w], S = input.size, k symbolic; `variables` baked in."""
+  size, views, gate = cfg.input.size, tuple(cfg.localize.self_views), cfg.localize.gate
+  fn = lambda q, r: maps.query_maps(model, variables, q, r, views, gate)
+  query = jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)
+  related = jax.ShapeDtypeStruct(jax_export.symbolic_shape(f'k, {size}, {size}, 3'), jnp.float32)
+  return jax_export.export(jax.jit(fn), platforms=platforms)(query, related)
+
+
+def export_classifier(cfg, workdir: str, out: str, platforms=('cpu',)) -> dict:
+  """Writes E/model.jax and E/meta.json for the classifier checkpoint `localize` uses (end of
+  epoch classify.localize_epoch): localization maps outside the project."""
+  cfg = config.finalize(cfg)
+  run = run_dir.RunDir(workdir)
+  step = run_dir.classifier_epoch_step(run, cfg.classify.localize_epoch)
+  model = from_config.classifier(cfg)
+  like = from_config.abstract_variables(model, cfg)
+  variables, step = checkpoints.restore_variables(run.classifier(), step, like, 'classify')
+  exported = classifier_function(model, jax.device_get(variables), cfg, platforms)
+  meta = {
+    'model': 'classifier',
+    'inputs': {
+      'query': f'float32[1, {cfg.input.size}, {cfg.input.size}, 3], NHWC',
+      'related': f'float32[k, {cfg.input.size}, {cfg.input.size}, 3]: k images that contain '
+      'the class of interest (the paper: k = localize.num_related)',
+      'values': '(RGB / 255 - mean) / std of the image resized (bilinear) to the square size',
+      'size': cfg.input.size,
+      'mean': list(cfg.input.mean),
+      'std': list(cfg.input.std),
+    },
+    'output': 'float32[C, h, w]: the aggregated map of every class at feature resolution, '
+    '0..255; row c is the map of class c when the related images contain c; resize it to the '
+    "image's size (bicubic) as localize does",
+    'symbolic_dims': {'k': 'related images, >= 1'},
+    'classes': list(sources.class_names(cfg)),
+    'num_related': cfg.localize.num_related,
+    'self_views': list(cfg.localize.self_views),
+    'gate': cfg.localize.gate,
+    'platforms': list(platforms),
+    'source': {'checkpoint_dir': str(run.classifier()), 'step': int(step)},
+    'versions': _versions(),
+  }
+  run_dir.write_export(run_dir.ExportDir(out), exported.serialize(), meta)
+  return meta
+
+
+def _versions() -> dict:
+  return {'cows_jax': importlib.metadata.version('cows_jax'), 'jax': jax.__version__}

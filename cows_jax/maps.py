@@ -1,0 +1,44 @@
+"""The localization-map arithmetic shared by `localize` and `export`: the paper's aggregation
+rule, and one query image's maps with cross-image context as a single JAX function (what an
+exported classifier computes)."""
+
+import jax
+import jax.numpy as jnp
+
+from cows_jax import views
+
+
+def aggregate(maps: jax.Array, gate: float) -> jax.Array:
+  """The reference rule over a list of raw maps [V, h, w] of one class: ReLU, scale each map
+  to 0..255 by its max, add maps after the first only if sigmoid(mean(raw)) > gate, and
+  divide by the number of maps."""
+  relu = jax.nn.relu(maps)
+  peak = jnp.max(relu, axis=(1, 2), keepdims=True)
+  scaled = jnp.where(peak > 0, relu / jnp.where(peak > 0, peak, 1.0) * 255.0, 0.0)
+  keep = jax.nn.sigmoid(jnp.mean(maps, axis=(1, 2))) > gate
+  keep = keep.at[0].set(True)
+  return jnp.sum(jnp.where(keep[:, None, None], scaled, 0.0), axis=0) / maps.shape[0]
+
+
+def query_maps(model, variables, query, related, self_views, gate: float) -> jax.Array:
+  """Aggregated maps [C, h, w] (0..255, feature resolution) of one normalized query image
+  [1, S, S, 3] for every class: m's map in the pair with the first self view, each view's map
+  mapped back, then the mean over the related images [K, S, S, 3] of m's map paired with each
+  (the order of localize.image_maps). Row c is the paper's map of class c when every related
+  image contains c."""
+  apply = lambda *a, method: model.apply(variables, *a, method=method)
+  f_m = apply(query, method=model.features)
+  f_r = apply(related, method=model.features)
+  maps_m, _ = apply(
+    jnp.broadcast_to(f_m, f_r.shape[:1] + f_m.shape[1:]), f_r, method=model.pair_maps
+  )
+  h, w = f_m.shape[1:3]
+  stack = []
+  for j, view in enumerate(self_views):
+    f_v = apply(views.make_view(query, view), method=model.features)
+    m_self, m_view = apply(f_m, f_v, method=model.pair_maps)
+    if j == 0:
+      stack.append(m_self[0])
+    stack.append(views.map_back(m_view, view, (h, w))[0])
+  stack.append(jnp.mean(maps_m, axis=0))
+  return jax.vmap(lambda m: aggregate(m, gate), in_axes=3)(jnp.stack(stack))
