@@ -9,7 +9,30 @@ serve resuming. Directories are epath paths (run_dir), local or gs://.
 
 import jax
 import orbax.checkpoint as ocp
+from absl import logging
 from etils import epath
+
+
+class CorruptCheckpoint(ValueError):
+  """A checkpoint orbax cannot read (truncated or garbage files); it has been set aside."""
+
+
+def set_aside(directory: epath.Path, step: int, error: Exception) -> epath.Path:
+  """Rename an unreadable checkpoint to <step>.corrupt (orbax ignores it from then on, and a
+  rerun can save that step again); returns the new path."""
+  target, n = directory / f'{step}.corrupt', 1
+  while target.exists():
+    target, n = directory / f'{step}.corrupt{n}', n + 1
+  (directory / str(step)).rename(target)
+  logging.warning(
+    'checkpoint %s/%d is unreadable (%s: %s); set aside as %s',
+    directory,
+    step,
+    type(error).__name__,
+    str(error).splitlines()[0][:200] if str(error) else '',
+    target.name,
+  )
+  return target
 
 
 def manager(
@@ -70,8 +93,16 @@ def restore_variables(directory: epath.Path, step: int | None, like, stage: str)
     raise FileNotFoundError(
       f'{stage} checkpoint for step {step} not found in {directory} (have {sorted(steps)}); {hint}'
     )
-  out = mngr.restore(
-    step, args=ocp.args.Composite(variables=ocp.args.StandardRestore(_abstract(like)))
-  )
+  try:
+    out = mngr.restore(
+      step, args=ocp.args.Composite(variables=ocp.args.StandardRestore(_abstract(like)))
+    )
+  except Exception as e:  # orbax raises many types for truncated or garbage files.
+    mngr.close()
+    set_aside(directory, step, e)
+    raise CorruptCheckpoint(
+      f'{stage} checkpoint {directory}/{step} is unreadable ({type(e).__name__}); it was set '
+      f'aside as {step}.corrupt: rerun `cows-jax {stage}` to remake it'
+    ) from None
   mngr.close()
   return out['variables'], step

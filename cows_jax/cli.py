@@ -25,6 +25,7 @@ from cows_jax import (
   label,
   localize,
   predict,
+  preemption,
   segment,
 )
 
@@ -115,6 +116,11 @@ def run_stage(stage: str, cfg, workdir: str) -> None:
 
 
 def _fail(command: str, error: Exception) -> None:
+  """One line on stderr; exit 1, or preemption.EXIT_CODE when the job was told to stop."""
+  if isinstance(error, preemption.Preempted):
+    logging.warning('%s', error)
+    print(f'cows-jax {command}: {error}', file=sys.stderr)
+    sys.exit(preemption.EXIT_CODE)
   logging.error('%s', error)
   print(f'cows-jax {command}: error: {error}', file=sys.stderr)
   sys.exit(1)
@@ -143,6 +149,7 @@ def _config_command(command: str) -> None:
 
 def _predict(paths: list[str]) -> None:
   """`predict`: from an export, or from the run's trained segmenter."""
+  preemption.install()
   if not paths or _OUT.value is None:
     raise app.UsageError(
       'usage: cows-jax predict (--export E | --config C --workdir W) --out DIR IMAGES_OR_DIRS...'
@@ -158,7 +165,7 @@ def _predict(paths: list[str]) -> None:
     else:
       raise app.UsageError('predict needs --export E, or --config and --workdir')
     result = predict.write_files(probabilities, paths, _OUT.value, _OVERLAY.value, crf_params)
-  except (FileNotFoundError, ValueError) as e:
+  except (FileNotFoundError, ValueError, OSError, preemption.Preempted) as e:
     _fail('predict', e)
   print(
     f'{result["written"]} label maps -> {_OUT.value}; {len(result["skipped"])} skipped'
@@ -182,6 +189,7 @@ def main(argv):
     import jax
 
     jax.distributed.initialize()
+  preemption.install()  # after the distributed runtime, which watches SIGTERM on several hosts.
   try:
     cfg = config.finalize(_CONFIG.value)
     if command == 'ablate':
@@ -197,7 +205,7 @@ def main(argv):
       predict.write_split(cfg, _WORKDIR.value, _SPLIT.value)
     else:
       run_stage(command, cfg, _WORKDIR.value)
-  except (FileNotFoundError, ValueError) as e:
+  except (FileNotFoundError, ValueError, OSError, preemption.Preempted) as e:
     _fail(command, e)
 
 

@@ -7,7 +7,7 @@ Existing labels are kept (resume); index.json marks the stage complete.
 
 from absl import logging
 
-from cows_jax import config, pseudo_labels, run_dir
+from cows_jax import config, preemption, pseudo_labels, run_dir
 from cows_jax.data import sources
 
 
@@ -61,6 +61,7 @@ def run(cfg, workdir: str) -> None:
     run_dir.save_label_png(run.label_file(image_id, 'palette'), label, palette=True)
     run_dir.save_label_png(run.label_file(image_id), label, palette=False)
     written += 1
+    preemption.check('label')
   logging.info(
     'label: wrote %d pseudo labels (%d all-ignore: too little foreground), mode=%s',
     written,

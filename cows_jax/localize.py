@@ -20,7 +20,7 @@ import numpy as np
 from absl import logging
 from PIL import Image
 
-from cows_jax import checkpoints, config, maps, run_dir, views
+from cows_jax import checkpoints, config, maps, preemption, run_dir, views
 from cows_jax.data import sources, transforms
 from cows_jax.data.pairs import ClassIndex
 from cows_jax.models import from_config
@@ -238,3 +238,4 @@ def _write_maps(
       full = np.stack([resize_map(m, size) for m in small[j]])
       run_dir.save_maps(run.map_file(ids[i]), full, classes[j])
     logging.log_every_n_seconds(logging.INFO, 'localize: %d/%d', 30, s + len(chunk), len(todo))
+    preemption.check('localize')

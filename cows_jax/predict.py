@@ -9,7 +9,7 @@ from absl import logging
 from etils import epath
 from PIL import Image, UnidentifiedImageError
 
-from cows_jax import config, crf, inference, run_dir, visualize
+from cows_jax import config, crf, inference, preemption, run_dir, visualize
 from cows_jax.data import sources
 
 IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.bmp', '.webp')
@@ -34,6 +34,7 @@ def write_split(cfg, workdir: str, split: str, supervision: str = 'pseudo') -> s
     record = source[i]
     plain, refined = inference.label_maps(record['image'], probabilities, crf_params)
     run_dir.save_label_png(out / f'{record["id"]}.png', plain if refined is None else refined)
+    preemption.check('predict-split')
   logging.info(
     'predict-split: %d label maps of %r (%s) -> %s',
     len(source),
@@ -92,6 +93,7 @@ def write_files(
       blend = 0.5 * image + 0.5 * visualize.colorize(label)
       run_dir.save_png(directory / f'{f.stem}_overlay.png', blend.round().astype(np.uint8))
     logging.log_every_n_seconds(logging.INFO, 'predict: %d/%d', 30, i + 1, len(files))
+    preemption.check('predict')
   written = len(files) - len(skipped)
   logging.info('predict: %d label maps -> %s, %d files skipped', written, directory, len(skipped))
   return {'written': written, 'skipped': skipped}

@@ -2,8 +2,10 @@
 
 `classify` and `segment` describe what differs (model, loss, data, schedule) in a `Task`;
 `fit` does the rest, top to bottom: checkpoints (skip a finished run, resume a killed one),
-the device mesh, init or restore, the jitted step with the state donated, the loop, metric
-logs, and a guard that stops on a non-finite loss before it reaches a checkpoint.
+the device mesh, init or restore (an unreadable checkpoint is set aside and the one before it
+used), the jitted step with the state donated, the loop, metric logs, a guard that stops on a
+non-finite loss before it reaches a checkpoint, and a checkpoint at the current step when the
+job is told to stop (preemption.py).
 """
 
 import dataclasses
@@ -20,7 +22,7 @@ import optax
 from absl import logging
 from etils import epath
 
-from cows_jax import checkpoints, parallel, run_dir, summaries
+from cows_jax import checkpoints, parallel, preemption, run_dir, summaries
 
 
 @flax.struct.dataclass
@@ -124,7 +126,11 @@ def check_finite(task: Task, first_step: int, scalars: list[dict]) -> None:
 def fit(task: Task) -> None:
   """Train `task` to `total_steps`, resuming from its latest checkpoint; skips a finished run."""
   # Checkpoints: a finished run is skipped, a killed one resumes.
-  mngr = checkpoints.manager(task.checkpoint_dir, keep_period=task.keep_period, max_to_keep=2)
+  preemption.install()
+  make_manager = lambda: checkpoints.manager(
+    task.checkpoint_dir, keep_period=task.keep_period, max_to_keep=2
+  )
+  mngr = make_manager()
   start = mngr.latest_step() or 0
   if start >= task.total_steps:
     logging.info(
@@ -143,10 +149,18 @@ def fit(task: Task) -> None:
   variables = task.init_variables()
   tx = task.optimizer(variables['params'])
   state = parallel.replicate(TrainState.create(variables, tx.init(variables['params'])), mesh)
-  if start:
-    variables, opt_state = checkpoints.restore(mngr, start, state.variables, state.opt_state)
+  while start:  # the latest readable checkpoint; unreadable ones are set aside.
+    try:
+      variables, opt_state = checkpoints.restore(mngr, start, state.variables, state.opt_state)
+    except Exception as e:  # orbax raises many types for truncated or garbage files.
+      mngr.close()
+      checkpoints.set_aside(task.checkpoint_dir, start, e)
+      mngr = make_manager()
+      start = mngr.latest_step() or 0
+      continue
     state = TrainState.create(variables, opt_state, start)
     logging.info('%s: resumed from step %d', task.name, start)
+    break
 
   # The loop: one jitted step; logs every `log_every` steps; checkpoints only checked steps.
   step_fn = jax.jit(functools.partial(train_step, loss_fn=task.loss_fn, tx=tx), donate_argnums=(0,))
@@ -173,8 +187,17 @@ def fit(task: Task) -> None:
         means = {k: np.mean([v[k] for v in values]) for k in values[0]}
         log.write(done, {**means, 'learning_rate': task.learning_rate(step)})
         unlogged, unchecked = [], 0
-      if save:
+      stop = not last and preemption.requested(mngr, done)
+      if stop and not save:
+        check_finite(task, done - len(unlogged) + 1 + unchecked, unlogged[unchecked:])
+      if save or stop:
         checkpoints.save(mngr, done, state.variables, state.opt_state)
+      if stop:
+        mngr.wait_until_finished()
+        raise preemption.Preempted(
+          f'{task.name}: stopped on request at step {done}; its checkpoint is saved, rerun to '
+          'resume'
+        )
   finally:
     log.close()
     mngr.wait_until_finished()

@@ -1,0 +1,110 @@
+"""Long runs survive what stops them: SIGTERM saves a checkpoint at the current step and the
+rerun ends where an uninterrupted run ends; an unreadable checkpoint is set aside."""
+
+import copy
+import os
+import signal
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from cows_jax import checkpoints, classify, preemption, run_dir
+from cows_jax.models import from_config
+
+EXE = os.path.join(os.path.dirname(sys.executable), 'cows-jax')
+
+
+def _final_params(cfg, workdir, step=None):
+  model = from_config.classifier(cfg)
+  like = from_config.abstract_variables(model, cfg)
+  variables, step = checkpoints.restore_variables(
+    run_dir.RunDir(workdir).classifier(), step, like, 'classify'
+  )
+  return jax.device_get(variables), step
+
+
+def _steps(workdir) -> list[int]:
+  directory = run_dir.RunDir(workdir).classifier()
+  return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit())
+
+
+def _assert_same(a, b):
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+    np.testing.assert_array_equal(x, y)
+
+
+def test_sigterm_mid_epoch_checkpoints_that_step_and_the_rerun_equals_an_uninterrupted_run(
+  tiny_config, tmp_path
+):
+  args = [
+    '--config',
+    'synthetic:tiny',
+    f'--config.data.data_dir={tiny_config.data.data_dir}',
+    '--config.classify.epochs=8',
+    '--config.classify.lr_decay_epochs=(6,)',
+    '--config.classify.localize_epoch=8',
+    '--config.classify.log_every_steps=1',
+  ]
+  straight, stopped = str(tmp_path / 'straight'), str(tmp_path / 'stopped')
+  done = subprocess.run([EXE, 'classify', '--workdir', straight, *args], capture_output=True)
+  assert done.returncode == 0, done.stderr[-3000:]
+
+  proc = subprocess.Popen(
+    [EXE, 'classify', '--workdir', stopped, *args], stderr=subprocess.PIPE, text=True
+  )
+  for line in proc.stderr:
+    if '[6/32]' in line:  # mid epoch 2 (4 steps an epoch).
+      proc.send_signal(signal.SIGTERM)
+      break
+  rest = proc.stderr.read()
+  assert proc.wait(timeout=300) == preemption.EXIT_CODE, rest[-3000:]
+  assert 'stopped on request at step' in rest and 'Traceback' not in rest
+  [mid] = [s for s in _steps(stopped) if s % 4]  # the step it stopped at, not an epoch end.
+  assert 6 <= mid < 32
+
+  done = subprocess.run([EXE, 'classify', '--workdir', stopped, *args], capture_output=True)
+  assert done.returncode == 0, done.stderr[-3000:]
+  cfg = copy.deepcopy(tiny_config)
+  cfg.classify.epochs, cfg.classify.lr_decay_epochs = 8, (6,)
+  (a, s1), (b, s2) = _final_params(cfg, straight), _final_params(cfg, stopped)
+  assert s1 == s2 == 32
+  _assert_same(a, b)
+
+
+def _garble(directory):
+  for root, _, files in os.walk(directory):
+    for name in files:
+      with open(os.path.join(root, name), 'r+b') as f:
+        f.truncate(max(os.path.getsize(f.name) // 3, 1))
+
+
+def test_an_unreadable_latest_checkpoint_is_set_aside_and_training_resumes_before_it(
+  tiny_config, tmp_path
+):
+  cfg = copy.deepcopy(tiny_config)
+  cfg.classify.epochs, cfg.classify.lr_decay_epochs = 3, (2,)
+  straight = str(tmp_path / 'straight')
+  classify.train(cfg, straight)
+
+  resumed = str(tmp_path / 'resumed')
+  first = copy.deepcopy(cfg)
+  first.classify.epochs = 2
+  classify.train(first, resumed)
+  assert _steps(resumed) == [4, 8]
+  _garble(run_dir.RunDir(resumed).classifier() / '8')
+  # A stage that needs step 8 names the problem and sets it aside ...
+  with pytest.raises(checkpoints.CorruptCheckpoint, match=r'classifier/8 is unreadable.*rerun'):
+    _final_params(cfg, resumed, step=8)
+  assert _steps(resumed) == [4]
+  assert (run_dir.RunDir(resumed).classifier() / '8.corrupt').is_dir()
+  # ... and training resumes from the step before it and ends as an uninterrupted run.
+  _garble(run_dir.RunDir(resumed).classifier() / '4')
+  os.rename(
+    run_dir.RunDir(resumed).classifier() / '8.corrupt', run_dir.RunDir(resumed).classifier() / '8'
+  )
+  classify.train(cfg, resumed)  # 8 and 4 unreadable: set aside, trained from the start.
+  assert _steps(resumed) == [4, 8, 12]
+  _assert_same(_final_params(cfg, straight)[0], _final_params(cfg, resumed)[0])
