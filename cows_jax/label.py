@@ -34,8 +34,7 @@ def make_label(maps, classes, saliency, cfg):
 def run(cfg, workdir: str) -> None:
   cfg = config.finalize(cfg)
   run = run_dir.RunDir(workdir)
-  if run.labels_index().is_file():
-    logging.info('label: complete (%s exists), skipping', run.labels_index())
+  if run_dir.complete(run.labels_index(), run.label_file, run_dir.label_readable, 'label'):
     return
   ids = run_dir.read_json(run.maps_index(), 'localize')['ids']
   train = sources.load(cfg)['train']
@@ -46,7 +45,9 @@ def run(cfg, workdir: str) -> None:
     )
   written = all_ignore = 0
   for i, image_id in enumerate(ids):
-    if run.label_file(image_id).is_file():
+    if run_dir.label_readable(run.label_file(image_id)) and run_dir.label_readable(
+      run.label_file(image_id, 'palette')
+    ):
       continue
     maps, classes = run_dir.load_maps(run.map_file(image_id))
     saliency = train[i]['saliency']

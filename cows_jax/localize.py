@@ -146,8 +146,7 @@ def run(cfg, workdir: str) -> None:
   """Maps for every training image; skips images whose maps exist."""
   cfg = config.finalize(cfg)
   run = run_dir.RunDir(workdir)
-  if run.maps_index().is_file():
-    logging.info('localize: complete (%s exists), skipping', run.maps_index())
+  if run_dir.complete(run.maps_index(), run.map_file, run_dir.maps_readable, 'localize'):
     return
   method = cfg.localize.method
   if method not in METHODS:
@@ -164,7 +163,7 @@ def run(cfg, workdir: str) -> None:
   class_index = ClassIndex(sources.all_labels(train))
   ids = [str(train[i]['id']) for i in range(len(train))]
 
-  todo = [i for i in range(len(train)) if not run.map_file(ids[i]).is_file()]
+  todo = [i for i in range(len(train)) if not run_dir.maps_readable(run.map_file(ids[i]))]
   logging.info('localize: %s maps, %d of %d images to do', method, len(todo), len(train))
   # Co-attention: every image can be a related image, so the features of all of them.
   store = (
@@ -208,10 +207,15 @@ def _write_maps(
   cfg,
   run: run_dir.RunDir,
 ) -> None:
-  """Maps of the training images `todo`, in batches, one file per image."""
+  """Maps of the training images `todo`, one file per image. Batches are fixed slices of the
+  split, whatever is left to do, so a resumed run computes every map in the same batch as an
+  uninterrupted run (the same numbers to the bit)."""
   method, bs = cfg.localize.method, cfg.localize.batch_size
-  for s in range(0, len(todo), bs):
-    chunk = todo[s : s + bs]
+  todo, done = set(todo), 0
+  for s in range(0, len(train), bs):
+    chunk = list(range(s, min(s + bs, len(train))))
+    if todo.isdisjoint(chunk):
+      continue
     batch = _padded(chunk, bs)
     classes = [class_index.classes_of(i) for i in batch]
     if method == 'cam':
@@ -233,9 +237,10 @@ def _write_maps(
         computer, all_feats[np.asarray(batch)], all_feats, view_feats, related, classes, cfg
       )
     for j, i in enumerate(chunk):
-      record = train[i]
-      size = record['image'].shape[:2]
-      full = np.stack([resize_map(m, size) for m in small[j]])
-      run_dir.save_maps(run.map_file(ids[i]), full, classes[j])
-    logging.log_every_n_seconds(logging.INFO, 'localize: %d/%d', 30, s + len(chunk), len(todo))
+      if i in todo:
+        size = train[i]['image'].shape[:2]
+        full = np.stack([resize_map(m, size) for m in small[j]])
+        run_dir.save_maps(run.map_file(ids[i]), full, classes[j])
+        done += 1
+    logging.log_every_n_seconds(logging.INFO, 'localize: %d/%d', 30, done, len(todo))
     preemption.check('localize')

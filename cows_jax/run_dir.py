@@ -14,8 +14,10 @@ import io
 import json
 import os
 import tempfile
+import zipfile
 
 import numpy as np
+from absl import logging
 from etils import epath
 from PIL import Image
 
@@ -161,7 +163,7 @@ def load_maps(source: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
   try:
     with np.load(io.BytesIO(epath.Path(source).read_bytes())) as z:
       return z['maps'].astype(np.float32), z['classes']
-  except (OSError, KeyError, ValueError) as e:
+  except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as e:
     raise ValueError(
       f'localization maps {source} are missing or unreadable ({e}); run `cows-jax localize`'
     ) from e
@@ -172,6 +174,48 @@ def _png_bytes(image: Image.Image) -> bytes:
   buf = io.BytesIO()
   image.save(buf, format='PNG')
   return buf.getvalue()
+
+
+def maps_readable(source: str | os.PathLike) -> bool:
+  """Whether a maps file exists and reads back whole (a truncated .npz fails here)."""
+  try:
+    load_maps(source)
+    return True
+  except ValueError:
+    return False
+
+
+def label_readable(source: str | os.PathLike) -> bool:
+  """Whether a label PNG exists and its data is complete (every chunk's checksum holds)."""
+  try:
+    with Image.open(io.BytesIO(epath.Path(source).read_bytes())) as image:
+      image.load()
+    return True
+  except (OSError, ValueError, SyntaxError):
+    return False
+
+
+def complete(marker: epath.Path, file_of, readable, stage: str) -> bool:
+  """Whether a stage's marker exists and every output it lists (`file_of(id)`) reads back.
+  When some do not, the marker is deleted and the stage makes them again: a marker never
+  stands for missing or truncated outputs."""
+  if not marker.is_file():
+    return False
+  ids = read_json(marker, stage)['ids']
+  bad = [i for i in ids if not readable(file_of(i))]
+  if not bad:
+    logging.info(
+      '%s: complete (%s exists, its %d outputs read back), skipping', stage, marker, len(ids)
+    )
+    return True
+  logging.warning(
+    '%s: %d outputs are missing or unreadable (first: %s); making them again',
+    stage,
+    len(bad),
+    file_of(bad[0]),
+  )
+  marker.unlink()
+  return False
 
 
 def save_label_png(target: str | os.PathLike, label: np.ndarray, palette: bool = True) -> None:

@@ -108,3 +108,26 @@ def test_an_unreadable_latest_checkpoint_is_set_aside_and_training_resumes_befor
   classify.train(cfg, resumed)  # 8 and 4 unreadable: set aside, trained from the start.
   assert _steps(resumed) == [4, 8, 12]
   _assert_same(_final_params(cfg, straight)[0], _final_params(cfg, resumed)[0])
+
+
+def test_truncated_map_and_label_are_found_and_remade_identically(tiny_run, tmp_path):
+  import shutil
+
+  from cows_jax import cli
+
+  cfg, original = tiny_run
+  workdir = str(tmp_path / 'run')
+  shutil.copytree(original, workdir, symlinks=True)
+  run = run_dir.RunDir(workdir)
+  ids = run_dir.read_json(run.maps_index(), 'localize')['ids']
+  map_file, label_file = run.map_file(ids[3]), run.label_file(ids[5])
+  before = (map_file.read_bytes(), label_file.read_bytes())
+  for path in (map_file, label_file):
+    path.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 2])
+  assert not run_dir.maps_readable(map_file) and not run_dir.label_readable(label_file)
+  with pytest.raises(ValueError, match='run `cows-jax localize`'):
+    run_dir.load_maps(map_file)
+  cli.run_stage('localize', cfg, workdir)
+  cli.run_stage('label', cfg, workdir)
+  assert (map_file.read_bytes(), label_file.read_bytes()) == before
+  assert run.maps_index().is_file() and run.labels_index().is_file()
