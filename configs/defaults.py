@@ -68,6 +68,9 @@ def paper_defaults() -> ml_collections.ConfigDict:
   # Directory made by `cows-jax weights import` (ImageNet weights): the backbone starts from
   # it and the input mean/std follow its convention. '' = random init (the synthetic demo).
   c.model.init_from = ''
+  # Real datasets stop before training without ImageNet weights (model.init_from,
+  # segment.init_from) unless this is set: random weights are a smoke test, not the paper.
+  c.model.allow_random_init = False
 
   c.classify = ml_collections.ConfigDict()
   c.classify.epochs = 15

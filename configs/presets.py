@@ -32,6 +32,7 @@ def cpu_from_scratch(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   c.input.size = 64
   c.model.width = 0.125
   c.model.norm = 'batch'
+  c.model.allow_random_init = True  # no ImageNet weights exist for a width-scaled VGG.
   # Nothing is pretrained here, so every layer gets the multipliers of the paper's new
   # layers' *pretrained* counterparts (1x weights, 2x biases); 10x on a from-scratch head
   # kills its ReLUs (measured: 3% active after 400 steps at base 4e-2).

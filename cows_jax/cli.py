@@ -27,6 +27,7 @@ from cows_jax import (
   predict,
   preemption,
   segment,
+  validation,
 )
 
 STAGES = {
@@ -126,6 +127,18 @@ def _fail(command: str, error: Exception) -> None:
   sys.exit(1)
 
 
+def _validate(command: str, cfg) -> None:
+  """Every problem of the config, one line each, and exit status 2 before anything runs."""
+  import jax
+
+  problems = validation.problems(cfg, jax.device_count(), jax.process_count())
+  if problems:
+    for problem in problems:
+      print(f'cows-jax {command}: config: {problem}', file=sys.stderr)
+    print(f'cows-jax {command}: {len(problems)} config problems, nothing was run', file=sys.stderr)
+    sys.exit(2)
+
+
 def _config_command(command: str) -> None:
   """`config`, `data check`, `summary`: a config and no workdir."""
   if _CONFIG.value is None:
@@ -191,6 +204,7 @@ def main(argv):
     jax.distributed.initialize()
   preemption.install()  # after the distributed runtime, which watches SIGTERM on several hosts.
   try:
+    _validate(command, _CONFIG.value)  # before finalizing, which reads the weights' files.
     cfg = config.finalize(_CONFIG.value)
     if command == 'ablate':
       ablate.run(cfg, _WORKDIR.value, STAGES)

@@ -20,12 +20,10 @@ import numpy as np
 from absl import logging
 from PIL import Image
 
-from cows_jax import checkpoints, config, maps, preemption, run_dir, views
+from cows_jax import checkpoints, config, maps, preemption, run_dir, validation, views
 from cows_jax.data import sources, transforms
 from cows_jax.data.pairs import ClassIndex
 from cows_jax.models import from_config
-
-METHODS = ('coattention', 'cam')
 
 
 def related_images(class_index: ClassIndex, m: int, c: int, k: int, seed: int) -> list[int]:
@@ -149,8 +147,8 @@ def run(cfg, workdir: str) -> None:
   if run_dir.complete(run.maps_index(), run.map_file, run_dir.maps_readable, 'localize'):
     return
   method = cfg.localize.method
-  if method not in METHODS:
-    raise ValueError(f'localize.method={method!r}: expected one of {METHODS}')
+  if method not in validation.METHODS:
+    raise ValueError(f'localize.method={method!r}: expected one of {validation.METHODS}')
   step = run_dir.classifier_epoch_step(run, cfg.classify.localize_epoch)
   model = from_config.classifier(cfg)
   like = from_config.abstract_variables(model, cfg)

@@ -131,3 +131,49 @@ def test_truncated_map_and_label_are_found_and_remade_identically(tiny_run, tmp_
   cli.run_stage('label', cfg, workdir)
   assert (map_file.read_bytes(), label_file.read_bytes()) == before
   assert run.maps_index().is_file() and run.labels_index().is_file()
+
+
+def test_every_config_problem_at_once_and_nothing_runs(tmp_path):
+  overrides = [
+    '--config.label.score_threshold=1.5',
+    '--config.classify.batch_pairs=0',
+    '--config.localize.method=cams',
+    '--config.classify.localize_epoch=9',
+    '--config.inference.window_stride=0.0',
+  ]
+  cmd = [EXE, 'pipeline', '--config', 'synthetic:tiny', '--workdir', str(tmp_path / 'w')]
+  done = subprocess.run(cmd + overrides, capture_output=True, text=True, timeout=300)
+  assert done.returncode == 2, done.stderr[-2000:]
+  lines = [line for line in done.stderr.splitlines() if ': config: ' in line]
+  for expected in (
+    'label.score_threshold=1.5: expected a value in [0, 1]',
+    'classify.batch_pairs=0: expected a value >= 1',
+    "localize.method='cams': expected one of coattention, cam",
+    'classify.localize_epoch=9: expected 1..classify.epochs=2',
+    'inference.window_stride=0.0',
+  ):
+    assert any(expected in line for line in lines), (expected, lines)
+  assert 'Traceback' not in done.stderr and not (tmp_path / 'w').exists()
+
+
+def test_real_data_problems_name_paths_weights_saliency_and_the_crf(monkeypatch, tmp_path):
+  from cows_jax import config, crf, validation
+
+  cfg = config.load('voc12')
+  cfg.data.manual_dir = str(tmp_path / 'missing')
+  cfg.model.init_from = str(tmp_path)  # no provenance.json there.
+  monkeypatch.setattr(crf, 'check_available', lambda: (_ for _ in ()).throw(ValueError('no crf')))
+  problems = validation.problems(cfg, devices=2)
+  text = '\n'.join(problems)
+  assert f'data.manual_dir={tmp_path / "missing"}: does not exist' in text
+  assert 'data.saliency_dir is not set' in text and 'use_saliency=False' in text
+  assert 'model.init_from=' in text and 'no provenance.json' in text
+  assert 'segment.init_from is not set: voc12 trains from ImageNet weights' in text
+  assert 'weights import --arch resnet101' in text
+  assert 'classify.batch_pairs=5: must be divisible by the 2 devices' in text
+  assert 'evaluate.crf=True: no crf' in text
+  monkeypatch.undo()
+  assert validation.problems(config.finalize(config.load('synthetic'))) == []
+  runlocal = config.load('voc12:runlocal')
+  runlocal.data.manual_dir, runlocal.label.use_saliency = str(tmp_path), False
+  assert validation.problems(config.finalize(runlocal)) == []
