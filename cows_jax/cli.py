@@ -6,6 +6,7 @@ whose complete outputs exist, so rerunning a stage or the pipeline resumes. `--c
 file (`configs/voc12.py:runlocal`) or the name of a packaged config (`voc12:runlocal`).
 """
 
+import contextlib
 import logging as std_logging
 import re
 import sys
@@ -26,6 +27,7 @@ from cows_jax import (
   localize,
   predict,
   preemption,
+  run_dir,
   segment,
   validation,
 )
@@ -206,21 +208,36 @@ def main(argv):
   try:
     _validate(command, _CONFIG.value)  # before finalizing, which reads the weights' files.
     cfg = config.finalize(_CONFIG.value)
-    if command == 'ablate':
-      ablate.run(cfg, _WORKDIR.value, STAGES)
-    elif command == 'export':
-      if _OUT.value is None:
-        raise app.UsageError(f'export needs --out DIR\n{USAGE}')
-      platforms = export.parse_platforms(_PLATFORMS.value)
-      write = export.export_segmenter if _MODEL.value == 'segmenter' else export.export_classifier
-      write(cfg, _WORKDIR.value, _OUT.value, platforms=platforms)
-      logging.info('export: -> %s (%s)', _OUT.value, ', '.join(platforms))
-    elif command == 'predict-split':
-      predict.write_split(cfg, _WORKDIR.value, _SPLIT.value)
-    else:
-      run_stage(command, cfg, _WORKDIR.value)
+    with _lock(_WORKDIR.value):
+      _run(command, cfg)
   except (FileNotFoundError, ValueError, OSError, preemption.Preempted) as e:
     _fail(command, e)
+
+
+def _lock(workdir: str):
+  """The run directory's lock, held by process 0 of the job."""
+  import jax
+
+  if jax.process_index():
+    return contextlib.nullcontext()
+  return run_dir.Lock(run_dir.RunDir(workdir))
+
+
+def _run(command: str, cfg) -> None:
+  """A run command on a finalized config."""
+  if command == 'ablate':
+    ablate.run(cfg, _WORKDIR.value, STAGES)
+  elif command == 'export':
+    if _OUT.value is None:
+      raise app.UsageError(f'export needs --out DIR\n{USAGE}')
+    platforms = export.parse_platforms(_PLATFORMS.value)
+    write = export.export_segmenter if _MODEL.value == 'segmenter' else export.export_classifier
+    write(cfg, _WORKDIR.value, _OUT.value, platforms=platforms)
+    logging.info('export: -> %s (%s)', _OUT.value, ', '.join(platforms))
+  elif command == 'predict-split':
+    predict.write_split(cfg, _WORKDIR.value, _SPLIT.value)
+  else:
+    run_stage(command, cfg, _WORKDIR.value)
 
 
 class _QuietLibraries:

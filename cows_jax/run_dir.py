@@ -13,7 +13,11 @@ import hashlib
 import io
 import json
 import os
+import socket
+import sys
 import tempfile
+import threading
+import time
 import zipfile
 
 import numpy as np
@@ -324,3 +328,93 @@ def read_export(export: ExportDir) -> tuple[bytes, dict]:
   if hashlib.sha256(data).hexdigest() != meta.get('sha256'):
     raise ValueError(f'{export.model()}: its sha256 differs from meta.json; export it again')
   return data, meta
+
+
+# ---------------------------------------------------------------- one job per run directory
+
+
+class Locked(ValueError):
+  """Another live job holds the run directory."""
+
+
+class Lock:
+  """WORKDIR/.lock while a job runs, so that a second job on the same run directory fails at
+  once instead of interleaving its writes with the first's. The file names its holder (host,
+  pid, command, start time) and its modification time is renewed every `heartbeat_s`; a lock
+  whose holder is dead (same host, no such process) or whose heartbeat stopped `stale_s` ago
+  is stale and taken over with a warning. Created with O_EXCL, so two jobs starting together
+  cannot both take it. Local run directories only: on object storage it is skipped (logged).
+  """
+
+  def __init__(self, run: RunDir, heartbeat_s: float = 60.0, stale_s: float = 600.0):
+    self.file, self.heartbeat_s, self.stale_s = run.root / '.lock', heartbeat_s, stale_s
+    self._stop = threading.Event()
+    self._thread = None
+
+  def __enter__(self) -> 'Lock':
+    if not _is_local(self.file):
+      logging.info('run directory lock skipped on %s (not a local filesystem)', self.file)
+      return self
+    self.file.parent.mkdir(parents=True, exist_ok=True)
+    me = {
+      'host': socket.gethostname(),
+      'pid': os.getpid(),
+      'command': ' '.join(sys.argv),
+      'started': time.strftime('%Y-%m-%d %H:%M:%S'),
+    }
+    for _ in range(3):
+      try:
+        fd = os.open(os.fspath(self.file), os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+      except FileExistsError:
+        holder = self._holder()
+        if not self._stale(holder):
+          raise Locked(
+            f'{self.file.parent} is in use by pid {holder.get("pid")} on {holder.get("host")} '
+            f'since {holder.get("started")} ({holder.get("command")}); wait for it to finish, '
+            f'or delete {self.file} if that job is gone'
+          ) from None
+        logging.warning('taking over the stale lock %s of %s', self.file, holder)
+        self.file.unlink(missing_ok=True)
+        continue
+      with os.fdopen(fd, 'w') as f:
+        json.dump(me, f)
+      self._thread = threading.Thread(target=self._beat, daemon=True)
+      self._thread.start()
+      return self
+    raise Locked(f'{self.file}: could not take the lock (other jobs keep taking it)')
+
+  def __exit__(self, *exc) -> None:
+    if self._thread is not None:
+      self._stop.set()
+      self._thread.join()
+      if self._holder().get('pid') == os.getpid():
+        self.file.unlink(missing_ok=True)
+
+  def _holder(self) -> dict:
+    try:
+      return json.loads(self.file.read_text())
+    except (OSError, ValueError):
+      return {}  # being written, or garbage: judged by its age alone.
+
+  def _stale(self, holder: dict) -> bool:
+    try:
+      age = time.time() - os.stat(self.file).st_mtime
+    except FileNotFoundError:
+      return True
+    if age > self.stale_s:
+      return True
+    if holder.get('host') == socket.gethostname() and isinstance(holder.get('pid'), int):
+      try:
+        os.kill(holder['pid'], 0)
+      except ProcessLookupError:
+        return True
+      except PermissionError:
+        return False
+    return False
+
+  def _beat(self) -> None:
+    while not self._stop.wait(self.heartbeat_s):
+      try:
+        os.utime(self.file)
+      except OSError:
+        return

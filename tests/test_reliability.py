@@ -177,3 +177,26 @@ def test_real_data_problems_name_paths_weights_saliency_and_the_crf(monkeypatch,
   runlocal = config.load('voc12:runlocal')
   runlocal.data.manual_dir, runlocal.label.use_saliency = str(tmp_path), False
   assert validation.problems(config.finalize(runlocal)) == []
+
+
+def test_a_second_job_on_a_run_directory_fails_at_once_and_a_dead_holder_is_taken_over(
+  tiny_config, tmp_path
+):
+  import json
+
+  workdir = tmp_path / 'w'
+  cmd = [EXE, 'evaluate', '--config', 'synthetic:tiny', '--workdir', str(workdir)]
+  cmd += [f'--config.data.data_dir={tiny_config.data.data_dir}']
+  with run_dir.Lock(run_dir.RunDir(str(workdir))):
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+  assert done.returncode == 1
+  assert f'is in use by pid {os.getpid()}' in done.stderr and 'Traceback' not in done.stderr
+  assert not (workdir / '.lock').exists()  # released by its holder.
+
+  dead = subprocess.Popen(['true'])
+  dead.wait()
+  (workdir / '.lock').write_text(json.dumps({'host': os.uname().nodename, 'pid': dead.pid}))
+  done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+  assert 'taking over the stale lock' in done.stderr
+  assert 'run `cows-jax label` first' in done.stderr  # it ran: evaluate needs the labels.
+  assert not (workdir / '.lock').exists()
