@@ -120,6 +120,12 @@ def write_bytes(target: str | os.PathLike, data: bytes) -> None:
     with os.fdopen(fd, 'wb') as f:
       f.write(data)
     os.replace(tmp, os.fspath(target))
+  except OSError as e:  # a full disk, a file-size or quota limit: no partial file remains.
+    os.unlink(tmp)
+    raise OSError(
+      f'cannot write {target}: {e.strerror or e}; free space (or raise the limit) and rerun '
+      'to resume'
+    ) from None
   except BaseException:
     os.unlink(tmp)
     raise

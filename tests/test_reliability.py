@@ -200,3 +200,34 @@ def test_a_second_job_on_a_run_directory_fails_at_once_and_a_dead_holder_is_take
   assert 'taking over the stale lock' in done.stderr
   assert 'run `cows-jax label` first' in done.stderr  # it ran: evaluate needs the labels.
   assert not (workdir / '.lock').exists()
+
+
+def test_a_full_disk_is_one_clear_error_and_the_rerun_resumes(tiny_run, tmp_path):
+  import resource
+  import shutil
+
+  cfg, original = tiny_run
+  workdir = str(tmp_path / 'run')
+  shutil.copytree(original, workdir, symlinks=True)
+  run = run_dir.RunDir(workdir)
+  before = {p.name: p.read_bytes() for p in run.labels().iterdir()}
+  shutil.rmtree(run.root / 'pseudo_labels')
+  cmd = [EXE, 'label', '--config', 'synthetic:tiny', '--workdir', workdir]
+  cmd += [f'--config.data.data_dir={cfg.data.data_dir}']
+
+  def limit_file_size():  # palette PNGs (a 768-byte palette) no longer fit.
+    resource.setrlimit(resource.RLIMIT_FSIZE, (600, 600))
+
+  done = subprocess.run(
+    cmd, capture_output=True, text=True, timeout=300, preexec_fn=limit_file_size
+  )
+  assert done.returncode == 1, done.stderr[-2000:]
+  assert 'cows-jax label: error: cannot write' in done.stderr and 'File too large' in done.stderr
+  assert 'Traceback' not in done.stderr
+  assert not run.labels_index().exists()
+  leftovers = [p for p in run.labels('palette').iterdir()] if run.labels('palette').exists() else []
+  assert all(run_dir.label_readable(p) for p in leftovers)  # nothing partial, no temp file.
+
+  done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+  assert done.returncode == 0, done.stderr[-2000:]
+  assert {p.name: p.read_bytes() for p in run.labels().iterdir()} == before
