@@ -12,6 +12,8 @@ import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
 
+from cows_jax import parallel
+
 
 class CorruptCheckpoint(ValueError):
   """A checkpoint orbax cannot read (truncated or garbage files); it has been set aside."""
@@ -93,10 +95,11 @@ def restore_variables(directory: epath.Path, step: int | None, like, stage: str)
     raise FileNotFoundError(
       f'{stage} checkpoint for step {step} not found in {directory} (have {sorted(steps)}); {hint}'
     )
+  # Explicitly replicated on this process's devices: inference needs no other host's arrays.
+  sharding = parallel.replicated(parallel.local_mesh())
+  like = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), like)
   try:
-    out = mngr.restore(
-      step, args=ocp.args.Composite(variables=ocp.args.StandardRestore(_abstract(like)))
-    )
+    out = mngr.restore(step, args=ocp.args.Composite(variables=ocp.args.StandardRestore(like)))
   except Exception as e:  # orbax raises many types for truncated or garbage files.
     mngr.close()
     set_aside(directory, step, e)

@@ -81,9 +81,14 @@ _SPLIT = flags.DEFINE_string('split', 'test', 'predict-split: the dataset split 
 _DISTRIBUTED = flags.DEFINE_bool(
   'distributed',
   False,
-  'Call jax.distributed.initialize() first (multi-host, e.g. TPU pods; '
-  'coordinator and process ids come from the environment).',
+  'Call jax.distributed.initialize() first (several processes: TPU pod slices, several GPU '
+  'hosts); the coordinator and process ids are detected (Cloud TPU) unless given below.',
 )
+_COORDINATOR = flags.DEFINE_string(
+  'coordinator_address', None, 'With --distributed: HOST:PORT of process 0.'
+)
+_NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'With --distributed: processes.')
+_PROCESS_ID = flags.DEFINE_integer('process_id', None, "With --distributed: this process's id.")
 _OUT = flags.DEFINE_string(
   'out', None, 'export: the export directory; predict: the output directory.'
 )
@@ -98,7 +103,8 @@ _MODEL = flags.DEFINE_enum(
 _EXPORT = flags.DEFINE_string('export', None, 'predict: an export directory (`cows-jax export`).')
 _OVERLAY = flags.DEFINE_bool('overlay', False, 'predict: also write <name>_overlay.png.')
 _CRF = flags.DEFINE_bool('crf', False, 'predict: refine with the dense CRF (extra cows_jax[crf]).')
-_FLAGS_OF = {name: ('config', 'workdir', 'distributed') for name in RUN_COMMANDS}
+_DISTRIBUTED_FLAGS = ('distributed', 'coordinator_address', 'num_processes', 'process_id')
+_FLAGS_OF = {name: ('config', 'workdir', *_DISTRIBUTED_FLAGS) for name in RUN_COMMANDS}
 _FLAGS_OF['predict-split'] += ('split',)
 _FLAGS_OF['export'] += ('out', 'model', 'platforms')
 _FLAGS_OF['predict'] = ('export', 'config', 'workdir', 'out', 'overlay', 'crf')
@@ -162,6 +168,18 @@ def _config_command(command: str) -> None:
     _fail(command, e)
 
 
+def _initialize_distributed() -> None:
+  """jax.distributed with the explicit coordinator when given; CPU processes talk over gloo."""
+  import jax
+
+  jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+  jax.distributed.initialize(
+    coordinator_address=_COORDINATOR.value,
+    num_processes=_NUM_PROCESSES.value,
+    process_id=_PROCESS_ID.value,
+  )
+
+
 def _predict(paths: list[str]) -> None:
   """`predict`: from an export, or from the run's trained segmenter."""
   preemption.install()
@@ -201,9 +219,7 @@ def main(argv):
   if _CONFIG.value is None or _WORKDIR.value is None:
     raise app.UsageError(f'--config and --workdir are required\n{USAGE}')
   if _DISTRIBUTED.value:
-    import jax
-
-    jax.distributed.initialize()
+    _initialize_distributed()
   preemption.install()  # after the distributed runtime, which watches SIGTERM on several hosts.
   try:
     _validate(command, _CONFIG.value)  # before finalizing, which reads the weights' files.
@@ -273,7 +289,7 @@ def help_text(command: str | None = None) -> str:
     return '\n'.join(lines)
   lines = [
     f'usage: cows-jax {command} '
-    + ' '.join(f'--{f}={f.upper()}' for f in _FLAGS_OF[command] if f != 'distributed')
+    + ' '.join(f'--{f}={f.upper()}' for f in _FLAGS_OF[command] if f not in _DISTRIBUTED_FLAGS)
     + ' [--config.FIELD=VALUE ...]'
     + (' IMAGES_OR_DIRS...' if command == 'predict' else ''),
     '',

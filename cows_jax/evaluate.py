@@ -9,7 +9,18 @@
 import numpy as np
 from absl import logging
 
-from cows_jax import config, crf, inference, map_metrics, metrics, run_dir, summaries, visualize
+from cows_jax import (
+  config,
+  crf,
+  inference,
+  map_metrics,
+  metrics,
+  parallel,
+  progress,
+  run_dir,
+  summaries,
+  visualize,
+)
 from cows_jax.data import sources
 
 # summary.json key stem and table column of each segmenter's val predictions.
@@ -20,30 +31,46 @@ OUTPUTS = {
 
 
 def evaluate_segmenters(cfg, val, workdir):
-  """{summary key stem: (ConfusionAccumulator, val predictions, column title)} of every trained
-  segmenter (segment.supervisions), each also with the dense CRF ('_crf') when evaluate.crf;
-  and the probabilities function of the first segmenter (for the train grid)."""
+  """{summary key stem: (ConfusionAccumulator, {index: prediction} of the images the grid
+  shows, column title)} of every trained segmenter (segment.supervisions), each also with the
+  dense CRF ('_crf') when evaluate.crf; and the probabilities function of the first segmenter
+  (for the train grid). Each process predicts its share of the images; the confusion matrices
+  are summed over processes; process 0 also predicts the images the grid shows."""
   n = cfg.data.num_classes + 1
   crf_params = cfg.crf if cfg.evaluate.crf else None
+  share = parallel.process_share(len(val))
+  shown = range(min(cfg.evaluate.num_visualize, len(val))) if parallel.is_writer() else ()
   results, first = {}, None
   for supervision in run_dir.supervisions(cfg):
     probabilities = inference.load_predictor(cfg, workdir, supervision)
     first = first or probabilities
     key, title = OUTPUTS[supervision]
-    plain, refined = inference.predict_source(val, probabilities, crf_params)
-    for suffix, extra, preds in (('', '', plain), ('_crf', ' + CRF', refined)):
-      if preds is not None:
-        acc = metrics.ConfusionAccumulator(n)
-        for i, pred in enumerate(preds):
-          acc.add(pred, val[i]['mask'])
-        results[key + suffix] = (acc, preds, f'{title}{extra} (val)')
+    accs = {'': metrics.ConfusionAccumulator(n), '_crf': metrics.ConfusionAccumulator(n)}
+    grid = {'': {}, '_crf': {}}
+    counter = progress.Progress(f'evaluate: {title} segmenter', len(share))
+    for i in sorted(set(share) | set(shown)):
+      preds = dict(
+        zip(('', '_crf'), inference.label_maps(val[i]['image'], probabilities, crf_params))
+      )
+      for suffix, pred in preds.items():
+        if pred is not None and i in share:
+          accs[suffix].add(pred, val[i]['mask'])
+        if pred is not None and i in shown:
+          grid[suffix][i] = pred
+      counter.update(int(i in share))
+    counter.close()
+    for suffix, extra in (('', ''), ('_crf', ' + CRF')):
+      if suffix == '' or crf_params is not None:
+        accs[suffix].matrix = parallel.sum_over_processes(accs[suffix].matrix)
+        results[key + suffix] = (accs[suffix], grid[suffix], f'{title}{extra} (val)')
   return results, first
 
 
 def all_background(cfg, val):
   floor = metrics.ConfusionAccumulator(cfg.data.num_classes + 1)
-  for i in range(len(val)):
+  for i in parallel.process_share(len(val)):
     floor.add(np.zeros_like(val[i]['mask']), val[i]['mask'])
+  floor.matrix = parallel.sum_over_processes(floor.matrix)
   return floor
 
 
@@ -114,6 +141,23 @@ def run(cfg, workdir: str) -> dict:
   )
   columns.update({title: acc.per_class_iou() for acc, _, title in results.values()})
 
+  if parallel.is_writer():
+    _write_reports(cfg, run, summary, columns, results, names, train, val, ids, probabilities)
+  parallel.barrier('evaluate')
+  logging.info(
+    'evaluate: CAM %.1f (bg %.2f) | pseudo labels %.1f | %s | all-background %.1f -> %s',
+    summary['cam_miou'],
+    summary['cam_bg_threshold'],
+    summary['pseudo_label_miou'],
+    ' | '.join(f'{t} {acc.miou():.1f}' for acc, _, t in results.values()),
+    summary['all_background_miou'],
+    run.reports(),
+  )
+  return summary
+
+
+def _write_reports(cfg, run, summary, columns, results, names, train, val, ids, probabilities):
+  """summary.json, the per-class tables, the figures and the TensorBoard summaries."""
   out = run.reports()
   run_dir.write_json(out / 'per_class_iou.json', map_metrics.per_class_json(names, columns))
   run_dir.write_text(out / 'per_class_iou.md', visualize.per_class_iou_markdown(names, columns))
@@ -135,13 +179,3 @@ def run(cfg, workdir: str) -> dict:
   tensorboard.scalars(0, {k: v for k, v in summary.items() if k.endswith(('_miou', '_crf'))})
   tensorboard.close()
   run_dir.write_json(out / 'summary.json', summary)
-  logging.info(
-    'evaluate: CAM %.1f (bg %.2f) | pseudo labels %.1f | %s | all-background %.1f -> %s',
-    summary['cam_miou'],
-    summary['cam_bg_threshold'],
-    summary['pseudo_label_miou'],
-    ' | '.join(f'{t} {acc.miou():.1f}' for acc, _, t in results.values()),
-    summary['all_background_miou'],
-    out,
-  )
-  return summary

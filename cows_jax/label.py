@@ -2,12 +2,13 @@
 
 WORKDIR/pseudo_labels/index/<id>.png holds class indices (0 bg, k+1 class k, 255 ignore),
 WORKDIR/pseudo_labels/palette/<id>.png the same with the VOC palette for viewing.
-Existing labels are kept (resume); index.json marks the stage complete.
+Existing labels are kept (resume); each process labels its share of the images; index.json,
+written by process 0 after every process is done, marks the stage complete.
 """
 
 from absl import logging
 
-from cows_jax import config, preemption, pseudo_labels, run_dir
+from cows_jax import config, parallel, preemption, progress, pseudo_labels, run_dir
 from cows_jax.data import sources
 
 
@@ -43,12 +44,18 @@ def run(cfg, workdir: str) -> None:
       f'{run.maps_index()} lists {len(ids)} images but the train '
       f'split has {len(train)}; rerun `cows-jax localize` in a fresh workdir'
     )
+  share = [
+    i
+    for i in parallel.process_share(len(ids))
+    if not (
+      run_dir.label_readable(run.label_file(ids[i]))
+      and run_dir.label_readable(run.label_file(ids[i], 'palette'))
+    )
+  ]
   written = all_ignore = 0
-  for i, image_id in enumerate(ids):
-    if run_dir.label_readable(run.label_file(image_id)) and run_dir.label_readable(
-      run.label_file(image_id, 'palette')
-    ):
-      continue
+  counter = progress.Progress('label', len(share))
+  for i in share:
+    image_id = ids[i]
     maps, classes = run_dir.load_maps(run.map_file(image_id))
     saliency = train[i]['saliency']
     if cfg.label.use_saliency and not saliency.size:
@@ -62,7 +69,9 @@ def run(cfg, workdir: str) -> None:
     run_dir.save_label_png(run.label_file(image_id, 'palette'), label, palette=True)
     run_dir.save_label_png(run.label_file(image_id), label, palette=False)
     written += 1
+    counter.update()
     preemption.check('label')
+  counter.close()
   logging.info(
     'label: wrote %d pseudo labels (%d all-ignore: too little foreground), mode=%s',
     written,
@@ -75,4 +84,7 @@ def run(cfg, workdir: str) -> None:
       'supervision; the classifier is too weak (train longer) or the '
       'thresholds in config.label are too strict'
     )
-  run_dir.write_json(run.labels_index(), {'ids': ids, 'use_saliency': cfg.label.use_saliency})
+  parallel.barrier('label')
+  if parallel.is_writer():
+    run_dir.write_json(run.labels_index(), {'ids': ids, 'use_saliency': cfg.label.use_saliency})
+  parallel.barrier('label: marker')

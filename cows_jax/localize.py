@@ -4,15 +4,15 @@ For image m and each of its classes c: the co-attention class map of m paired wi
 images that contain c (averaged over k), plus the maps of m's self-pair views (flip, scales),
 aggregated by the paper's rule and resized to the image size.
 
-Backbone features are computed once per image and view, then only the co-attention head runs
-for each pairing (the reference reruns the full pair forward for every pairing; the maps are
-the same). Per-image maps are written atomically to WORKDIR/maps/<id>.npz (run_dir), so an
-interrupted run resumes where it stopped; maps/index.json marks the stage complete.
+In each batch of queries, backbone features are computed once per image and view (the
+queries, their views, and the related images the batch needs), then only the co-attention
+head runs for each pairing (the reference reruns the full pair forward for every pairing; the
+maps are the same). Nothing is kept across batches, so memory does not grow with the dataset.
+Batches are spread over processes and sharded over each process's devices. Per-image maps are
+written atomically to WORKDIR/maps/<id>.npz (run_dir), so an interrupted run resumes where it
+stopped; maps/index.json, written by process 0 after every process is done, marks the stage
+complete.
 """
-
-import contextlib
-import os
-import tempfile
 
 import jax
 import jax.numpy as jnp
@@ -20,7 +20,17 @@ import numpy as np
 from absl import logging
 from PIL import Image
 
-from cows_jax import checkpoints, config, maps, preemption, run_dir, validation, views
+from cows_jax import (
+  checkpoints,
+  config,
+  maps,
+  parallel,
+  preemption,
+  progress,
+  run_dir,
+  validation,
+  views,
+)
 from cows_jax.data import sources, transforms
 from cows_jax.data.pairs import ClassIndex
 from cows_jax.models import from_config
@@ -57,12 +67,22 @@ def _padded(indices: list[int], batch: int) -> list[int]:
 
 
 class MapComputer:
-  """Jitted pieces of the localization: features, and the co-attention head on pairs."""
+  """Jitted pieces of the localization: features, and the co-attention head on pairs. The
+  variables are arguments of the jitted functions (not constants of the executable), placed
+  on this process's devices; batches are sharded over them where they divide."""
 
-  def __init__(self, model, variables):
-    self._features = jax.jit(lambda x: model.apply(variables, x, method=model.features))
-    self._pair_maps = jax.jit(lambda a, b: model.apply(variables, a, b, method=model.pair_maps))
-    self._cams = jax.jit(lambda f: model.apply(variables, f, method=model.cam))
+  def __init__(self, model, variables, mesh=None):
+    self._mesh = mesh or parallel.local_mesh()
+    self._variables = jax.device_put(variables, parallel.replicated(self._mesh))
+    self._f = jax.jit(lambda v, x: model.apply(v, x, method=model.features))
+    self._p = jax.jit(lambda v, a, b: model.apply(v, a, b, method=model.pair_maps))
+    self._c = jax.jit(lambda v, f: model.apply(v, f, method=model.cam))
+    self._features = lambda x: self._f(self._variables, self._put(x))
+    self._pair_maps = lambda a, b: self._p(self._variables, self._put(a), self._put(b))
+    self._cams = lambda f: self._c(self._variables, self._put(f))
+
+  def _put(self, x):
+    return parallel.to_local_devices(np.asarray(x), self._mesh)
 
   def features(self, images: np.ndarray) -> np.ndarray:
     return np.asarray(self._features(images))
@@ -77,7 +97,7 @@ class MapComputer:
 def image_maps(
   computer: MapComputer,
   feats_m: np.ndarray,
-  all_feats: np.ndarray,
+  partner_feats: np.ndarray | None,
   view_feats: dict,
   related: list[list[list[int]]],
   classes: list[np.ndarray],
@@ -85,7 +105,7 @@ def image_maps(
 ) -> list[np.ndarray]:
   """Aggregated co-attention maps at feature resolution for a batch of query images.
 
-  feats_m [B,h,w,D]: the queries; all_feats [N,h,w,D]: every training image; view_feats:
+  feats_m [B,h,w,D]: the queries; partner_feats [N,h,w,D]: the related images; view_feats:
   {view: [B,hv,wv,D]}, in config order; related[b][j]: the K partners for class
   classes[b][j]. Per class the maps are, in the reference's order (its test script): m's
   map in the pair with the first view, each view's map mapped back, then the mean over the
@@ -106,7 +126,7 @@ def image_maps(
     bucket = -(-n // (b * k)) * (b * k)  # few distinct shapes, few compiles.
     q = np.asarray(pair_q + [pair_q[0]] * (bucket - n))
     p = np.asarray(pair_n + [pair_n[0]] * (bucket - n))
-    maps_m, _ = computer.pair_maps(feats_m[q], all_feats[p])
+    maps_m, _ = computer.pair_maps(feats_m[q], partner_feats[p])
     cross = np.asarray(maps_m)[:n]
   # Self-pairs, in the reference's order: m's own map from the pair with the first view,
   # then each view's map brought back to m's frame.
@@ -163,36 +183,21 @@ def run(cfg, workdir: str) -> None:
 
   todo = [i for i in range(len(train)) if not run_dir.maps_readable(run.map_file(ids[i]))]
   logging.info('localize: %s maps, %d of %d images to do', method, len(todo), len(train))
-  # Co-attention: every image can be a related image, so the features of all of them.
-  store = (
-    _feature_store(computer, train, cfg, run.scratch())
-    if method == 'coattention' and todo
-    else contextlib.nullcontext()
-  )
-  with store as all_feats:
-    _write_maps(computer, train, ids, todo, class_index, all_feats, cfg, run)
-  run_dir.write_json(run.maps_index(), {'ids': ids, 'checkpoint_step': step, 'method': method})
+  _write_maps(computer, train, ids, todo, class_index, cfg, run)
+  parallel.barrier('localize')
+  if parallel.is_writer():
+    run_dir.write_json(run.maps_index(), {'ids': ids, 'checkpoint_step': step, 'method': method})
+  parallel.barrier('localize: marker')
 
 
-@contextlib.contextmanager
-def _feature_store(computer: MapComputer, train, cfg, directory: str):
-  """Backbone features of every training image in a memory-mapped file that is deleted on
-  exit: VOC's 10,582 images at 256 px take 22 GB in float32, more than many hosts' memory;
-  the page cache keeps them in memory where it fits."""
-  bs, n = cfg.localize.batch_size, len(train)
-  fd, path = tempfile.mkstemp(dir=directory, prefix='.features.', suffix='.npy')
-  os.close(fd)
-  try:
-    store = None
-    for s in range(0, n, bs):
-      chunk = list(range(s, min(s + bs, n)))
-      feats = computer.features(_input_batch(train, _padded(chunk, bs), cfg))[: len(chunk)]
-      if store is None:
-        store = np.lib.format.open_memmap(path, 'w+', feats.dtype, (n, *feats.shape[1:]))
-      store[s : s + len(chunk)] = feats
-    yield store
-  finally:
-    os.unlink(path)
+def _features(computer: MapComputer, train, indices: list[int], cfg) -> np.ndarray:
+  """Backbone features of the images `indices`, in batches of localize.batch_size."""
+  bs = cfg.localize.batch_size
+  out = []
+  for s in range(0, len(indices), bs):
+    chunk = indices[s : s + bs]
+    out.append(computer.features(_input_batch(train, _padded(chunk, bs), cfg))[: len(chunk)])
+  return np.concatenate(out)
 
 
 def _write_maps(
@@ -201,19 +206,21 @@ def _write_maps(
   ids: list[str],
   todo: list[int],
   class_index: ClassIndex,
-  all_feats,
   cfg,
   run: run_dir.RunDir,
 ) -> None:
   """Maps of the training images `todo`, one file per image. Batches are fixed slices of the
-  split, whatever is left to do, so a resumed run computes every map in the same batch as an
-  uninterrupted run (the same numbers to the bit)."""
+  split, whatever is left to do, and each process takes every process_count()-th batch, so a
+  resumed or distributed run computes every map in the same batch as a plain run (the same
+  numbers to the bit). The related images' features are computed for each batch, so memory
+  does not grow with the dataset."""
   method, bs = cfg.localize.method, cfg.localize.batch_size
-  todo, done = set(todo), 0
-  for s in range(0, len(train), bs):
+  todo = set(todo)
+  starts = [s for s in range(0, len(train), bs) if not todo.isdisjoint(range(s, s + bs))]
+  starts = [starts[j] for j in parallel.process_share(len(starts))]
+  counter = progress.Progress('localize', sum(len(todo & set(range(s, s + bs))) for s in starts))
+  for s in starts:
     chunk = list(range(s, min(s + bs, len(train))))
-    if todo.isdisjoint(chunk):
-      continue
     batch = _padded(chunk, bs)
     classes = [class_index.classes_of(i) for i in batch]
     if method == 'cam':
@@ -231,14 +238,23 @@ def _write_maps(
         ]
         for i, cls in zip(batch, classes)
       ]
+      partners = sorted({n for per_image in related for ks in per_image for n in ks})
+      at = {n: j for j, n in enumerate(partners)}
+      related = [[[at[n] for n in ks] for ks in per_image] for per_image in related]
       small = image_maps(
-        computer, all_feats[np.asarray(batch)], all_feats, view_feats, related, classes, cfg
+        computer,
+        computer.features(images),
+        _features(computer, train, partners, cfg) if partners else None,
+        view_feats,
+        related,
+        classes,
+        cfg,
       )
     for j, i in enumerate(chunk):
       if i in todo:
         size = train[i]['image'].shape[:2]
         full = np.stack([resize_map(m, size) for m in small[j]])
         run_dir.save_maps(run.map_file(ids[i]), full, classes[j])
-        done += 1
-    logging.log_every_n_seconds(logging.INFO, 'localize: %d/%d', 30, done, len(todo))
+        counter.update()
     preemption.check('localize')
+  counter.close()

@@ -5,28 +5,37 @@ best background threshold of a sweep) and of the pseudo labels, both on data.tra
 
 import numpy as np
 
-from cows_jax import metrics, run_dir
+from cows_jax import metrics, parallel, progress, run_dir
 
 
-def _cam_items(train, ids, run: run_dir.RunDir):
-  for i, image_id in enumerate(ids):
-    maps, classes = run_dir.load_maps(run.map_file(image_id))
+def _cam_items(train, ids, run: run_dir.RunDir, shown: progress.Progress):
+  for i in parallel.process_share(len(ids)):
+    maps, classes = run_dir.load_maps(run.map_file(ids[i]))
     yield maps, classes, train[i]['mask']
+    shown.update()
 
 
 def evaluate_cams(cfg, train, ids, run: run_dir.RunDir):
-  """(best threshold, mIoU, curve, per-class IoU at the best threshold)."""
+  """(best threshold, mIoU, curve, per-class IoU at the best threshold); each process reads
+  its share of the maps and the confusion matrices are summed over processes."""
   n = cfg.data.num_classes + 1
+  shown = progress.Progress('evaluate: maps', len(parallel.process_share(len(ids))))
   best_t, best_miou, curve, acc = metrics.sweep_bg_threshold(
-    _cam_items(train, ids, run), cfg.evaluate.cam_thresholds, n
+    _cam_items(train, ids, run, shown),
+    cfg.evaluate.cam_thresholds,
+    n,
+    reduce=parallel.sum_over_processes,
   )
+  shown.close()
   return best_t, best_miou, curve, acc.per_class_iou()
 
 
 def evaluate_pseudo_labels(cfg, train, ids, run: run_dir.RunDir) -> metrics.ConfusionAccumulator:
+  """Each process reads its share of the labels; the confusion matrix is summed over them."""
   acc = metrics.ConfusionAccumulator(cfg.data.num_classes + 1)
-  for i, image_id in enumerate(ids):
-    acc.add(run_dir.read_label_png(run.label_file(image_id)), train[i]['mask'])
+  for i in parallel.process_share(len(ids)):
+    acc.add(run_dir.read_label_png(run.label_file(ids[i])), train[i]['mask'])
+  acc.matrix = parallel.sum_over_processes(acc.matrix)
   return acc
 
 

@@ -89,12 +89,15 @@ def sweep_bg_threshold(
   thresholds: Sequence[float],
   num_classes: int,
   ignore_index: int = 255,
+  reduce=None,
 ) -> tuple[float, float, list[tuple[float, float]], 'ConfusionAccumulator']:
   """CAM mIoU for every background threshold in one pass over (maps, classes, gt) items.
 
-  One pass matters because reading or computing CAMs is the expensive part. Returns (best
-  threshold, its mIoU in percent, [(threshold, mIoU), ...] in the given order, the best
-  threshold's confusion accumulator); ties keep the first.
+  One pass matters because reading or computing CAMs is the expensive part. `reduce`, when
+  given, combines each threshold's confusion matrix with those of other workers (a sum over
+  processes) before the best threshold is chosen. Returns (best threshold, its mIoU in
+  percent, [(threshold, mIoU), ...] in the given order, the best threshold's confusion
+  accumulator); ties keep the first.
   """
   thresholds = [float(t) for t in thresholds]
   if not thresholds:
@@ -104,6 +107,9 @@ def sweep_bg_threshold(
     best, best_label = _max_normalized_best(maps, classes)
     for t, acc in zip(thresholds, accs):
       acc.add(np.where(best > t, best_label, 0), gt)
+  if reduce is not None:
+    for acc in accs:
+      acc.matrix = reduce(acc.matrix)
   curve = [(t, acc.miou()) for t, acc in zip(thresholds, accs)]
   best = max(range(len(curve)), key=lambda i: -np.inf if np.isnan(curve[i][1]) else curve[i][1])
   return curve[best][0], curve[best][1], curve, accs[best]

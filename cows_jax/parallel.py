@@ -52,3 +52,41 @@ def process_zero_first(fn, name: str):
   out = fn() if jax.process_index() == 0 else None
   multihost_utils.sync_global_devices(f'cows_jax: {name}')
   return out if jax.process_index() == 0 else fn()
+
+
+# --- stages that map images to files: each process takes its share -------------------------
+
+
+def process_share(n: int) -> list[int]:
+  """The items of range(n) this process handles: every process_count()-th, from its index."""
+  return list(range(jax.process_index(), n, jax.process_count()))
+
+
+def is_writer() -> bool:
+  """Whether this process writes the files every process would write alike (markers,
+  reports): process 0."""
+  return jax.process_index() == 0
+
+
+def barrier(name: str) -> None:
+  """Wait until every process gets here (one process: nothing to wait for)."""
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices(f'cows_jax: {name}')
+
+
+def sum_over_processes(x: np.ndarray) -> np.ndarray:
+  """The sum of each process's `x` (e.g. confusion matrices), on every process."""
+  if jax.process_count() == 1:
+    return x
+  return np.asarray(multihost_utils.process_allgather(x)).sum(0).astype(x.dtype)
+
+
+def local_mesh() -> Mesh:
+  """A 1-D 'data' mesh over this process's devices, for work that needs no other process."""
+  return data_mesh(jax.local_devices())
+
+
+def to_local_devices(x: np.ndarray, mesh: Mesh) -> jax.Array:
+  """A batch sharded over the local mesh when it divides, else replicated on it."""
+  spec = P('data') if x.shape[0] % mesh.devices.size == 0 else P()
+  return jax.device_put(x, NamedSharding(mesh, spec))

@@ -9,7 +9,7 @@ from absl import logging
 from etils import epath
 from PIL import Image, UnidentifiedImageError
 
-from cows_jax import config, crf, inference, preemption, run_dir, visualize
+from cows_jax import config, crf, inference, parallel, preemption, progress, run_dir, visualize
 from cows_jax.data import sources
 
 IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.bmp', '.webp')
@@ -30,11 +30,16 @@ def write_split(cfg, workdir: str, split: str, supervision: str = 'pseudo') -> s
   probabilities = inference.load_predictor(cfg, workdir, supervision)
   source = splits[split]
   out = run_dir.RunDir(workdir).predictions(split, supervision)
-  for i in range(len(source)):
+  share = parallel.process_share(len(source))
+  counter = progress.Progress('predict-split', len(share))
+  for i in share:
     record = source[i]
     plain, refined = inference.label_maps(record['image'], probabilities, crf_params)
     run_dir.save_label_png(out / f'{record["id"]}.png', plain if refined is None else refined)
+    counter.update()
     preemption.check('predict-split')
+  counter.close()
+  parallel.barrier('predict-split')
   logging.info(
     'predict-split: %d label maps of %r (%s) -> %s',
     len(source),
@@ -80,7 +85,9 @@ def write_files(
   if crf_params is not None:
     crf.check_available()
   files, directory, skipped = image_files(paths), run_dir.path(out), []
-  for i, f in enumerate(files):
+  counter = progress.Progress('predict', len(files))
+  for f in files:
+    counter.update()
     image = read_image(f)
     if image is None:
       logging.warning('predict: %s is not a readable image, skipped', f)
@@ -92,8 +99,8 @@ def write_files(
     if overlay:
       blend = 0.5 * image + 0.5 * visualize.colorize(label)
       run_dir.save_png(directory / f'{f.stem}_overlay.png', blend.round().astype(np.uint8))
-    logging.log_every_n_seconds(logging.INFO, 'predict: %d/%d', 30, i + 1, len(files))
     preemption.check('predict')
+  counter.close()
   written = len(files) - len(skipped)
   logging.info('predict: %d label maps -> %s, %d files skipped', written, directory, len(skipped))
   return {'written': written, 'skipped': skipped}

@@ -98,12 +98,6 @@ class RunDir:
     name = split if supervision == 'pseudo' else f'{split}_{supervision}'
     return self.root / 'predictions' / name
 
-  def scratch(self) -> str:
-    """A local directory for temporary files that never belong in a shared workdir."""
-    local = self.maps() if _is_local(self.root) else epath.Path(tempfile.gettempdir())
-    local.mkdir(parents=True, exist_ok=True)
-    return os.fspath(local)
-
 
 # ---------------------------------------------------------------- atomic writes, checked reads
 
