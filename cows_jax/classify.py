@@ -37,7 +37,9 @@ def make_optimizer(cfg, params, spe: int):
 
 
 def loss_fn(params, collections, batch, use_contrastive, *, model, weights, self_views=()):
-  """Total loss; aux: the loss terms and the updated collections (batch statistics)."""
+  """Total loss; aux: the loss terms and the updated collections (batch statistics). A
+  padded batch carries 'weight' (0 for padding): losses and BatchNorm statistics skip it."""
+  example_weights = batch.get('weight')
   (scores, by_view), collections = model.apply(
     {'params': params, **collections},
     batch['image_m'],
@@ -47,9 +49,12 @@ def loss_fn(params, collections, batch, use_contrastive, *, model, weights, self
     view_source=batch.get('image_m_plain'),
     method=model.training_scores,
     mutable=list(collections),
+    mask=None if example_weights is None else example_weights > 0,
   )
-  terms = losses.coattention_losses(scores, batch['labels_m'], batch['labels_n'], use_contrastive)
-  terms.update(losses.self_pair_losses(by_view, batch['labels_m']))
+  terms = losses.coattention_losses(
+    scores, batch['labels_m'], batch['labels_n'], use_contrastive, example_weights
+  )
+  terms.update(losses.self_pair_losses(by_view, batch['labels_m'], example_weights))
   total = sum(weights[k] * terms[k] for k in terms)
   return total, (terms, dict(collections))
 
@@ -82,8 +87,6 @@ def train(cfg, workdir: str) -> None:
       log_path=run.log('classify'),
       tensorboard=run.tensorboard('classify'),
       total_steps=spe * cfg.classify.epochs,
-      global_batch=cfg.classify.batch_pairs,
-      batch_field='classify.batch_pairs',
       init_variables=lambda: from_config.init_variables(model, cfg, jax.random.key(cfg.seed)),
       optimizer=lambda params: make_optimizer(cfg, params, spe),
       loss_fn=functools.partial(

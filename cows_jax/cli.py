@@ -137,9 +137,7 @@ def _fail(command: str, error: Exception) -> None:
 
 def _validate(command: str, cfg) -> None:
   """Every problem of the config, one line each, and exit status 2 before anything runs."""
-  import jax
-
-  problems = validation.problems(cfg, jax.device_count(), jax.process_count())
+  problems = validation.problems(cfg)
   if problems:
     for problem in problems:
       print(f'cows-jax {command}: config: {problem}', file=sys.stderr)

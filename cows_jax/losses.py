@@ -6,10 +6,13 @@ import jax.numpy as jnp
 import optax
 
 
-def multilabel_soft_margin(logits, targets):
-  """PyTorch's MultiLabelSoftMarginLoss: mean over classes, then over the batch."""
+def multilabel_soft_margin(logits, targets, weights=None):
+  """PyTorch's MultiLabelSoftMarginLoss: mean over classes, then over the batch; with
+  `weights` [B] (0 for the padding of a batch), the weighted mean over the batch."""
   per_class = optax.sigmoid_binary_cross_entropy(logits, targets.astype(logits.dtype))
-  return jnp.mean(per_class)
+  if weights is None:
+    return jnp.mean(per_class)
+  return jnp.sum(jnp.mean(per_class, axis=-1) * weights) / jnp.maximum(jnp.sum(weights), 1e-9)
 
 
 def pair_targets(labels_m, labels_n):
@@ -18,40 +21,47 @@ def pair_targets(labels_m, labels_n):
   return common, labels_m - common, labels_n - common
 
 
-def _pair_loss(logits_m, logits_n, targets_m, targets_n):
+def _pair_loss(logits_m, logits_n, targets_m, targets_n, weights=None):
   """One soft margin loss over the 2B images of a pair batch, as the reference computes it on
   the concatenated scores: the mean of the m-side and n-side losses."""
   return multilabel_soft_margin(
-    jnp.concatenate([logits_m, logits_n]), jnp.concatenate([targets_m, targets_n])
+    jnp.concatenate([logits_m, logits_n]),
+    jnp.concatenate([targets_m, targets_n]),
+    None if weights is None else jnp.concatenate([weights, weights]),
   )
 
 
-def coattention_losses(scores, labels_m, labels_n, use_contrastive):
+def coattention_losses(scores, labels_m, labels_n, use_contrastive, weights=None):
   """The three losses of a pair batch (paper.md, reference training step).
 
   single and co-attention: one loss over both sides. Contrastive: one loss per side, each
   counted only when `use_contrastive` (a traced bool: the epoch gate) and that side has a
-  non-empty difference somewhere in the batch.
+  non-empty difference somewhere in the batch. `weights` [B]: 0 for the padding of a batch.
   """
   common, diff_m, diff_n = pair_targets(labels_m, labels_n)
-  single = _pair_loss(scores.single_m, scores.single_n, labels_m, labels_n)
-  co = _pair_loss(scores.co_m, scores.co_n, common, common)
+  single = _pair_loss(scores.single_m, scores.single_n, labels_m, labels_n, weights)
+  co = _pair_loss(scores.co_m, scores.co_n, common, common, weights)
+  real = True if weights is None else (weights > 0)[:, None]
   con_m = jnp.where(
-    use_contrastive & jnp.any(diff_m > 0), multilabel_soft_margin(scores.con_m, diff_m), 0.0
+    use_contrastive & jnp.any((diff_m > 0) & real),
+    multilabel_soft_margin(scores.con_m, diff_m, weights),
+    0.0,
   )
   con_n = jnp.where(
-    use_contrastive & jnp.any(diff_n > 0), multilabel_soft_margin(scores.con_n, diff_n), 0.0
+    use_contrastive & jnp.any((diff_n > 0) & real),
+    multilabel_soft_margin(scores.con_n, diff_n, weights),
+    0.0,
   )
   return {'single': single, 'coattention': co, 'contrastive': con_m + con_n}
 
 
-def self_pair_losses(scores_by_view, labels_m):
+def self_pair_losses(scores_by_view, labels_m, weights=None):
   """Single and co-attention losses of m's self-pairs: target l_m on both sides, no
   contrastive loss (a view shares every class with m). Zero when there are no views."""
   single = co = jnp.zeros((), jnp.float32)
   for scores in scores_by_view.values():
-    single += _pair_loss(scores.single_m, scores.single_n, labels_m, labels_m)
-    co += _pair_loss(scores.co_m, scores.co_n, labels_m, labels_m)
+    single += _pair_loss(scores.single_m, scores.single_n, labels_m, labels_m, weights)
+    co += _pair_loss(scores.co_m, scores.co_n, labels_m, labels_m, weights)
   return {'self_single': single, 'self_coattention': co}
 
 

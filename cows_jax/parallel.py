@@ -24,13 +24,6 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P('data'))
 
 
-def check_divisible(global_batch: int, mesh: Mesh, what: str):
-  """A clear error instead of a sharding failure deep inside JAX."""
-  n = mesh.devices.size
-  if global_batch % n:
-    raise ValueError(f'{what}={global_batch} must be divisible by the number of devices ({n})')
-
-
 def shard_batch(batch, mesh: Mesh):
   """Global arrays from this process's slice of the batch (one slice per host)."""
   sharding = batch_sharding(mesh)

@@ -31,20 +31,29 @@ def make_optimizer(cfg, params):
   return optax.MultiSteps(inner, every_k_schedule=s.accumulation_steps)
 
 
-def image_mean_cross_entropy(logits, labels, ignore_index):
+def image_mean_cross_entropy(logits, labels, ignore_index, weights=None):
   """Mean over images of each image's pixel loss: the reference's batch of 1 with gradients
-  accumulated over k steps, so batch size, accumulation and device count are interchangeable."""
+  accumulated over k steps, so batch size, accumulation and device count are interchangeable.
+  `weights` [B]: 0 for the padding of a batch, which then does not count."""
   per_image = jax.vmap(lambda z, y: losses.pixel_cross_entropy(z[None], y[None], ignore_index))
-  return jnp.mean(per_image(logits, labels))
+  if weights is None:
+    return jnp.mean(per_image(logits, labels))
+  return jnp.sum(per_image(logits, labels) * weights) / jnp.maximum(jnp.sum(weights), 1e-9)
 
 
 def loss_fn(params, collections, batch, *, model, ignore_index):
   """One micro-batch's loss; gradients accumulate in MultiSteps, applied every k calls."""
+  weights = batch.get('weight')  # a padded batch: 0 for padding (loss, BatchNorm statistics).
   logits, collections = model.apply(
-    {'params': params, **collections}, batch['image'], train=True, mutable=list(collections)
+    {'params': params, **collections},
+    batch['image'],
+    train=True,
+    mutable=list(collections),
+    **({} if weights is None else {'mask': weights > 0}),
   )
   logits = losses.upsample_logits(logits, batch['label'].shape[1:3])
-  return image_mean_cross_entropy(logits, batch['label'], ignore_index), ({}, dict(collections))
+  loss = image_mean_cross_entropy(logits, batch['label'], ignore_index, weights)
+  return loss, ({}, dict(collections))
 
 
 def pseudo_label_reader(run: run_dir.RunDir, ids: list[str]):
@@ -102,8 +111,6 @@ def _train(cfg, run: run_dir.RunDir, supervision: str) -> None:
       log_path=run.log(name),
       tensorboard=run.tensorboard(name),
       total_steps=micro_steps,
-      global_batch=s.batch_size,
-      batch_field='segment.batch_size',
       init_variables=lambda: from_config.init_variables(model, cfg, jax.random.key(cfg.seed + 1)),
       optimizer=lambda params: make_optimizer(cfg, params),
       loss_fn=functools.partial(loss_fn, model=model, ignore_index=s.ignore_index),

@@ -70,8 +70,6 @@ class Task:
   log_path: epath.Path
   tensorboard: epath.Path  # TensorBoard event files.
   total_steps: int
-  global_batch: int  # checked against the device count ...
-  batch_field: str  # ... and named by this config field when it does not divide.
   init_variables: Callable[[], dict]  # random init or imported weights.
   optimizer: Callable[[Any], optax.GradientTransformation]  # of the params.
   loss_fn: Callable  # (params, collections, batch, *step_args) -> (loss, (terms, collections))
@@ -145,7 +143,6 @@ def fit(task: Task) -> None:
 
   # Devices, then the state: initialized, replicated, and restored when resuming.
   mesh = parallel.data_mesh()
-  parallel.check_divisible(task.global_batch, mesh, task.batch_field)
   variables = task.init_variables()
   tx = task.optimizer(variables['params'])
   state = parallel.replicate(TrainState.create(variables, tx.init(variables['params'])), mesh)

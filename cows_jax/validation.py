@@ -1,8 +1,8 @@
 """The whole config checked before anything runs: every problem at once, one line each.
 
-A typo, an out-of-range threshold, a batch that does not divide over the devices, a path that
-does not exist, a missing extra or missing ImageNet weights would otherwise surface when the
-stage that needs it starts, often hours into a run. `cows-jax` runs `problems` before every
+A typo, an out-of-range threshold, a path that does not exist, a missing extra or missing
+ImageNet weights would otherwise surface when the stage that needs it starts, often hours
+into a run. `cows-jax` runs `problems` before every
 run command and exits with status 2 when there are any.
 """
 
@@ -117,17 +117,6 @@ def _ranges(cfg) -> list[str]:
   return out
 
 
-def _devices(cfg, devices: int, processes: int) -> list[str]:
-  out = []
-  for field in ('classify.batch_pairs', 'segment.batch_size'):
-    value = _get(cfg, field)
-    if isinstance(value, int) and value >= 1 and (value % devices or value % processes):
-      out.append(
-        f'{field}={value}: must be divisible by the {devices} devices and {processes} processes'
-      )
-  return out
-
-
 def _splits(cfg) -> tuple[str, ...]:
   d = cfg.data
   if d.name == 'synthetic':
@@ -186,11 +175,10 @@ def _paths(cfg) -> list[str]:
   return out
 
 
-def problems(cfg, devices: int = 1, processes: int = 1) -> list[str]:
+def problems(cfg) -> list[str]:
   """Every problem of a config, one line each; [] when it can run. It needs no file the config
   names to be readable (the CLI runs it before `config.finalize`)."""
   out = _ranges(cfg)
-  out += _devices(cfg, devices, processes)
   out += _paths(cfg)
   if cfg.evaluate.crf:
     try:

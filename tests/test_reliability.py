@@ -163,14 +163,13 @@ def test_real_data_problems_name_paths_weights_saliency_and_the_crf(monkeypatch,
   cfg.data.manual_dir = str(tmp_path / 'missing')
   cfg.model.init_from = str(tmp_path)  # no provenance.json there.
   monkeypatch.setattr(crf, 'check_available', lambda: (_ for _ in ()).throw(ValueError('no crf')))
-  problems = validation.problems(cfg, devices=2)
+  problems = validation.problems(cfg)
   text = '\n'.join(problems)
   assert f'data.manual_dir={tmp_path / "missing"}: does not exist' in text
   assert 'data.saliency_dir is not set' in text and 'use_saliency=False' in text
   assert 'model.init_from=' in text and 'no provenance.json' in text
   assert 'segment.init_from is not set: voc12 trains from ImageNet weights' in text
   assert 'weights import --arch resnet101' in text
-  assert 'classify.batch_pairs=5: must be divisible by the 2 devices' in text
   assert 'evaluate.crf=True: no crf' in text
   monkeypatch.undo()
   assert validation.problems(config.finalize(config.load('synthetic'))) == []

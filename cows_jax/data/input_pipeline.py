@@ -14,11 +14,26 @@ from cows_jax.data.mixing import MixPlan
 from cows_jax.data.pairs import ClassIndex
 
 
-def _local_batch(global_batch: int) -> int:
-  n = jax.process_count()
-  if global_batch % n:
-    raise ValueError(f'global batch {global_batch} not divisible by {n} processes')
-  return global_batch // n
+def _batches(ds, global_batch: int):
+  """This process's part of each global batch. Global batch k holds examples
+  [k * global_batch, (k + 1) * global_batch); when the devices do not divide it, it is padded
+  to the next multiple of the device count with copies of its first example, marked by
+  'weight' 0 (1 for real examples), which the losses and BatchNorm statistics leave out. The
+  recipe's batch then runs unchanged on any device count. Process p takes the p-th contiguous
+  slice, so the examples of a step and their order are those of a one-device run."""
+  devices, processes = jax.device_count(), jax.process_count()
+  padded = -(-global_batch // devices) * devices
+  local = padded // processes
+  slots = range(jax.process_index() * local, (jax.process_index() + 1) * local)
+
+  def batch(k):
+    items = [ds[k * global_batch + (j if j < global_batch else 0)] for j in slots]
+    out = {key: np.stack([item[key] for item in items]) for key in items[0]}
+    if padded != global_batch:
+      out['weight'] = np.asarray([float(j < global_batch) for j in slots], np.float32)
+    return out
+
+  return grain.MapDataset.range(len(ds) // global_batch).map(batch)
 
 
 def _prepare(image, rng, cfg, jitter: bool = True):
@@ -64,9 +79,7 @@ def pair_dataset(
   # Drop each epoch's remainder so that every step belongs to exactly one epoch.
   steps_per_epoch = epoch_len // global_batch
   ds = _whole_batches(ds, epoch_len, steps_per_epoch * global_batch)
-  ds = ds.random_map(make_pair, seed=seed)
-  ds = ds[jax.process_index() :: jax.process_count()]
-  return ds.batch(_local_batch(global_batch), drop_remainder=True)
+  return _batches(ds.random_map(make_pair, seed=seed), global_batch)
 
 
 def _whole_batches(ds, epoch_len: int, kept: int):
@@ -101,9 +114,7 @@ def segment_dataset(source, labels_for, cfg, num_steps: int, global_batch: int, 
 
   epochs = -(-num_steps * global_batch // len(source))
   ds = grain.MapDataset.range(len(source)).shuffle(seed=seed).repeat(epochs)
-  ds = ds.random_map(make_example, seed=seed)
-  ds = ds[jax.process_index() :: jax.process_count()]
-  return ds.batch(_local_batch(global_batch), drop_remainder=True)
+  return _batches(ds.random_map(make_example, seed=seed), global_batch)
 
 
 def iterate(ds, start: int, cfg):

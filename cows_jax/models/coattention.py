@@ -71,9 +71,10 @@ class CoAttentionNet(nn.Module):
     self.gate = Conv(1, (1, 1), use_bias=False, dtype=self.dtype, kernel_init=torch_default)
     self.co_weight = self.param('co_weight', torch_default, (dim, dim))
 
-  def features(self, images, train: bool = False):
-    """Feature map F [B, H/8, W/8, D] of normalized images [B, H, W, 3]."""
-    x = self.backbone(images, train)
+  def features(self, images, train: bool = False, mask=None):
+    """Feature map F [B, H/8, W/8, D] of normalized images [B, H, W, 3]; `mask` [B]: the
+    examples whose BatchNorm statistics count."""
+    x = self.backbone(images, train, mask)
     for conv in self.extra:
       x = nn.relu(conv(x))
     return x
@@ -117,7 +118,7 @@ class CoAttentionNet(nn.Module):
     return self.pair_head(f_m, f_n)
 
   def training_scores(
-    self, images_m, images_n, self_views=(), train: bool = True, view_source=None
+    self, images_m, images_n, self_views=(), train: bool = True, view_source=None, mask=None
   ):
     """Scores of the (m, n) pair and of m paired with each of its self views.
 
@@ -125,12 +126,13 @@ class CoAttentionNet(nn.Module):
     image before colour jitter. The reference runs a full pair forward per pairing (m's
     backbone four times); here m's features are computed once and reused, and the flip view
     shares the (m, n) backbone call. Returns (PairScores of (m, n), {view_key: PairScores
-    of (m, view)}).
+    of (m, view)}). `mask` [B]: the real pairs of a padded batch (BatchNorm statistics).
     """
     b = images_m.shape[0]
     source = images_m if view_source is None else view_source
     same = [views_lib.make_view(source, v) for v in self_views if views_lib.same_size(v)]
-    feats = self.features(jnp.concatenate([images_m, images_n, *same], axis=0), train)
+    masks = None if mask is None else jnp.concatenate([mask] * (2 + len(same)))
+    feats = self.features(jnp.concatenate([images_m, images_n, *same], axis=0), train, masks)
     f_m, f_n = feats[:b], feats[b : 2 * b]
     same_feats = iter(jnp.split(feats[2 * b :], len(same)) if same else ())
     by_view = {}
@@ -138,7 +140,7 @@ class CoAttentionNet(nn.Module):
       f_v = (
         next(same_feats)
         if views_lib.same_size(view)
-        else self.features(views_lib.make_view(source, view), train)
+        else self.features(views_lib.make_view(source, view), train, mask)
       )
       by_view[views_lib.view_key(view)] = self.pair_head(f_m, f_v)
     return self.pair_head(f_m, f_n), by_view

@@ -92,10 +92,11 @@ class DeepLab(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, images, train: bool = False):
+  def __call__(self, images, train: bool = False, mask=None):
+    """`mask` [B]: the examples whose BatchNorm statistics count (VGG with norm='batch')."""
     if self.backbone == 'vgg16':
       x = VGG16LargeFOV(width=self.width, norm=self.norm, dtype=self.dtype, name='backbone')(
-        images, train
+        images, train, mask
       )
     elif self.backbone == 'resnet101':
       x = ResNet(

@@ -37,7 +37,9 @@ class VGG16LargeFOV(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x, train: bool = False):
+  def __call__(self, x, train: bool = False, mask=None):
+    """`mask` [B] (bool): the examples whose BatchNorm statistics count (batch padding is
+    left out); None counts all."""
     if self.norm not in ('none', 'batch'):
       raise ValueError(f"model.norm={self.norm!r}: expected 'none' or 'batch'")
     x = x.astype(self.dtype)
@@ -56,7 +58,7 @@ class VGG16LargeFOV(nn.Module):
         if self.norm == 'batch':
           x = nn.BatchNorm(
             use_running_average=not train, momentum=0.9, dtype=self.dtype, name=f'norm{block}_{i}'
-          )(x)
+          )(x, mask=None if mask is None else mask[:, None, None, None])
         x = nn.relu(x)
       if block <= 3:
         x = _max_pool(x, 2, 2, 0)
