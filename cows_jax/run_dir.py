@@ -37,7 +37,8 @@ def path(root: str | os.PathLike) -> epath.Path:
   return epath.Path(root if '://' in root else os.path.abspath(root))
 
 
-def _is_local(p: epath.Path) -> bool:
+def is_local(p: epath.Path) -> bool:
+  """Whether `p` is on a local filesystem (not an object store such as gs://)."""
   return '://' not in os.fspath(p)
 
 
@@ -106,7 +107,7 @@ def write_bytes(target: str | os.PathLike, data: bytes) -> None:
   """Write `data` to `target` atomically: complete or absent, never half written."""
   target = epath.Path(target)
   target.parent.mkdir(parents=True, exist_ok=True)
-  if not _is_local(target):  # object stores publish an object only when it is complete.
+  if not is_local(target):  # object stores publish an object only when it is complete.
     target.write_bytes(data)
     return
   fd, tmp = tempfile.mkstemp(dir=os.fspath(target.parent), prefix=f'.{target.name}.', suffix='.tmp')
@@ -145,11 +146,15 @@ def read_json(source: str | os.PathLike, stage: str):
 
 
 def append_line(target: str | os.PathLike, line: str) -> None:
-  """One line at the end of a log file (logs are appended, not rewritten)."""
+  """One line at the end of a log file: appended locally; on object storage, which cannot
+  append, the object is rewritten (logs are small)."""
   target = epath.Path(target)
   target.parent.mkdir(parents=True, exist_ok=True)
-  with target.open('a') as f:
-    f.write(line + '\n')
+  if is_local(target):
+    with target.open('a') as f:
+      f.write(line + '\n')
+  else:
+    write_text(target, (target.read_text() if target.exists() else '') + line + '\n')
 
 
 # ---------------------------------------------------------------- artifacts
@@ -352,7 +357,7 @@ class Lock:
     self._thread = None
 
   def __enter__(self) -> 'Lock':
-    if not _is_local(self.file):
+    if not is_local(self.file):
       logging.info('run directory lock skipped on %s (not a local filesystem)', self.file)
       return self
     self.file.parent.mkdir(parents=True, exist_ok=True)

@@ -1,24 +1,34 @@
 """TensorBoard summaries beside the JSON-lines logs: WORKDIR/tensorboard/<name>/.
 
 Written with tensorboardX, which needs no TensorFlow (clu's metric writers import it). Only
-process 0 writes; elsewhere `Writer` does nothing, so callers need no process checks.
+process 0 writes; elsewhere `Writer` does nothing, so callers need no process checks. For a
+workdir on object storage the event file is written to a local temporary directory and
+copied there when the writer closes.
 """
 
 import os
+import shutil
+import tempfile
 
 import jax
 import numpy as np
+from etils import epath
+
+from cows_jax import run_dir
 
 
 class Writer:
   """Scalars and images of one run part (a trained model, the evaluation)."""
 
   def __init__(self, logdir) -> None:
-    self._tb = None
+    self._tb, self._remote, self._local = None, None, None
     if jax.process_index() == 0:
       from tensorboardX import SummaryWriter
 
-      self._tb = SummaryWriter(os.fspath(logdir))
+      logdir = epath.Path(logdir)
+      if not run_dir.is_local(logdir):
+        self._remote, self._local = logdir, tempfile.mkdtemp(prefix='cows_tensorboard.')
+      self._tb = SummaryWriter(self._local or os.fspath(logdir))
 
   def scalars(self, step: int, values: dict) -> None:
     if self._tb is not None:
@@ -33,3 +43,7 @@ class Writer:
   def close(self) -> None:
     if self._tb is not None:
       self._tb.close()
+    if self._remote is not None:
+      for name in os.listdir(self._local):
+        run_dir.write_bytes(self._remote / name, (epath.Path(self._local) / name).read_bytes())
+      shutil.rmtree(self._local)

@@ -71,3 +71,31 @@ def test_two_processes_of_two_devices_write_what_one_device_writes(tiny_run, tmp
   for key, value in summary_a.items():
     if key.endswith(('_miou', '_crf')):
       assert abs(summary_b[key] - value) <= MIOU_ATOL, (key, value, summary_b[key])
+
+
+def test_voc12_runlocal_pipeline_with_the_papers_5_pairs_on_8_devices(tmp_path):
+  import data_fixtures as fx
+
+  fx.make_voc(str(tmp_path / 'voc'))
+  flags = f'{os.environ.get("XLA_FLAGS", "")} --xla_force_host_platform_device_count=8'
+  env = dict(os.environ, XLA_FLAGS=flags, JAX_PLATFORMS='cpu')
+  overrides = {
+    'data.manual_dir': tmp_path / 'voc',
+    'data.saliency_dir': tmp_path / 'voc' / 'saliency',
+    'data.data_dir': tmp_path / 'built',
+    'classify.batch_pairs': 5,  # the paper's, on 8 devices.
+    'data.image_size': 32,
+    'input.size': 32,
+    'segment.crop_size': 32,
+    'segment.iterations': 3,
+    'classify.epochs': 2,
+    'classify.lr_decay_epochs': '(1,)',
+    'classify.localize_epoch': 2,
+  }
+  cmd = [EXE, 'pipeline', '--config', 'voc12:runlocal', '--workdir', str(tmp_path / 'run')]
+  cmd += [f'--config.{k}={v}' for k, v in overrides.items()]
+  done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+  assert done.returncode == 0, done.stderr[-4000:]
+  assert '8 devices' in done.stderr
+  summary = json.loads((tmp_path / 'run' / 'reports' / 'summary.json').read_text())
+  assert 0 <= summary['segmentation_miou'] <= 100
