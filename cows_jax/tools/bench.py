@@ -12,6 +12,7 @@ import functools
 import importlib.util
 import json
 import multiprocessing
+import os
 import resource
 import time
 
@@ -21,8 +22,20 @@ import numpy as np
 import optax
 from jax import export as jax_export
 
-from cows_jax import classify, export, localize, losses, maps, training, views
+from cows_jax import (
+  checkpoints,
+  classify,
+  config,
+  export,
+  localize,
+  losses,
+  maps,
+  run_dir,
+  training,
+  views,
+)
 from cows_jax.configs.defaults import paper_defaults
+from cows_jax.data import sources
 from cows_jax.models import from_config
 
 SELF_VIEWS = {'pair': (), 'full': ('flip', 0.75, 2.0)}
@@ -250,14 +263,20 @@ def _padded(indices, size):
 
 
 def _jax_localize_ours(model, variables, cfg, images, classes, related):
-  """localize.run's procedure: features once per image and view, the head per pairing."""
+  """localize.run's procedure: per batch of queries, features once per query, view and
+  related image the batch needs, the head per pairing; nothing kept across batches."""
   computer = localize.MapComputer(model, variables)
-  n = len(images)
-  bs = min(n, cfg.localize.batch_size)
+  bs = min(len(images), cfg.localize.batch_size)
+
+  def features(indices):
+    return np.concatenate(
+      [
+        computer.features(images[_padded(indices[s : s + bs], bs)])[: len(indices[s : s + bs])]
+        for s in range(0, len(indices), bs)
+      ]
+    )
 
   def run(queries):
-    chunks = [list(range(s, min(s + bs, n))) for s in range(0, n, bs)]
-    pool = np.concatenate([computer.features(images[_padded(c, bs)])[: len(c)] for c in chunks])
     out = []
     for s in range(0, len(queries), bs):
       chunk = queries[s : s + bs]
@@ -266,12 +285,14 @@ def _jax_localize_ours(model, variables, cfg, images, classes, related):
         v: computer.features(np.asarray(views.make_view(images[batch], v)))
         for v in cfg.localize.self_views
       }
+      partners = sorted({n for i in batch for ks in related[i] for n in ks})
+      at = {n: j for j, n in enumerate(partners)}
       out += localize.image_maps(
         computer,
-        pool[batch],
-        pool,
+        computer.features(images[batch]),
+        features(partners),
         view_feats,
-        [related[i] for i in batch],
+        [[[at[n] for n in ks] for ks in related[i]] for i in batch],
         [classes[i] for i in batch],
         cfg,
       )[: len(chunk)]
@@ -385,6 +406,61 @@ def localize_bench(args) -> None:
   print('  '.join(f'{name} / ours: {r["per_image"] / ours:.2f}x' for name, r in rows[1:]))
 
 
+# --- localize memory -------------------------------------------------------------------
+
+
+def _memory_config(args, images: int, data_dir: str):
+  cfg = paper_defaults()
+  cfg.data.train_size, cfg.data.val_size, cfg.data.data_dir = images, 4, data_dir
+  cfg.data.image_size = cfg.input.size = args.size
+  cfg.data.num_classes, cfg.model.width = 10, args.width
+  cfg.classify.epochs, cfg.classify.localize_epoch, cfg.classify.lr_decay_epochs = 1, 1, ()
+  return cfg
+
+
+def _build(args, images: int, data_dir: str) -> None:
+  sources.load(_memory_config(args, images, data_dir))
+
+
+def _localize_run(args, images: int, data_dir: str, workdir: str) -> dict:
+  """localize.run over `images` synthetic images with a random classifier (saved as the
+  checkpoint of epoch 1): seconds per image and the process's peak memory."""
+  cfg = config.finalize(_memory_config(args, images, data_dir))
+  model = from_config.classifier(cfg)
+  variables = from_config.init_variables(model, cfg, jax.random.key(0))
+  spe = classify.steps_per_epoch(cfg, images)
+  run = run_dir.RunDir(workdir)
+  run_dir.write_classifier_epochs(run, spe, 1)
+  mngr = checkpoints.manager(run.classifier())
+  checkpoints.save(mngr, spe, variables, {'step': np.zeros((), np.int32)})
+  mngr.wait_until_finished()
+  mngr.close()
+  start = time.perf_counter()
+  localize.run(cfg, workdir)
+  seconds = time.perf_counter() - start
+  return {'per_image': seconds / images, 'peak': _peak_mib(None)}
+
+
+def localize_memory_bench(args) -> None:
+  """Peak memory of `localize.run` at several dataset sizes: flat when it does not grow."""
+  import tempfile
+
+  rows = []
+  with tempfile.TemporaryDirectory() as tmp:
+    for n in args.images:
+      _isolated(_build, args, n, os.path.join(tmp, 'data'))
+      r = _isolated(_localize_run, args, n, os.path.join(tmp, 'data'), os.path.join(tmp, f'run{n}'))
+      rows.append((n, r))
+  print(
+    f'bench localize-memory: localize.run on synthetic data, {args.size} px, width '
+    f'{args.width}, random classifier, K = 3, self views flip/0.75/2.0; device {jax.devices()[0]}'
+  )
+  print(f'{"images":>7}  {"s/image":>8}  {"peak MiB":>9}')
+  for n, r in rows:
+    print(f'{n:7d}  {r["per_image"]:8.3f}  {r["peak"][0]:9.0f}  ({r["peak"][1]})')
+  print(json.dumps({'bench': 'localize-memory', 'args': vars(args), 'rows': dict(rows)}))
+
+
 # --- export -------------------------------------------------------------------------------
 
 
@@ -470,6 +546,10 @@ def _parser() -> argparse.ArgumentParser:
   loc = sub.add_parser('localize', help='localization maps of query images')
   loc.add_argument('--images', type=int, required=True, help='query images')
   loc.add_argument('--related', type=int, default=3, help='related images per class (K)')
+  mem = sub.add_parser('localize-memory', help='peak memory of localize at dataset sizes')
+  mem.add_argument('--images', type=lambda t: [int(x) for x in t.split(',')], default=[200, 800])
+  mem.add_argument('--size', type=int, default=64, help='square image size')
+  mem.add_argument('--width', type=float, default=0.125, help='channel multiplier')
   exp = sub.add_parser('export', help='size and load time of the exported segmenter')
   exp.add_argument('--backbone', choices=('resnet101', 'vgg16'), default='resnet101')
   exp.add_argument('--head', choices=('largefov', 'aspp'), default='largefov')
@@ -483,6 +563,11 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv) -> int:
   args = _parser().parse_args(argv)
-  benches = {'train-step': train_step_bench, 'localize': localize_bench, 'export': export_bench}
+  benches = {
+    'train-step': train_step_bench,
+    'localize': localize_bench,
+    'localize-memory': localize_memory_bench,
+    'export': export_bench,
+  }
   benches[args.what](args)
   return 0
