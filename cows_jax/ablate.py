@@ -17,7 +17,7 @@ from typing import Callable, Mapping
 
 from absl import logging
 
-from cows_jax import config, map_metrics, run_dir
+from cows_jax import config, map_metrics, parallel, run_dir
 from cows_jax.data import sources
 
 
@@ -83,7 +83,9 @@ def run(cfg, workdir: str, stages: Mapping[str, Callable]) -> list[dict]:
     train_dir = os.path.join(workdir, 'train', variant.training)
     stages['classify'](vcfg, train_dir)
     variant_dir = os.path.join(workdir, variant.slug)
-    _link_classifier(run_dir.RunDir(train_dir), run_dir.RunDir(variant_dir))
+    if parallel.is_writer():
+      _link_classifier(run_dir.RunDir(train_dir), run_dir.RunDir(variant_dir))
+    parallel.barrier('ablate: link')
     stages['localize'](vcfg, variant_dir)
     stages['label'](vcfg, variant_dir)
     run = run_dir.RunDir(variant_dir)
@@ -99,8 +101,10 @@ def run(cfg, workdir: str, stages: Mapping[str, Callable]) -> list[dict]:
       }
     )
   out = run_dir.RunDir(workdir).reports()
-  run_dir.write_json(out / 'ablation.json', rows)
-  run_dir.write_text(out / 'ablation.md', markdown_table(rows))
+  if parallel.is_writer():
+    run_dir.write_json(out / 'ablation.json', rows)
+    run_dir.write_text(out / 'ablation.md', markdown_table(rows))
+  parallel.barrier('ablate')
   logging.info('ablate:\n%s', markdown_table(rows))
   return rows
 
