@@ -104,6 +104,10 @@ def paper_defaults() -> ml_collections.ConfigDict:
   # 'cam': plain single-image CAMs of the classifier (the ablation's baseline inference).
   c.localize.method = 'coattention'
   c.localize.batch_size = 16
+  # Not a hyperparameter: host memory for the related images' features. The whole training
+  # set's are kept when they fit (each computed once), else each batch computes the ones it
+  # needs (flat memory, more backbone work): VOC at 256 px needs 22 GB, LID about 1 TB.
+  c.localize.feature_memory_mib = 4096
   c.localize.seed = 0
 
   c.label = ml_collections.ConfigDict()

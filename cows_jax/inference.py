@@ -9,7 +9,6 @@ directory's trained segmenter as a function image -> probabilities.
 """
 
 import dataclasses
-import functools
 from typing import Callable
 
 import jax
@@ -17,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import export as jax_export
 
-from cows_jax import checkpoints, crf, losses, run_dir, test_time
+from cows_jax import checkpoints, crf, losses, parallel, run_dir, test_time
 from cows_jax.models import from_config
 
 
@@ -69,7 +68,10 @@ def load_predictor(cfg, workdir: str, supervision: str = 'pseudo') -> Callable:
   variables, _ = checkpoints.restore_variables(
     run_dir.RunDir(workdir).segmenter(supervision), None, like, 'segment'
   )
-  probs_fn = functools.partial(window_probabilities(model, settings.flip), variables)
+  # Variables replicated on this process's devices (restore_variables), windows sharded over
+  # them where they divide.
+  probs, mesh = window_probabilities(model, settings.flip), parallel.local_mesh()
+  probs_fn = lambda x: probs(variables, parallel.to_local_devices(np.asarray(x), mesh))
   return lambda image: test_time.predict(
     image,
     probs_fn,

@@ -4,10 +4,11 @@ For image m and each of its classes c: the co-attention class map of m paired wi
 images that contain c (averaged over k), plus the maps of m's self-pair views (flip, scales),
 aggregated by the paper's rule and resized to the image size.
 
-In each batch of queries, backbone features are computed once per image and view (the
-queries, their views, and the related images the batch needs), then only the co-attention
-head runs for each pairing (the reference reruns the full pair forward for every pairing; the
-maps are the same). Nothing is kept across batches, so memory does not grow with the dataset.
+In each batch of queries, backbone features are computed once per image and view, then only
+the co-attention head runs for each pairing (the reference reruns the full pair forward for
+every pairing; the maps are the same). The related images' features are kept for the whole
+run when they fit in localize.feature_memory_mib, else computed per batch, so memory never
+grows past that budget with the dataset (`RelatedFeatures`).
 Batches are spread over processes and sharded over each process's devices. Per-image maps are
 written atomically to WORKDIR/maps/<id>.npz (run_dir), so an interrupted run resumes where it
 stopped; maps/index.json, written by process 0 after every process is done, marks the stage
@@ -190,14 +191,41 @@ def run(cfg, workdir: str) -> None:
   parallel.barrier('localize: marker')
 
 
-def _features(computer: MapComputer, train, indices: list[int], cfg) -> np.ndarray:
-  """Backbone features of the images `indices`, in batches of localize.batch_size."""
-  bs = cfg.localize.batch_size
-  out = []
-  for s in range(0, len(indices), bs):
-    chunk = indices[s : s + bs]
-    out.append(computer.features(_input_batch(train, _padded(chunk, bs), cfg))[: len(chunk)])
-  return np.concatenate(out)
+class RelatedFeatures:
+  """Backbone features of the related images. When the whole training set's features fit in
+  localize.feature_memory_mib they are computed once, in fixed slices of the split, and kept
+  (each image once per run, as fast as it gets); otherwise each batch computes the ones it
+  needs and nothing is kept (memory flat in the dataset size, more backbone work). Either way
+  an image's features come from the same computation in every run, so resumed and
+  distributed runs write the same maps."""
+
+  def __init__(self, computer: MapComputer, train, cfg):
+    self.computer, self.train, self.cfg = computer, train, cfg
+    bs, n = cfg.localize.batch_size, len(train)
+    first = self._batch(list(range(min(bs, n))))
+    self.store = None
+    if first[0].nbytes * n <= cfg.localize.feature_memory_mib * 2**20:
+      self.store = np.empty((n, *first.shape[1:]), first.dtype)
+      self.store[: len(first)] = first
+      for s in range(bs, n, bs):
+        chunk = list(range(s, min(s + bs, n)))
+        self.store[s : s + len(chunk)] = self._batch(chunk)
+    logging.info(
+      'localize: related-image features %s (%.1f MiB per 1,000 images)',
+      'kept in memory' if self.store is not None else 'computed per batch',
+      first[0].nbytes * 1000 / 2**20,
+    )
+
+  def _batch(self, chunk: list[int]) -> np.ndarray:
+    bs = self.cfg.localize.batch_size
+    images = _input_batch(self.train, _padded(chunk, bs), self.cfg)
+    return self.computer.features(images)[: len(chunk)]
+
+  def __call__(self, indices: list[int]) -> np.ndarray:
+    if self.store is not None:
+      return self.store[np.asarray(indices)]
+    bs = self.cfg.localize.batch_size
+    return np.concatenate([self._batch(indices[s : s + bs]) for s in range(0, len(indices), bs)])
 
 
 def _write_maps(
@@ -212,13 +240,15 @@ def _write_maps(
   """Maps of the training images `todo`, one file per image. Batches are fixed slices of the
   split, whatever is left to do, and each process takes every process_count()-th batch, so a
   resumed or distributed run computes every map in the same batch as a plain run (the same
-  numbers to the bit). The related images' features are computed for each batch, so memory
-  does not grow with the dataset."""
+  numbers to the bit). Related images' features: `RelatedFeatures`."""
   method, bs = cfg.localize.method, cfg.localize.batch_size
   todo = set(todo)
   starts = [s for s in range(0, len(train), bs) if not todo.isdisjoint(range(s, s + bs))]
   starts = [starts[j] for j in parallel.process_share(len(starts))]
   counter = progress.Progress('localize', sum(len(todo & set(range(s, s + bs))) for s in starts))
+  related_features = (
+    RelatedFeatures(computer, train, cfg) if method == 'coattention' and starts else None
+  )
   for s in starts:
     chunk = list(range(s, min(s + bs, len(train))))
     batch = _padded(chunk, bs)
@@ -244,7 +274,7 @@ def _write_maps(
       small = image_maps(
         computer,
         computer.features(images),
-        _features(computer, train, partners, cfg) if partners else None,
+        related_features(partners) if partners else None,
         view_feats,
         related,
         classes,

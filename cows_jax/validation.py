@@ -43,6 +43,7 @@ RANGES = (
   ('localize.num_related', 1, None),
   ('localize.gate', 0, 1),
   ('localize.batch_size', 1, None),
+  ('localize.feature_memory_mib', 0, None),
   ('label.score_threshold', 0, 1),
   ('label.conflict_threshold', 0, 1),
   ('label.bg_saliency_ignore', 0, 256),

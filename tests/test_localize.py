@@ -97,3 +97,24 @@ def test_map_back_is_pytorch_bicubic():
     )
     got = np.asarray(views.map_back(jnp.asarray(raw_maps), 2.0, (32, 32)))
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_kept_and_per_batch_related_features_give_the_same_maps(tiny_run, tmp_path):
+  """localize.feature_memory_mib=0 (features per batch, flat memory) writes the maps of the
+  default (the training set's features kept)."""
+  import shutil
+
+  from cows_jax import config, run_dir
+
+  cfg, original = tiny_run
+  workdir = str(tmp_path / 'run')
+  shutil.copytree(original, workdir, symlinks=True)
+  run = run_dir.RunDir(workdir)
+  ids = run_dir.read_json(run.maps_index(), 'localize')['ids']
+  shutil.rmtree(run.maps())
+  localize.run(config.with_overrides(cfg, (('localize.feature_memory_mib', 0),)), workdir)
+  for i in ids:
+    a = run_dir.load_maps(run_dir.RunDir(original).map_file(i))
+    b = run_dir.load_maps(run.map_file(i))
+    np.testing.assert_array_equal(a[1], b[1])
+    np.testing.assert_allclose(a[0], b[0], rtol=1e-4, atol=0.05)  # float16 maps, 0..255.

@@ -415,6 +415,7 @@ def _memory_config(args, images: int, data_dir: str):
   cfg.data.image_size = cfg.input.size = args.size
   cfg.data.num_classes, cfg.model.width = 10, args.width
   cfg.classify.epochs, cfg.classify.localize_epoch, cfg.classify.lr_decay_epochs = 1, 1, ()
+  cfg.localize.feature_memory_mib = args.feature_memory_mib
   return cfg
 
 
@@ -453,7 +454,8 @@ def localize_memory_bench(args) -> None:
       rows.append((n, r))
   print(
     f'bench localize-memory: localize.run on synthetic data, {args.size} px, width '
-    f'{args.width}, random classifier, K = 3, self views flip/0.75/2.0; device {jax.devices()[0]}'
+    f'{args.width}, random classifier, K = 3, self views flip/0.75/2.0, feature_memory_mib '
+    f'{args.feature_memory_mib}; device {jax.devices()[0]}'
   )
   print(f'{"images":>7}  {"s/image":>8}  {"peak MiB":>9}')
   for n, r in rows:
@@ -550,6 +552,9 @@ def _parser() -> argparse.ArgumentParser:
   mem.add_argument('--images', type=lambda t: [int(x) for x in t.split(',')], default=[200, 800])
   mem.add_argument('--size', type=int, default=64, help='square image size')
   mem.add_argument('--width', type=float, default=0.125, help='channel multiplier')
+  mem.add_argument(
+    '--feature_memory_mib', type=int, default=0, help='localize.feature_memory_mib (0: per batch)'
+  )
   exp = sub.add_parser('export', help='size and load time of the exported segmenter')
   exp.add_argument('--backbone', choices=('resnet101', 'vgg16'), default='resnet101')
   exp.add_argument('--head', choices=('largefov', 'aspp'), default='largefov')
