@@ -202,7 +202,6 @@ def test_a_second_job_on_a_run_directory_fails_at_once_and_a_dead_holder_is_take
 
 
 def test_a_full_disk_is_one_clear_error_and_the_rerun_resumes(tiny_run, tmp_path):
-  import resource
   import shutil
 
   cfg, original = tiny_run
@@ -214,12 +213,15 @@ def test_a_full_disk_is_one_clear_error_and_the_rerun_resumes(tiny_run, tmp_path
   cmd = [EXE, 'label', '--config', 'synthetic:tiny', '--workdir', workdir]
   cmd += [f'--config.data.data_dir={cfg.data.data_dir}']
 
-  def limit_file_size():  # palette PNGs (a 768-byte palette) no longer fit.
-    resource.setrlimit(resource.RLIMIT_FSIZE, (600, 600))
-
-  done = subprocess.run(
-    cmd, capture_output=True, text=True, timeout=300, preexec_fn=limit_file_size
-  )
+  # A file-size limit that palette PNGs (a 768-byte palette) do not fit, set in a fresh
+  # interpreter that then becomes the command (no fork of this multithreaded process).
+  limited = [
+    sys.executable,
+    '-c',
+    'import os, resource, sys; resource.setrlimit(resource.RLIMIT_FSIZE, (600, 600)); '
+    'os.execv(sys.argv[1], sys.argv[1:])',
+  ]
+  done = subprocess.run(limited + cmd, capture_output=True, text=True, timeout=300)
   assert done.returncode == 1, done.stderr[-2000:]
   assert 'cows-jax label: error: cannot write' in done.stderr and 'File too large' in done.stderr
   assert 'Traceback' not in done.stderr
