@@ -34,3 +34,13 @@ def tiny_run(tmp_path_factory):
   workdir = str(base / 'run')
   cli.run_stage('pipeline', cfg, workdir)
   return cfg, workdir
+
+
+@pytest.fixture
+def free_port() -> int:
+  """A free TCP port on localhost, for a jax.distributed coordinator."""
+  import socket
+
+  with socket.socket() as s:
+    s.bind(('localhost', 0))
+    return s.getsockname()[1]

@@ -4,7 +4,6 @@ what 1 process x 1 device writes."""
 
 import json
 import os
-import socket
 import subprocess
 import sys
 
@@ -19,15 +18,9 @@ MAP_ATOL = 0.5  # maps are 0..255.
 MIOU_ATOL = 0.5  # percent.
 
 
-def _free_port() -> int:
-  with socket.socket() as s:
-    s.bind(('localhost', 0))
-    return s.getsockname()[1]
-
-
-def test_two_processes_of_two_devices_write_what_one_device_writes(tiny_run, tmp_path):
+def test_two_processes_of_two_devices_write_what_one_device_writes(tiny_run, tmp_path, free_port):
   cfg, reference = tiny_run
-  workdir, port = str(tmp_path / 'run'), _free_port()
+  workdir, port = str(tmp_path / 'run'), free_port
   flags = f'{os.environ.get("XLA_FLAGS", "")} --xla_force_host_platform_device_count=2'
   env = dict(os.environ, XLA_FLAGS=flags, JAX_PLATFORMS='cpu')
   procs = [

@@ -2,7 +2,6 @@
 0 builds the dataset, process 1 waits and reuses it, and both read the same records."""
 
 import os
-import socket
 import subprocess
 import sys
 import textwrap
@@ -22,16 +21,10 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
-def _free_port() -> int:
-  with socket.socket() as s:
-    s.bind(('localhost', 0))
-    return s.getsockname()[1]
-
-
-def test_process_zero_builds_and_the_other_reuses(tmp_path):
+def test_process_zero_builds_and_the_other_reuses(tmp_path, free_port):
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   env = dict(os.environ, JAX_PLATFORMS='cpu')
-  port = str(_free_port())
+  port = str(free_port)
   procs = [
     subprocess.Popen(
       [sys.executable, '-c', SCRIPT, str(i), port, str(tmp_path)],
