@@ -78,21 +78,18 @@ class MapComputer:
     self._f = jax.jit(lambda v, x: model.apply(v, x, method=model.features))
     self._p = jax.jit(lambda v, a, b: model.apply(v, a, b, method=model.pair_maps))
     self._c = jax.jit(lambda v, f: model.apply(v, f, method=model.cam))
-    self._features = lambda x: self._f(self._variables, self._put(x))
-    self._pair_maps = lambda a, b: self._p(self._variables, self._put(a), self._put(b))
-    self._cams = lambda f: self._c(self._variables, self._put(f))
 
   def _put(self, x):
     return parallel.to_local_devices(np.asarray(x), self._mesh)
 
   def features(self, images: np.ndarray) -> np.ndarray:
-    return np.asarray(self._features(images))
+    return np.asarray(self._f(self._variables, self._put(images)))
 
   def pair_maps(self, f_m, f_n):
-    return self._pair_maps(f_m, f_n)
+    return self._p(self._variables, self._put(f_m), self._put(f_n))
 
   def cams(self, feats) -> np.ndarray:
-    return np.asarray(self._cams(feats))
+    return np.asarray(self._c(self._variables, self._put(feats)))
 
 
 def image_maps(
@@ -221,6 +218,13 @@ class RelatedFeatures:
     images = _input_batch(self.train, _padded(chunk, bs), self.cfg)
     return self.computer.features(images)[: len(chunk)]
 
+  def of_queries(self, batch: list[int], images: np.ndarray) -> np.ndarray:
+    """Features of a batch of queries (a fixed slice of the split, padded): kept ones when
+    there are (the same computation), else computed from their `images`."""
+    if self.store is not None:
+      return self.store[np.asarray(batch)]
+    return self.computer.features(images)
+
   def __call__(self, indices: list[int]) -> np.ndarray:
     if self.store is not None:
       return self.store[np.asarray(indices)]
@@ -273,7 +277,7 @@ def _write_maps(
       related = [[[at[n] for n in ks] for ks in per_image] for per_image in related]
       small = image_maps(
         computer,
-        computer.features(images),
+        related_features.of_queries(batch, images),
         related_features(partners) if partners else None,
         view_feats,
         related,
