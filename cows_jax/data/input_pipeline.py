@@ -27,7 +27,9 @@ def _batches(ds, global_batch: int):
   slots = range(jax.process_index() * local, (jax.process_index() + 1) * local)
 
   def batch(k):
-    items = [ds[k * global_batch + (j if j < global_batch else 0)] for j in slots]
+    indices = [k * global_batch + (j if j < global_batch else 0) for j in slots]
+    loaded = {i: ds[i] for i in set(indices)}  # padding repeats one example: made once.
+    items = [loaded[i] for i in indices]
     out = {key: np.stack([item[key] for item in items]) for key in items[0]}
     if padded != global_batch:
       out['weight'] = np.asarray([float(j < global_batch) for j in slots], np.float32)
