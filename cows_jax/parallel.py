@@ -40,11 +40,9 @@ def process_zero_first(fn, name: str):
   """fn() on process 0, then, after a barrier, on every other process: for work on storage
   the hosts may share, such as a dataset build, which fn then finds complete and reuses
   (hosts with their own disks each build after process 0). One process: just fn()."""
-  if jax.process_count() == 1:
-    return fn()
-  out = fn() if jax.process_index() == 0 else None
-  multihost_utils.sync_global_devices(f'cows_jax: {name}')
-  return out if jax.process_index() == 0 else fn()
+  out = fn() if is_writer() else None
+  barrier(name)
+  return out if is_writer() else fn()
 
 
 # --- stages that map images to files: each process takes its share -------------------------

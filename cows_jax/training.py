@@ -176,7 +176,8 @@ def fit(task: Task) -> None:
       done = step + 1
       last = done == task.total_steps
       save = last or done % task.keep_period == 0 or done % task.checkpoint_every == 0
-      if save or done % task.log_every == 0:
+      stop = not last and preemption.requested(mngr, done)
+      if save or stop or done % task.log_every == 0:  # nothing unchecked is ever saved.
         check_finite(task, done - len(unlogged) + 1 + unchecked, unlogged[unchecked:])
         unchecked = len(unlogged)
       if done % task.log_every == 0 or last:
@@ -184,9 +185,6 @@ def fit(task: Task) -> None:
         means = {k: np.mean([v[k] for v in values]) for k in values[0]}
         log.write(done, {**means, 'learning_rate': task.learning_rate(step)})
         unlogged, unchecked = [], 0
-      stop = not last and preemption.requested(mngr, done)
-      if stop and not save:
-        check_finite(task, done - len(unlogged) + 1 + unchecked, unlogged[unchecked:])
       if save or stop:
         checkpoints.save(mngr, done, state.variables, state.opt_state)
       if stop:

@@ -8,7 +8,7 @@ run command and exits with status 2 when there are any.
 
 import os
 
-from cows_jax import crf
+from cows_jax import crf, run_dir
 from cows_jax.data import mixing, sources, voc
 from cows_jax.models import deeplab
 
@@ -110,11 +110,10 @@ def _ranges(cfg) -> list[str]:
   lo, hi = cfg.segment.scale_range
   if not 0 < lo <= hi:
     out.append(f'segment.scale_range={(lo, hi)}: expected 0 < low <= high')
-  sups = tuple(cfg.segment.supervisions)
-  if not sups or set(sups) - {'pseudo', 'ground_truth'} or len(set(sups)) != len(sups):
-    out.append(
-      f"segment.supervisions={sups}: expected distinct entries of 'pseudo', 'ground_truth'"
-    )
+  try:
+    run_dir.supervisions(cfg)
+  except ValueError as e:
+    out.append(str(e))
   return out
 
 
