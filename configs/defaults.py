@@ -55,6 +55,10 @@ def paper_defaults() -> ml_collections.ConfigDict:
   c.input = ml_collections.ConfigDict()
   c.input.size = 256  # square resize of classifier inputs.
   c.input.color_jitter = (0.3, 0.3, 0.3, 0.1)  # brightness, contrast, saturation, hue.
+  # Scaled self views (classify.self_views, localize.self_views) as the reference makes them:
+  # square PIL bilinear resizes of the original image (192 and 512 px for 256), no jitter.
+  # False: resample the input tensor on the device (cheaper; the 2x view has no extra detail).
+  c.input.views_from_original = True
   c.input.mean = IMAGENET_MEAN
   c.input.std = IMAGENET_STD
   c.input.worker_count = 0  # grain worker processes (0 = in-process threads).
@@ -88,18 +92,28 @@ def paper_defaults() -> ml_collections.ConfigDict:
   # The anchor is also paired with these views of itself (single + co-attention losses,
   # target l_m, no contrastive loss); () trains on (m, n) pairs only.
   c.classify.self_views = ('flip', 0.75, 2.0)
+  # The reference draws partners with random.choice over the class's images (the anchor
+  # included) and keeps each epoch's last partial batch (PyTorch's drop_last=False).
+  c.classify.partner_excludes_anchor = False
+  c.classify.keep_last_partial_batch = True
   c.classify.contrastive_from_epoch = 2  # epoch index from which contrastive losses count.
   c.classify.loss_weight_single = 1.0
   c.classify.loss_weight_coattention = 1.0
   c.classify.loss_weight_contrastive = 1.0
-  c.classify.localize_epoch = 10  # checkpoint (end of epoch) used by `localize`.
+  # `localize` uses the classifier as it is after this many completed epochs. The reference's
+  # file 'epoch_10' is saved with the 0-based epoch index, so it holds the state after 11.
+  c.classify.localize_after_epochs = 11
   c.classify.log_every_steps = 50
   c.classify.checkpoint_every_steps = 500  # resume points; every epoch end is kept too.
 
   c.localize = ml_collections.ConfigDict()
   c.localize.num_related = 3  # K related images per class.
+  c.localize.related_excludes_query = False  # the reference's random.choices may draw m itself.
   c.localize.gate = 0.1  # add a map only if sigmoid(mean(raw map)) > gate.
   c.localize.self_views = ('flip', 0.75, 2.0)  # () = cross-image context only.
+  # The reference: truncate the aggregated map to uint8 at map size, then OpenCV INTER_CUBIC
+  # to the image size, saturated to 0..255. False: float maps, the same cubic.
+  c.localize.quantize_maps = True
   # 'coattention': the paper's maps (co-attention with related images and self views);
   # 'cam': plain single-image CAMs of the classifier (the ablation's baseline inference).
   c.localize.method = 'coattention'

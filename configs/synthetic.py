@@ -21,7 +21,7 @@ def get_config(arg: str | None = None):
   presets.cpu_from_scratch(c)
   c.classify.epochs = 6
   c.classify.lr_decay_epochs = (4, 5)
-  c.classify.localize_epoch = 6
+  c.classify.localize_after_epochs = 6
   # The synthetic classes differ partly by hue: a +-0.1 turn hue jitter moves one class into
   # another's hue range (on VOC it does not change what the object is).
   c.input.color_jitter = (0.3, 0.3, 0.3, 0.0)
@@ -38,7 +38,7 @@ def tiny(c):
   """The end-to-end test: minutes become seconds."""
   c.data.train_size, c.data.val_size, c.data.image_size = 32, 8, 48
   c.input.size, c.segment.crop_size = 48, 48
-  c.classify.epochs, c.classify.lr_decay_epochs, c.classify.localize_epoch = 2, (1,), 2
+  c.classify.epochs, c.classify.lr_decay_epochs, c.classify.localize_after_epochs = 2, (1,), 2
   c.classify.log_every_steps = 2
   c.segment.iterations, c.segment.log_every_steps = 6, 2
   c.inference.scales = (0.75, 1.0)

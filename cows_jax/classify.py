@@ -6,14 +6,16 @@ import jax
 import jax.numpy as jnp
 from absl import logging
 
-from cows_jax import config, losses, optim, parallel, run_dir, training
+from cows_jax import config, losses, optim, parallel, run_dir, training, views
 from cows_jax.data import input_pipeline, sources
 from cows_jax.models import from_config
 from cows_jax.models.coattention import PRETRAINED_GROUPS
 
 
 def steps_per_epoch(cfg, num_train: int) -> int:
-  spe = num_train // cfg.classify.batch_pairs
+  """Steps of one epoch: its last partial batch counts when classify.keep_last_partial_batch."""
+  b = cfg.classify.batch_pairs
+  spe = -(-num_train // b) if cfg.classify.keep_last_partial_batch else num_train // b
   if spe == 0:
     raise ValueError(
       f'train split has {num_train} images, fewer than classify.batch_pairs='
@@ -47,6 +49,7 @@ def loss_fn(params, collections, batch, use_contrastive, *, model, weights, self
     self_views,
     train=True,
     view_source=batch.get('image_m_plain'),
+    view_images=views.given_views(batch),
     method=model.training_scores,
     mutable=list(collections),
     mask=None if example_weights is None else example_weights > 0,

@@ -28,7 +28,7 @@ import jax.numpy as jnp
 from etils import epath
 from jax import export as jax_export
 
-from cows_jax import checkpoints, config, inference, maps, run_dir, test_time, visualize
+from cows_jax import checkpoints, config, inference, maps, run_dir, test_time, views, visualize
 from cows_jax.data import sources
 from cows_jax.models import from_config
 
@@ -104,21 +104,29 @@ def export_segmenter(
 
 
 def classifier_function(model, variables, cfg, platforms) -> jax_export.Exported:
-  """One query's maps with cross-image context: (query [1, S, S, 3], related [k, S, S, 3])
-  -> [C, h, w], S = input.size, k symbolic; `variables` baked in."""
-  size, views, gate = cfg.input.size, tuple(cfg.localize.self_views), cfg.localize.gate
-  fn = lambda q, r: maps.query_maps(model, variables, q, r, views, gate)
+  """One query's maps with cross-image context: (query [1, S, S, 3], related [k, S, S, 3],
+  then one [1, s, s, 3] per view made from the original image) -> [C, h, w], S = input.size,
+  k symbolic; `variables` baked in."""
+  size, self_views, gate = cfg.input.size, tuple(cfg.localize.self_views), cfg.localize.gate
+  keys = [views.view_key(v) for v in views.from_original(self_views, cfg)]
+  fn = lambda q, r, *vs: maps.query_maps(
+    model, variables, q, r, self_views, gate, dict(zip(keys, vs))
+  )
   query = jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)
   related = jax.ShapeDtypeStruct(jax_export.symbolic_shape(f'k, {size}, {size}, 3'), jnp.float32)
-  return jax_export.export(jax.jit(fn), platforms=platforms)(query, related)
+  given = [
+    jax.ShapeDtypeStruct((1, views.view_size(size, v), views.view_size(size, v), 3), jnp.float32)
+    for v in views.from_original(self_views, cfg)
+  ]
+  return jax_export.export(jax.jit(fn), platforms=platforms)(query, related, *given)
 
 
 def export_classifier(cfg, workdir: str, out: str, platforms=('cpu',)) -> dict:
   """Writes E/model.jax and E/meta.json for the classifier checkpoint `localize` uses (end of
-  epoch classify.localize_epoch): localization maps outside the project."""
+  after classify.localize_after_epochs epochs): localization maps outside the project."""
   cfg = config.finalize(cfg)
   run = run_dir.RunDir(workdir)
-  step = run_dir.classifier_epoch_step(run, cfg.classify.localize_epoch)
+  step = run_dir.classifier_epoch_step(run, cfg.classify.localize_after_epochs)
   model = from_config.classifier(cfg)
   like = from_config.abstract_variables(model, cfg)
   variables, step = checkpoints.restore_variables(run.classifier(), step, like, 'classify')
@@ -130,18 +138,25 @@ def export_classifier(cfg, workdir: str, out: str, platforms=('cpu',)) -> dict:
       'related': f'float32[k, {cfg.input.size}, {cfg.input.size}, 3]: k images that contain '
       'the class of interest (the paper: k = localize.num_related)',
       'values': '(RGB / 255 - mean) / std of the image resized (bilinear) to the square size',
+      'views': [
+        f'float32[1, {views.view_size(cfg.input.size, v)}, {views.view_size(cfg.input.size, v)}, 3]: '
+        f"the query's x{float(v)} view, the original image resized (PIL bilinear) to that "
+        'square size and normalized like the query; one argument each, after `related`'
+        for v in views.from_original(tuple(cfg.localize.self_views), cfg)
+      ],
       'size': cfg.input.size,
       'mean': list(cfg.input.mean),
       'std': list(cfg.input.std),
     },
     'output': 'float32[C, h, w]: the aggregated map of every class at feature resolution, '
     '0..255; row c is the map of class c when the related images contain c; resize it to the '
-    "image's size (bicubic) as localize does",
+    "image's size as localize does: truncated to uint8, then cubic (OpenCV INTER_CUBIC)",
     'symbolic_dims': {'k': 'related images, >= 1'},
     'classes': list(sources.class_names(cfg)),
     'num_related': cfg.localize.num_related,
     'self_views': list(cfg.localize.self_views),
     'gate': cfg.localize.gate,
+    'quantize_maps': cfg.localize.quantize_maps,
     'platforms': list(platforms),
     'source': {'checkpoint_dir': str(run.classifier()), 'step': int(step)},
     'versions': _versions(),

@@ -19,7 +19,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import logging
-from PIL import Image
 
 from cows_jax import (
   checkpoints,
@@ -37,21 +36,20 @@ from cows_jax.data.pairs import ClassIndex
 from cows_jax.models import from_config
 
 
-def related_images(class_index: ClassIndex, m: int, c: int, k: int, seed: int) -> list[int]:
-  """K images with class c other than m, drawn from a generator seeded by (seed, m, c)."""
-  rng = np.random.default_rng([seed, m, c])
-  return [class_index.sample_with_class(c, rng, exclude=m) for _ in range(k)]
+def related_images(class_index: ClassIndex, m: int, c: int, cfg) -> list[int]:
+  """localize.num_related images with class c, drawn with replacement from a generator seeded
+  by (localize.seed, m, c); m itself among them unless localize.related_excludes_query."""
+  rng = np.random.default_rng([cfg.localize.seed, m, c])
+  exclude = m if cfg.localize.related_excludes_query else -1
+  return [
+    class_index.sample_with_class(c, rng, exclude=exclude) for _ in range(cfg.localize.num_related)
+  ]
 
 
-def resize_map(m: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-  """Bicubic resize of one float map to (H, W)."""
-  return np.asarray(
-    Image.fromarray(m.astype(np.float32), mode='F').resize((size[1], size[0]), Image.BICUBIC)
-  )
-
-
-def _input_batch(source, indices, cfg) -> np.ndarray:
-  size = (cfg.input.size, cfg.input.size)
+def _input_batch(source, indices, cfg, side: int | None = None) -> np.ndarray:
+  """The normalized inputs [B, S, S, 3] of `indices`, square resizes of the original images
+  to S = `side` (default input.size)."""
+  size = (side or cfg.input.size,) * 2
   return np.stack(
     [
       transforms.normalize(
@@ -60,6 +58,14 @@ def _input_batch(source, indices, cfg) -> np.ndarray:
       for i in indices
     ]
   )
+
+
+def _view_batch(source, indices, images: np.ndarray, view, cfg) -> np.ndarray:
+  """A self view of a batch: made from the original images (input.views_from_original), or
+  resampled from the batch's `images` (and always for the flip: the same either way)."""
+  if views.from_original((view,), cfg):
+    return _input_batch(source, indices, cfg, views.view_size(cfg.input.size, view))
+  return np.asarray(views.make_view(images, view))
 
 
 def _padded(indices: list[int], batch: int) -> list[int]:
@@ -167,12 +173,14 @@ def run(cfg, workdir: str) -> None:
   method = cfg.localize.method
   if method not in validation.METHODS:
     raise ValueError(f'localize.method={method!r}: expected one of {validation.METHODS}')
-  step = run_dir.classifier_epoch_step(run, cfg.classify.localize_epoch)
+  step = run_dir.classifier_epoch_step(run, cfg.classify.localize_after_epochs)
   model = from_config.classifier(cfg)
   like = from_config.abstract_variables(model, cfg)
   variables, step = checkpoints.restore_variables(run.classifier(), step, like, 'classify')
   logging.info(
-    'localize: classifier checkpoint of step %d (epoch %d)', step, cfg.classify.localize_epoch
+    'localize: classifier checkpoint of step %d (after %d epochs)',
+    step,
+    cfg.classify.localize_after_epochs,
   )
   train = sources.load(cfg)['train']
   computer = MapComputer(model, variables)
@@ -262,15 +270,11 @@ def _write_maps(
     else:
       images = _input_batch(train, batch, cfg)
       view_feats = {
-        v: computer.features(np.asarray(views.make_view(images, v)))
+        v: computer.features(_view_batch(train, batch, images, v, cfg))
         for v in cfg.localize.self_views
       }
       related = [
-        [
-          related_images(class_index, i, int(c), cfg.localize.num_related, cfg.localize.seed)
-          for c in cls
-        ]
-        for i, cls in zip(batch, classes)
+        [related_images(class_index, i, int(c), cfg) for c in cls] for i, cls in zip(batch, classes)
       ]
       partners = sorted({n for per_image in related for ks in per_image for n in ks})
       at = {n: j for j, n in enumerate(partners)}
@@ -287,7 +291,7 @@ def _write_maps(
     for j, i in enumerate(chunk):
       if i in todo:
         size = train[i]['image'].shape[:2]
-        full = np.stack([resize_map(m, size) for m in small[j]])
+        full = maps.to_image_size(small[j], size, cfg.localize.quantize_maps)
         run_dir.save_maps(run.map_file(ids[i]), full, classes[j])
         counter.update()
     preemption.check('localize')

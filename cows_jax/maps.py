@@ -1,9 +1,10 @@
 """The localization-map arithmetic shared by `localize` and `export`: the paper's aggregation
-rule, and one query image's maps with cross-image context as a single JAX function (what an
+rule, the resize of a map to the image's size, and one query image's maps with cross-image context as a single JAX function (what an
 exported classifier computes)."""
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from cows_jax import views
 
@@ -20,12 +21,15 @@ def aggregate(maps: jax.Array, gate: float) -> jax.Array:
   return jnp.sum(jnp.where(keep[:, None, None], scaled, 0.0), axis=0) / maps.shape[0]
 
 
-def query_maps(model, variables, query, related, self_views, gate: float) -> jax.Array:
+def query_maps(
+  model, variables, query, related, self_views, gate: float, view_images=None
+) -> jax.Array:
   """Aggregated maps [C, h, w] (0..255, feature resolution) of one normalized query image
   [1, S, S, 3] for every class: m's map in the pair with the first self view, each view's map
   mapped back, then the mean over the related images [K, S, S, 3] of m's map paired with each
   (the order of localize.image_maps). Row c is the paper's map of class c when every related
-  image contains c."""
+  image contains c. `view_images` {view_key: [1, s, s, 3]}: views made from the original
+  image (views.from_original); the others are resampled from the query."""
   apply = lambda *a, method: model.apply(variables, *a, method=method)
   f_m = apply(query, method=model.features)
   f_r = apply(related, method=model.features)
@@ -34,11 +38,31 @@ def query_maps(model, variables, query, related, self_views, gate: float) -> jax
   )
   h, w = f_m.shape[1:3]
   stack = []
+  given = view_images or {}
   for j, view in enumerate(self_views):
-    f_v = apply(views.make_view(query, view), method=model.features)
+    image = given.get(views.view_key(view))
+    f_v = apply(views.make_view(query, view) if image is None else image, method=model.features)
     m_self, m_view = apply(f_m, f_v, method=model.pair_maps)
     if j == 0:
       stack.append(m_self[0])
     stack.append(views.map_back(m_view, view, (h, w))[0])
   stack.append(jnp.mean(maps_m, axis=0))
   return jax.vmap(lambda m: aggregate(m, gate), in_axes=3)(jnp.stack(stack))
+
+
+def to_image_size(small: np.ndarray, size: tuple[int, int], quantize: bool) -> np.ndarray:
+  """Aggregated maps [K, h, w] (0..255) at the image's size [K, H, W].
+
+  quantize (the reference): truncate to uint8 at map size, then OpenCV's INTER_CUBIC (a =
+  -0.75, half-pixel centres, borders replicated), rounded and saturated to 0..255; computed
+  in float64, which gives OpenCV's uint8 result to within one level (tested against cv2).
+  Otherwise the same cubic on the float maps, unrounded."""
+  x = np.asarray(small, np.float64)
+  if quantize:
+    x = np.clip(x, 0, 255).astype(np.uint8).astype(np.float64)  # the cast truncates.
+  rows = views.bicubic_matrix(x.shape[1], size[0], dtype=np.float64)
+  cols = views.bicubic_matrix(x.shape[2], size[1], dtype=np.float64)
+  out = np.einsum('Hh,khw,Ww->kHW', rows, x, cols)
+  if quantize:
+    out = np.clip(np.rint(out), 0, 255)
+  return out.astype(np.float32)

@@ -96,9 +96,9 @@ def _ranges(cfg) -> list[str]:
     if _get(cfg, field) not in allowed:
       out.append(f'{field}={_get(cfg, field)!r}: expected one of {", ".join(allowed)}')
   c = cfg.classify
-  if not 1 <= c.localize_epoch <= c.epochs:
+  if not 1 <= c.localize_after_epochs <= c.epochs:
     out.append(
-      f'classify.localize_epoch={c.localize_epoch}: expected 1..classify.epochs={c.epochs}'
+      f'classify.localize_after_epochs={c.localize_after_epochs}: expected 1..classify.epochs={c.epochs}'
     )
   bad = [t for t in cfg.evaluate.cam_thresholds if not 0 <= t <= 1]
   if bad or not cfg.evaluate.cam_thresholds:

@@ -1,5 +1,10 @@
 """Self-pair views of a batch of images (horizontal flip or a scale factor), and their class
-maps brought back into the original frame. Used by training (self-pairs) and localization."""
+maps brought back into the original frame. Used by training (self-pairs) and localization.
+
+The reference makes each scaled view from the original-resolution image (a square PIL resize,
+input.views_from_original): the input pipeline and `localize` do that on the host and pass the
+views in by `input_key`. `make_view` resamples the input tensor instead (the cheaper switch, and
+always the flip, which is the same either way)."""
 
 import jax
 import jax.numpy as jnp
@@ -15,10 +20,11 @@ def make_view(images, view):
   return jax.image.resize(images, (b, size[0], size[1], c), 'bilinear')
 
 
-def bicubic_matrix(in_size: int, out_size: int, a: float = -0.75) -> np.ndarray:
+def bicubic_matrix(in_size: int, out_size: int, a: float = -0.75, dtype=np.float32) -> np.ndarray:
   """[out, in] weights of PyTorch's bicubic resize (align_corners=False, no antialias):
   Keys kernel with a = -0.75 at src = (dst + 0.5) * in/out - 0.5, border pixels repeated.
-  jax.image.resize's cubic uses a = -0.5 and other borders; the reference maps use this."""
+  OpenCV's INTER_CUBIC is the same kernel. jax.image.resize's cubic uses a = -0.5 and other
+  borders; the reference maps use this."""
   src = (np.arange(out_size) + 0.5) * (in_size / out_size) - 0.5
   base = np.floor(src).astype(int)
   out = np.zeros((out_size, in_size), np.float64)
@@ -30,7 +36,7 @@ def bicubic_matrix(in_size: int, out_size: int, a: float = -0.75) -> np.ndarray:
       np.where(x < 2, ((a * x - 5 * a) * x + 8 * a) * x - 4 * a, 0.0),
     )
     np.add.at(out, (np.arange(out_size), np.clip(base + k, 0, in_size - 1)), w)
-  return out.astype(np.float32)
+  return out.astype(dtype)
 
 
 def map_back(maps, view, size: tuple[int, int]):
@@ -50,3 +56,26 @@ def view_key(view) -> str:
 
 def same_size(view) -> bool:
   return view == 'flip'
+
+
+def view_size(size: int, view) -> int:
+  """The square side of a view of a `size` px input: 256 -> 192 (x0.75) and 512 (x2)."""
+  return size if same_size(view) else int(round(size * float(view)))
+
+
+def input_key(view) -> str:
+  """The batch key of a view made on the host from the original image ('view_x0.75')."""
+  return 'view_' + view_key(view)
+
+
+def from_original(views, cfg) -> tuple:
+  """The views the host makes from the original image: the scaled ones, when
+  input.views_from_original (a flip of the input is the flip of the original's resize)."""
+  if not cfg.input.views_from_original:
+    return ()
+  return tuple(v for v in views if not same_size(v))
+
+
+def given_views(batch: dict) -> dict:
+  """{view_key: images} of the host-made views in a batch (`input_key`)."""
+  return {k[len('view_') :]: v for k, v in batch.items() if k.startswith('view_')}

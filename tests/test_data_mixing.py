@@ -37,10 +37,23 @@ def test_default_plan_keeps_the_reshuffled_epochs_of_the_unmixed_pipeline():
   ds = input_pipeline.pair_dataset(
     pool.source, pool.class_index, _cfg(), epochs, batch, seed, plan=pool.plan
   )
-  anchors = np.concatenate([np.argmax(ds[s]['labels_m'], 1) for s in range(len(ds))])
   order = grain.MapDataset.range(n).shuffle(seed=seed).repeat(epochs)
-  expected = [order[e * n + i] for e in range(epochs) for i in range(9)]  # 3 whole batches
-  assert anchors.tolist() == expected
+  # The reference keeps each epoch's last partial batch: 4 steps an epoch, the last one with
+  # one real pair and two padding slots of weight 0.
+  assert len(ds) == 4 * epochs
+  weights = np.concatenate([ds[s]['weight'] for s in range(len(ds))])
+  anchors = np.concatenate([np.argmax(ds[s]['labels_m'], 1) for s in range(len(ds))])
+  assert weights.tolist() == ([1.0] * 10 + [0.0] * 2) * epochs
+  assert anchors[weights > 0].tolist() == [order[i] for i in range(n * epochs)]
+  # Without it, 3 whole batches an epoch and no weights.
+  cfg = _cfg()
+  cfg.classify.keep_last_partial_batch = False
+  ds = input_pipeline.pair_dataset(
+    pool.source, pool.class_index, cfg, epochs, batch, seed, plan=pool.plan
+  )
+  anchors = np.concatenate([np.argmax(ds[s]['labels_m'], 1) for s in range(len(ds))])
+  assert 'weight' not in ds[0]
+  assert anchors.tolist() == [order[e * n + i] for e in range(epochs) for i in range(9)]
 
 
 def test_plan_holds_every_primary_once_and_cycles_through_the_extras():
@@ -66,7 +79,9 @@ def test_mixed_pipeline_draws_extra_anchors_at_the_ratio():
 
 def _partners(pool, anchors, draws=50):
   rng = np.random.default_rng(0)
-  return np.array([pool.class_index.sample_partner(a, rng) for a in anchors for _ in range(draws)])
+  return np.array(
+    [pool.class_index.sample_partner(a, rng, False) for a in anchors for _ in range(draws)]
+  )
 
 
 def test_clean_partners_never_draws_a_noisy_image_as_partner():

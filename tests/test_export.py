@@ -147,7 +147,7 @@ def test_exported_classifier_maps_equal_localize(tiny_run, tmp_path):
   model = from_config.classifier(cfg)
   variables, _ = checkpoints.restore_variables(
     run.classifier(),
-    run_dir.classifier_epoch_step(run, cfg.classify.localize_epoch),
+    run_dir.classifier_epoch_step(run, cfg.classify.localize_after_epochs),
     from_config.abstract_variables(model, cfg),
     'classify',
   )
@@ -166,14 +166,16 @@ def test_exported_classifier_maps_equal_localize(tiny_run, tmp_path):
   computer = localize.MapComputer(model, variables)
   feats = computer.features(images)
   self_views = tuple(cfg.localize.self_views)
-  view_feats = {
-    v: computer.features(np.asarray(views.make_view(images[:1], v))) for v in self_views
-  }
+  view_images = {v: localize._view_batch(train, [0], images[:1], v, cfg) for v in self_views}
+  view_feats = {v: computer.features(x) for v, x in view_images.items()}
+  # The views made from the original image are the export's arguments after `related`.
+  given = [view_images[v] for v in views.from_original(self_views, cfg)]
+  assert len(given) == len(meta['inputs']['views']) == 2
   for related in ([1, 2, 3], [2]):
     cfg_k = config.with_overrides(cfg, (('localize.num_related', len(related)),))
     [want] = localize.image_maps(
       computer, feats[:1], feats, view_feats, [[related]], [np.array([0])], cfg_k
     )
-    got = np.asarray(call(images[:1], images[related]))
+    got = np.asarray(call(images[:1], images[related], *given))
     assert got.shape[0] == cfg.data.num_classes
     np.testing.assert_allclose(got[0], want[0], rtol=1e-4, atol=1e-3)

@@ -9,37 +9,49 @@ import grain
 import jax
 import numpy as np
 
+from cows_jax import views
 from cows_jax.data import transforms
 from cows_jax.data.mixing import MixPlan
 from cows_jax.data.pairs import ClassIndex
 
 
-def _batches(ds, global_batch: int):
-  """This process's part of each global batch. Global batch k holds examples
-  [k * global_batch, (k + 1) * global_batch); when the devices do not divide it, it is padded
-  to the next multiple of the device count with copies of its first example, marked by
-  'weight' 0 (1 for real examples), which the losses and BatchNorm statistics leave out. The
-  recipe's batch then runs unchanged on any device count. Process p takes the p-th contiguous
-  slice, so the examples of a step and their order are those of a one-device run."""
+def _batches(ds, global_batch: int, epoch_len: int | None = None, keep_partial: bool = False):
+  """This process's part of each global batch.
+
+  The stream `ds` is cut into epochs of `epoch_len` examples (default: one epoch, all of it);
+  an epoch's batch j holds its examples [j * global_batch, (j + 1) * global_batch), and its
+  last, partial batch is kept (`keep_partial`) or dropped, so every step belongs to one epoch.
+  A batch is padded to the next multiple of the device count (and a partial one to the full
+  batch) with copies of its first example, marked by 'weight' 0 (1 for real examples), which
+  the losses and BatchNorm statistics leave out. The recipe's batch then runs unchanged on any
+  device count. Process p takes the p-th contiguous slice, so the examples of a step and their
+  order are those of a one-device run."""
   devices, processes = jax.device_count(), jax.process_count()
+  epoch_len = epoch_len or len(ds)
+  per_epoch = -(-epoch_len // global_batch) if keep_partial else epoch_len // global_batch
   padded = -(-global_batch // devices) * devices
   local = padded // processes
   slots = range(jax.process_index() * local, (jax.process_index() + 1) * local)
+  weighted = padded != global_batch or (keep_partial and epoch_len % global_batch)
 
   def batch(k):
-    indices = [k * global_batch + (j if j < global_batch else 0) for j in slots]
+    epoch, j = divmod(k, per_epoch)
+    real = min(global_batch, epoch_len - j * global_batch)
+    first = epoch * epoch_len + j * global_batch
+    indices = [first + (s if s < real else 0) for s in slots]
     loaded = {i: ds[i] for i in set(indices)}  # padding repeats one example: made once.
     items = [loaded[i] for i in indices]
     out = {key: np.stack([item[key] for item in items]) for key in items[0]}
-    if padded != global_batch:
-      out['weight'] = np.asarray([float(j < global_batch) for j in slots], np.float32)
+    if weighted:
+      out['weight'] = np.asarray([float(s < real) for s in slots], np.float32)
     return out
 
-  return grain.MapDataset.range(len(ds) // global_batch).map(batch)
+  return grain.MapDataset.range(len(ds) // epoch_len * per_epoch).map(batch)
 
 
-def _prepare(image, rng, cfg, jitter: bool = True):
-  image = transforms.resize_image(image, (cfg.input.size, cfg.input.size))
+def _prepare(image, rng, cfg, jitter: bool = True, size: int | None = None):
+  size = size or cfg.input.size
+  image = transforms.resize_image(image, (size, size))
   if jitter and cfg.input.color_jitter is not None and any(cfg.input.color_jitter):
     image = transforms.color_jitter(image, rng, tuple(cfg.input.color_jitter))
   return transforms.normalize(image, cfg.input.mean, cfg.input.std)
@@ -55,14 +67,15 @@ def pair_dataset(
   plan: MixPlan | None = None,
 ):
   """MapDataset of batches {'image_m','image_n','labels_m','labels_n'} over all epochs
-  (and 'image_m_plain', m without colour jitter, when the classifier uses self views).
+  (and 'image_m_plain', m without colour jitter, when the classifier uses self views, and
+  its scaled views from the original image, views.input_key, when input.views_from_original).
 
   `plan` says which record each anchor slot of an epoch holds (extra images mixed in);
   by default every record once per epoch.
   """
 
   def make_pair(anchor, rng):
-    partner = class_index.sample_partner(int(anchor), rng)
+    partner = class_index.sample_partner(int(anchor), rng, not cfg.classify.partner_excludes_anchor)
     m, n = source[int(anchor)], source[partner]
     pair = {
       'image_m': _prepare(m['image'], rng, cfg),
@@ -72,25 +85,17 @@ def pair_dataset(
     }
     if cfg.classify.self_views:  # the reference makes m's self views before colour jitter.
       pair['image_m_plain'] = _prepare(m['image'], None, cfg, jitter=False)
+    for view in views.from_original(cfg.classify.self_views, cfg):
+      size = views.view_size(cfg.input.size, view)
+      pair[views.input_key(view)] = _prepare(m['image'], None, cfg, jitter=False, size=size)
     return pair
 
   plan = plan or MixPlan(len(source))
   epoch_len = plan.epoch_length
   slots = grain.MapDataset.range(epoch_len).shuffle(seed=seed).repeat(num_epochs)
   ds = grain.MapDataset.range(len(slots)).map(lambda i: plan.anchor(i // epoch_len, slots[i], seed))
-  # Drop each epoch's remainder so that every step belongs to exactly one epoch.
-  steps_per_epoch = epoch_len // global_batch
-  ds = _whole_batches(ds, epoch_len, steps_per_epoch * global_batch)
-  return _batches(ds.random_map(make_pair, seed=seed), global_batch)
-
-
-def _whole_batches(ds, epoch_len: int, kept: int):
-  """Keep the first `kept` elements of each epoch of length `epoch_len`."""
-  if kept == epoch_len:
-    return ds
-  n_epochs = len(ds) // epoch_len
-  keep = (np.arange(n_epochs)[:, None] * epoch_len + np.arange(kept)[None]).ravel()
-  return grain.MapDataset.range(len(keep)).map(lambda i: ds[int(keep[i])])
+  keep = cfg.classify.keep_last_partial_batch
+  return _batches(ds.random_map(make_pair, seed=seed), global_batch, epoch_len, keep)
 
 
 def segment_dataset(source, labels_for, cfg, num_steps: int, global_batch: int, seed: int):

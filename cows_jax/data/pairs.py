@@ -33,11 +33,12 @@ class ClassIndex:
     """A random image containing class c, other than `exclude` when another exists."""
     return _pick(self.by_class[c], rng, exclude)
 
-  def sample_partner(self, anchor: int, rng: np.random.Generator) -> int:
-    """Pick a random class of the anchor, then a random other image that has it (among the
-    allowed partners)."""
+  def sample_partner(self, anchor: int, rng: np.random.Generator, may_be_anchor: bool) -> int:
+    """Pick a random class of the anchor, then a random image that has it (among the allowed
+    partners): any of them when `may_be_anchor` (the reference's random.choice over the
+    class's list), else another one when there is one."""
     c = int(rng.choice(self.classes_of(anchor)))
-    return _pick(self._partners[c], rng, anchor)
+    return _pick(self._partners[c], rng, -1 if may_be_anchor else anchor)
 
 
 def _pick(members: np.ndarray, rng: np.random.Generator, exclude: int) -> int:

@@ -118,12 +118,20 @@ class CoAttentionNet(nn.Module):
     return self.pair_head(f_m, f_n)
 
   def training_scores(
-    self, images_m, images_n, self_views=(), train: bool = True, view_source=None, mask=None
+    self,
+    images_m,
+    images_n,
+    self_views=(),
+    train: bool = True,
+    view_source=None,
+    mask=None,
+    view_images=None,
   ):
     """Scores of the (m, n) pair and of m paired with each of its self views.
 
-    The views are made from `view_source` when given: the reference builds them from the
-    image before colour jitter. The reference runs a full pair forward per pairing (m's
+    `view_images` {view_key: images} holds the views made on the host from the original
+    image; the others are made from `view_source` when given (the reference builds them from
+    the image before colour jitter), else from `images_m`. The reference runs a full pair forward per pairing (m's
     backbone four times); here m's features are computed once and reused, and the flip view
     shares the (m, n) backbone call. Returns (PairScores of (m, n), {view_key: PairScores
     of (m, view)}). `mask` [B]: the real pairs of a padded batch (BatchNorm statistics).
@@ -136,11 +144,13 @@ class CoAttentionNet(nn.Module):
     f_m, f_n = feats[:b], feats[b : 2 * b]
     same_feats = iter(jnp.split(feats[2 * b :], len(same)) if same else ())
     by_view = {}
+    given = view_images or {}
     for view in self_views:
-      f_v = (
-        next(same_feats)
-        if views_lib.same_size(view)
-        else self.features(views_lib.make_view(source, view), train, mask)
-      )
-      by_view[views_lib.view_key(view)] = self.pair_head(f_m, f_v)
+      key = views_lib.view_key(view)
+      if views_lib.same_size(view):
+        f_v = next(same_feats)
+      else:
+        image = given[key] if key in given else views_lib.make_view(source, view)
+        f_v = self.features(image, train, mask)
+      by_view[key] = self.pair_head(f_m, f_v)
     return self.pair_head(f_m, f_n), by_view

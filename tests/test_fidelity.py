@@ -1,0 +1,142 @@
+"""The reference's input and output procedures (paper.md, "Details read from the reference
+code"), pinned on small hand-made inputs: the checkpoint `localize` uses, self views made from
+the original image, and uint8 maps resized with OpenCV's cubic."""
+
+import jax
+import numpy as np
+import pytest
+from PIL import Image
+
+from cows_jax import localize, maps, run_dir, views
+from cows_jax.configs.defaults import paper_defaults
+from cows_jax.data import input_pipeline
+from cows_jax.data.pairs import ClassIndex
+from cows_jax.models.coattention import CoAttentionNet
+
+
+def test_localize_uses_the_state_the_reference_calls_epoch_10(tmp_path):
+  # The reference saves 'epoch_10' with the 0-based epoch index: the state after 11 epochs.
+  run = run_dir.RunDir(str(tmp_path))
+  run_dir.write_classifier_epochs(run, 7, 15)
+  after = paper_defaults().classify.localize_after_epochs
+  assert run_dir.classifier_epoch_step(run, after) == 7 * 11
+
+
+def _originals(n=3, shape=(37, 53)):
+  rng = np.random.default_rng(0)
+  return [
+    {'image': rng.integers(0, 256, (*shape, 3), dtype=np.uint8), 'labels': np.array([1, 0])}
+    for _ in range(n)
+  ]
+
+
+def _normalized_pil(image, side, cfg):
+  """The reference's view: a square PIL bilinear resize of the original, then ToTensor and
+  Normalize (written here without cows_jax's helpers)."""
+  x = np.asarray(Image.fromarray(image).resize((side, side), Image.BILINEAR), np.float32) / 255
+  return (x - np.asarray(cfg.input.mean)) / np.asarray(cfg.input.std)
+
+
+def _cfg(size=16):
+  c = paper_defaults()
+  c.input.size, c.input.color_jitter = size, (0.3, 0.3, 0.3, 0.1)
+  return c
+
+
+def test_training_views_are_resizes_of_the_original_without_jitter():
+  source, cfg = _originals(), _cfg()
+  index = ClassIndex(np.stack([r['labels'] for r in source]))
+  ds = input_pipeline.pair_dataset(source, index, cfg, 1, 3, seed=0)
+  batch = ds[0]
+  # Every anchor's views: 12 px (x0.75) and 32 px (x2), from the 37x53 original.
+  assert batch['view_x0.75'].shape == (3, 12, 12, 3)
+  assert batch['view_x2.0'].shape == (3, 32, 32, 3)
+  assert 'view_flip' not in batch  # the flip of the 16 px resize is the same image.
+  for b in range(3):
+    # Find which original the anchor was from its plain (unjittered) input.
+    match = [
+      i
+      for i, r in enumerate(source)
+      if np.allclose(batch['image_m_plain'][b], _normalized_pil(r['image'], 16, cfg), atol=1e-5)
+    ]
+    assert len(match) == 1
+    original = source[match[0]]['image']
+    np.testing.assert_allclose(batch['view_x2.0'][b], _normalized_pil(original, 32, cfg), atol=1e-5)
+    np.testing.assert_allclose(
+      batch['view_x0.75'][b], _normalized_pil(original, 12, cfg), atol=1e-5
+    )
+  # The 2x view has detail that an upsampled 16 px input has not.
+  upsampled = np.asarray(views.make_view(batch['image_m_plain'], 2.0))
+  assert np.abs(upsampled - batch['view_x2.0']).mean() > 0.1
+
+  cfg.input.views_from_original = False
+  assert not [k for k in input_pipeline.pair_dataset(source, index, cfg, 1, 3, 0)[0] if 'view' in k]
+
+
+def test_localize_views_are_resizes_of_the_original():
+  source, cfg = _originals(), _cfg()
+  images = np.stack([_normalized_pil(r['image'], 16, cfg) for r in source])
+  for view, side in ((0.75, 12), (2.0, 32)):
+    got = localize._view_batch(source, [2, 0], images[[2, 0]], view, cfg)
+    want = np.stack([_normalized_pil(source[i]['image'], side, cfg) for i in (2, 0)])
+    np.testing.assert_allclose(got, want, atol=1e-5)
+  np.testing.assert_array_equal(
+    localize._view_batch(source, [1], images[1:2], 'flip', cfg), images[1:2, :, ::-1]
+  )
+  cfg.input.views_from_original = False
+  np.testing.assert_allclose(
+    localize._view_batch(source, [1], images[1:2], 2.0, cfg), views.make_view(images[1:2], 2.0)
+  )
+
+
+def test_training_uses_the_given_views():
+  model = CoAttentionNet(num_classes=2, width=0.125)
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(2, 16, 16, 3)).astype(np.float32)
+  given = {'x2.0': rng.normal(size=(2, 32, 32, 3)).astype(np.float32)}
+  variables = model.init(jax.random.key(0), x, x)
+  run = lambda **k: (
+    model.apply(variables, x, x, (2.0,), train=False, method=model.training_scores, **k)[1][
+      'x2.0'
+    ].single_n
+  )
+  resampled = run()
+  np.testing.assert_allclose(
+    run(view_images={'x2.0': np.asarray(views.make_view(x, 2.0))}), resampled, rtol=1e-5
+  )
+  assert np.abs(np.asarray(run(view_images=given)) - np.asarray(resampled)).max() > 1e-3
+
+
+def test_maps_are_truncated_to_uint8_before_the_resize():
+  small = np.full((1, 4, 4), 100.9, np.float32)
+  np.testing.assert_array_equal(maps.to_image_size(small, (9, 7), quantize=True), 100.0)
+  np.testing.assert_allclose(maps.to_image_size(small, (9, 7), quantize=False), 100.9, rtol=1e-6)
+  # A 0 / 255 step overshoots under the cubic kernel: saturated to 0..255 as OpenCV does.
+  step = np.zeros((1, 4, 4), np.float32)
+  step[:, :, 2:] = 255
+  quantized = maps.to_image_size(step, (4, 16), quantize=True)
+  assert quantized.min() == 0 and quantized.max() == 255
+  floats = maps.to_image_size(step, (4, 16), quantize=False)
+  assert floats.min() < 0 and floats.max() > 255
+
+
+@pytest.mark.parametrize(
+  'small,size',
+  [
+    ((32, 32), (375, 500)),
+    ((32, 32), (500, 281)),
+    ((41, 41), (321, 321)),
+    ((7, 5), (13, 29)),
+    ((40, 40), (17, 23)),
+  ],
+)
+def test_map_resize_matches_opencv_inter_cubic(small, size):
+  cv2 = pytest.importorskip('cv2')
+  rng = np.random.default_rng(0)
+  # Aggregated maps: 0..255 floats, mostly dark with a bright region.
+  m = (rng.random((1, *small)) ** 3 * 255.0).astype(np.float32)
+  ours = maps.to_image_size(m, size, quantize=True)[0]
+  want = cv2.resize(m[0].astype(np.uint8), (size[1], size[0]), interpolation=cv2.INTER_CUBIC)
+  diff = np.abs(ours.astype(int) - want.astype(int))
+  # OpenCV rounds its float sums itself: at most one level apart, almost always equal.
+  assert diff.max() <= 1 and (diff > 0).mean() < 1e-3
