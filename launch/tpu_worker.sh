@@ -218,7 +218,7 @@ case $command in
   tail) tail -n "${1:-40}" "$root/current/worker-$worker.log" | sed "s/^/[worker $worker] /" ;;
   logs) tail -n 20 -F "$root/current/worker-$worker.log" | sed -u "s/^/[worker $worker] /" ;;
   *)
-    sed -n '2,4p' "$0" >&2
+    sed -n '3p' "$0" | sed 's/^# //' >&2
     exit 2
     ;;
 esac

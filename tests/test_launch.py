@@ -15,6 +15,11 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKERS = 2
+# What the workers (Linux) and the launcher use.
+TOOLS = ('bash', 'git', 'tar', 'setsid', 'pkill', 'pgrep', 'sha256sum')
+pytestmark = pytest.mark.skipif(
+  not all(shutil.which(t) for t in TOOLS), reason=f'needs {", ".join(TOOLS)}'
+)
 
 FAKE_GCLOUD = """#!{python}
 import json, os, shutil, subprocess, sys
