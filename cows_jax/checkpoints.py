@@ -80,6 +80,26 @@ def restore(mngr: ocp.CheckpointManager, step: int, variables, opt_state):
   return out['variables'], out['opt_state']
 
 
+def _key(path) -> str:
+  return '/'.join(str(getattr(p, 'key', p)) for p in path)
+
+
+def _shape_mismatch(item: epath.Path, like) -> str:
+  """The first differences between the arrays a checkpoint item holds and `like`, or '' when
+  they agree or its metadata is unreadable (restoring then reports that)."""
+  try:
+    stored = ocp.StandardCheckpointHandler().metadata(item)
+    got = {_key(k): tuple(v.shape) for k, v in jax.tree.leaves_with_path(stored)}
+  except Exception:  # unreadable metadata: left to the restore below.
+    return ''
+  want = {_key(k): tuple(v.shape) for k, v in jax.tree.leaves_with_path(like)}
+  both = sorted(set(want) & set(got))
+  problems = [f'{k}: stored {got[k]}, model {want[k]}' for k in both if got[k] != want[k]]
+  problems += [f'{k} not in the checkpoint' for k in sorted(set(want) - set(got))]
+  problems += [f'{k} not in the model' for k in sorted(set(got) - set(want))]
+  return '; '.join(problems[:4]) + (f'; {len(problems) - 4} more' if len(problems) > 4 else '')
+
+
 def restore_variables(directory: epath.Path, step: int | None, like, stage: str):
   """Variables of a finished stage (latest step if `step` is None), with an error that
   names the command producing them when they are missing."""
@@ -98,6 +118,14 @@ def restore_variables(directory: epath.Path, step: int | None, like, stage: str)
   # Explicitly replicated on this process's devices: inference needs no other host's arrays.
   sharding = parallel.replicated(parallel.local_mesh())
   like = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), like)
+  mismatch = _shape_mismatch(directory / str(step) / 'variables', like)
+  if mismatch:  # a readable checkpoint of another model: the config differs, nothing is corrupt.
+    mngr.close()
+    raise ValueError(
+      f'{stage} checkpoint {directory}/{step} holds another model than the config builds '
+      f'({mismatch}); run with the config that made it (data.num_classes, model.width, '
+      'model.feature_dim, model.norm, segment.*)'
+    )
   try:
     out = mngr.restore(step, args=ocp.args.Composite(variables=ocp.args.StandardRestore(like)))
   except Exception as e:  # orbax raises many types for truncated or garbage files.
