@@ -60,7 +60,7 @@ CONFIG_COMMANDS = {
   'summary': 'each model of the config: parameters and FLOPs per image',
 }
 TOOL_COMMANDS = {  # their own arguments: `cows-jax weights import --help`, `cows-jax bench --help`.
-  'weights import': 'convert local ImageNet weights (.pth, .safetensors, .caffemodel) to DIR',
+  'weights import': "ImageNet weights into DIR, or the authors' trained models into WORKDIR",
   'bench': 'time the training step or localization against the reference procedure',
 }
 USAGE = (

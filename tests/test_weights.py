@@ -1,5 +1,6 @@
-"""Weight import: state dicts in the exact torchvision layout (made here by a PyTorch model),
-a Caffe model written with protobuf, and the errors a wrong file gives."""
+"""Weight import of ImageNet backbones: state dicts in the exact torchvision layout (made here by
+a PyTorch model), a Caffe model written with protobuf, and the errors a wrong file gives. The
+authors' trained models: test_weights_authors.py."""
 
 import os
 
@@ -75,16 +76,11 @@ def test_torchvision_vgg16_matches_pytorch_forward(torch_vgg, tmp_path, fmt):
 
 
 def _write_caffemodel(path, layers):
-  msgs = weights_import._caffe_messages()
-  net = msgs['NetParameter'](name='test')
-  for name, blobs in layers.items():
-    layer = net.layer.add(name=name, type='Convolution')
-    for b in blobs:
-      blob = layer.blobs.add()
-      blob.shape.dim.extend(b.shape)
-      blob.data.extend(b.ravel().tolist())
-  with open(path, 'wb') as f:
-    f.write(net.SerializeToString())
+  """A binary caffemodel written with the protobuf wire format by hand (authors_models.py),
+  not with the importer's own message definitions."""
+  import authors_models
+
+  authors_models.write_caffemodel(path, layers, net_name='test')
 
 
 def test_caffe_vgg16_takes_rgb_and_caffe_mean(torch_vgg, tmp_path):
