@@ -277,6 +277,11 @@ def test_bad_classifier_files_give_one_line_errors(classifier, tmp_path, capsys)
     'model.width=0.125): extra_gate.weight: file (11, 64, 1, 1), expected (10, 64, 1, 1)'
   ) in err
 
+  state['module.extra_gate.weight'] = torch.zeros(CLASSES, CLS_DIM)  # a Linear, not a conv.
+  torch.save(ckpt, tmp_path / 'rank.pth')
+  err = _errors(tmp_path, capsys, arch, tmp_path / 'rank.pth')
+  assert 'rank.pth: arrays of another layout: extra_gate.weight: 2-d, expected 4-d' in err
+
   torch.save({'features.0.weight': torch.zeros(64, 3, 3, 3)}, tmp_path / 'vgg16.pth')
   err = _errors(tmp_path, capsys, arch, tmp_path / 'vgg16.pth')
   assert 'none of its keys are the reference co-attention classifier' in err
@@ -312,6 +317,10 @@ def test_bad_segmenter_files_give_one_line_errors(segmenter_layers, tmp_path, ca
   wide = dict(segmenter_layers, score=[np.zeros((11, 32, 1, 1)), np.zeros(11)])
   err = _errors(tmp_path, capsys, arch, caffemodel('wide.caffemodel', wide))
   assert 'layer score blob 0: file (11, 32, 1, 1), expected (11, 64, 1, 1)' in err
+
+  flat = dict(segmenter_layers, res2a_branch2a=[np.zeros((4, 4))])
+  err = _errors(tmp_path, capsys, arch, caffemodel('flat.caffemodel', flat))
+  assert 'flat.caffemodel: an array of unexpected rank or size' in err
 
   (tmp_path / 'trunc.caffemodel').write_bytes(
     caffemodel('whole.caffemodel', segmenter_layers).read_bytes()[:5000]

@@ -489,6 +489,14 @@ def coattention_from_reference(tensors: dict, src: str) -> tuple[dict, list[str]
       f'{", ".join(missing)}; import the whole checkpoint its scripts/train.py saves '
       '(pascal_voc_epoch_N.pth)'
     )
+  rank = {'kernel': 4, 'bias': 1, 'co_weight': 2}
+  wrong = [
+    f'{key}: {tensors[key].ndim}-d, expected {rank[path[-1]]}-d'
+    for key, path, _ in keys
+    if tensors[key].ndim != rank[path[-1]]
+  ]
+  if wrong:
+    raise WeightsError(f'{src}: arrays of another layout: ' + ' | '.join(wrong))
   params, origin = {}, {}
   for key, path, conversion in keys:
     _put(params, path, conversion(tensors[key]))
@@ -646,6 +654,17 @@ def deeplab_from_caffe(layers: dict, src: str) -> tuple[dict, list[str], dict]:
   return variables, sorted(set(ignored) - set(used)), fields
 
 
+def _converted(converter, arrays: dict, src: str):
+  """`converter(arrays, src)`, with arrays of an unexpected rank or size (which numpy
+  rejects while converting) reported as a one-line WeightsError."""
+  try:
+    return converter(arrays, src)
+  except WeightsError:
+    raise
+  except (ValueError, IndexError) as e:
+    raise WeightsError(f'{src}: an array of unexpected rank or size ({e})') from e
+
+
 def _save_variables(directory, step: int, variables: dict) -> None:
   """A run directory's checkpoint of `variables` alone (what `localize` and `evaluate`
   restore; there is no optimizer state to resume training from)."""
@@ -675,7 +694,7 @@ def import_trained(arch: str, src: str, out: str, epochs: int | None = None) -> 
     if src.endswith(('.caffemodel', '.safetensors')):
       raise WeightsError(f"{src}: coattention_vgg16 reads the .pth the reference's train.py saves")
     tensors, meta = read_training_checkpoint(src)
-    variables, ignored, fields = coattention_from_reference(tensors, src)
+    variables, ignored, fields = _converted(coattention_from_reference, tensors, src)
     if epochs is None and meta['epoch'] is None:
       raise WeightsError(
         f"{src}: no 'epoch' field (the reference's train.py saves the 0-based epoch); pass "
@@ -693,7 +712,7 @@ def import_trained(arch: str, src: str, out: str, epochs: int | None = None) -> 
   else:
     if not src.endswith('.caffemodel'):
       raise WeightsError(f'{src}: deeplab_v2_resnet101 reads a .caffemodel')
-    variables, ignored, fields = deeplab_from_caffe(read_caffemodel(src), src)
+    variables, ignored, fields = _converted(deeplab_from_caffe, read_caffemodel(src), src)
     step, directory, fmt = REFERENCE_SEGMENTER_STEPS, run.segmenter(), 'caffe'
     backbone = {col: tree['backbone'] for col, tree in variables.items()}
     backbone_arch, convention = 'resnet101', CAFFE_INPUT
