@@ -141,7 +141,10 @@ def paper_defaults() -> ml_collections.ConfigDict:
   c.segment.std = IMAGENET_STD
   c.segment.backbone = 'resnet101'  # 'resnet101' (the paper's headline number) | 'vgg16'.
   c.segment.crop_size = 321
-  c.segment.scale_range = (0.7, 1.3)
+  # Random scale of each training crop: one of these (the authors' Caffe data layer), or
+  # uniform between the extremes with scale_sampling='uniform'.
+  c.segment.scales = (0.7, 0.8, 0.9, 1.0, 1.1, 1.2, 1.3)
+  c.segment.scale_sampling = 'discrete'
   c.segment.mirror = True
   c.segment.batch_size = 1
   c.segment.accumulation_steps = 10
@@ -156,6 +159,12 @@ def paper_defaults() -> ml_collections.ConfigDict:
   c.segment.lr_mult_head_bias = 20.0
   c.segment.head = 'largefov'  # 'largefov' (paper) | 'aspp' (DeepLab-v2 ResNet).
   c.segment.head_dilation = 12
+  # LargeFOV init: 'caffe' (the authors': xavier fc6/fc7, msra score) | 'kaiming' (fc6/fc7 He
+  # normal, score N(0, 0.01)).
+  c.segment.head_init = 'caffe'
+  # The x8 upsampling of the logits, in training and test: Caffe's Interp (corners aligned,
+  # 41 -> 321) as the reference; False: half-pixel bilinear.
+  c.segment.upsample_align_corners = True
   c.segment.head_channels = 1024  # scaled by model.width.
   c.segment.aspp_rates = (6, 12, 18, 24)
   # resnet101: stride on the first 1x1 conv of a block (Caffe DeepLab-v2) or on the 3x3 conv
@@ -172,11 +181,18 @@ def paper_defaults() -> ml_collections.ConfigDict:
   c.inference = ml_collections.ConfigDict()  # the segmenter at test time (inference.py).
   c.inference.scales = (0.5, 0.75, 1.0, 1.25, 1.5)
   c.inference.flip = True  # average with the mirrored image's prediction.
+  c.inference.flip_whole_image = True  # the reference mirrors the image; False: each window.
   c.inference.window = 401  # sliding window (0: each scaled image whole).
-  c.inference.window_stride = 2 / 3  # window step, a fraction of the window.
+  c.inference.window_stride = 2 / 3  # window step: int(window * stride), 267 px.
+  # Scaled images padded up to the window at the bottom/right with the mean colour (the
+  # reference) or 'centre'; image scaling and the probabilities' resize back 'cubic' (the
+  # reference, OpenCV's INTER_CUBIC) or 'bilinear'.
+  c.inference.pad = 'bottom_right'
+  c.inference.interpolation = 'cubic'
 
   c.crf = ml_collections.ConfigDict()  # dense CRF on the segmenter's output (crf.py).
   c.crf.iterations = 1
+  c.crf.unary_floor = 1e-4  # unary -log(max(p / sum(p), floor)), as the reference.
   c.crf.gaussian_sxy = 3
   c.crf.gaussian_compat = 1
   c.crf.bilateral_sxy = 80

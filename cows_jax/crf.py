@@ -10,7 +10,6 @@ INSTALL_HINT = (
   "pip install 'cows_jax[crf]' (pydensecrf2; needs a C++ compiler), or turn the "
   'CRF off with --config.evaluate.crf=False'
 )
-MIN_PROBABILITY = 1e-5  # unary -log p, clipped as pydensecrf's unary_from_softmax does.
 
 
 def _densecrf():
@@ -26,6 +25,13 @@ def check_available() -> None:
   _densecrf()
 
 
+def unary_probabilities(probs: np.ndarray, floor: float) -> np.ndarray:
+  """p / sum(p) per pixel, floored: the reference's unary before -log (its cubic resizes
+  leave probabilities that do not sum to 1 and may dip below 0)."""
+  p = probs / np.sum(probs, axis=-1, keepdims=True)
+  return np.maximum(p, floor)
+
+
 def refine(image: np.ndarray, probs: np.ndarray, params) -> np.ndarray:
   """float32 [H, W, C] marginals after `params.iterations` mean-field steps.
 
@@ -36,7 +42,8 @@ def refine(image: np.ndarray, probs: np.ndarray, params) -> np.ndarray:
   if image.shape != (h, w, 3) or image.dtype != np.uint8:
     raise ValueError(f'CRF image must be uint8 [{h}, {w}, 3], got {image.dtype} {image.shape}')
   crf = dcrf.DenseCRF2D(w, h, c)
-  unary = -np.log(np.clip(probs, MIN_PROBABILITY, 1.0)).transpose(2, 0, 1).reshape(c, -1)
+  unary = -np.log(unary_probabilities(probs, params.unary_floor))
+  unary = unary.transpose(2, 0, 1).reshape(c, -1)
   crf.setUnaryEnergy(np.ascontiguousarray(unary, np.float32))
   crf.addPairwiseGaussian(sxy=params.gaussian_sxy, compat=params.gaussian_compat)
   crf.addPairwiseBilateral(

@@ -44,10 +44,12 @@ def parse_platforms(text: str) -> tuple[str, ...]:
   return platforms
 
 
-def segmenter_function(model, variables, flip: bool, platforms) -> jax_export.Exported:
+def segmenter_function(
+  model, variables, flip: bool, align_corners: bool, platforms
+) -> jax_export.Exported:
   """The segmenter's softmax of a batch of normalized images [b, h, w, 3] (b, h, w symbolic),
   mirrored images averaged in when `flip`, with `variables` baked in."""
-  probs = inference.window_probabilities(model, flip)
+  probs = inference.window_probabilities(model, flip, align_corners)
   shape = jax_export.symbolic_shape('b, h, w, 3')
   return jax_export.export(jax.jit(lambda x: probs(variables, x)), platforms=platforms)(
     jax.ShapeDtypeStruct(shape, jnp.float32)
@@ -66,7 +68,9 @@ def export_segmenter(
   directory = run_dir.RunDir(workdir).segmenter(supervision)
   variables, step = checkpoints.restore_variables(directory, None, like, 'segment')
   variables = jax.device_get(variables)  # host arrays: baked in as constants.
-  exported = segmenter_function(model, variables, settings.flip, platforms)
+  exported = segmenter_function(
+    model, variables, settings.flip_windows, cfg.segment.upsample_align_corners, platforms
+  )
   names = ('background',) + tuple(sources.class_names(cfg))
   meta = {
     'model': 'segmenter',
@@ -85,11 +89,9 @@ def export_segmenter(
     },
     'classes': list(names),
     'palette': visualize.voc_palette()[: len(names)].tolist(),
-    'flip': settings.flip,  # inside model.jax: mirrored images averaged in.
+    'flip': settings.flip_windows,  # inside model.jax: each window's mirror averaged in.
     'test_time': {
-      'scales': list(settings.scales),
-      'window': settings.window,
-      'stride': settings.stride,
+      **settings.predict_kwargs(),
       'mean': list(cfg.segment.mean),
       'std': list(cfg.segment.std),
     },

@@ -2,7 +2,8 @@
 mirrored, each scaled image cut into overlapping windows, softmax probabilities averaged.
 
 The network part lives here: `window_probabilities` (softmax of a batch of windows, averaged
-with their mirror images); the numpy procedure around it (scales, windows, stitching) is
+with their mirror images when the mirror is per window); the numpy procedure around it
+(scales, whole-image mirror, windows, stitching) is
 `test_time.py`, which exports share. All windows of an image, at every scale, go to the device
 in one call (padded to a few batch sizes, so few compilations). `load_predictor` gives a run
 directory's trained segmenter as a function image -> probabilities.
@@ -22,10 +23,15 @@ from cows_jax.models import from_config
 
 @dataclasses.dataclass(frozen=True)
 class Settings:
+  """The test-time procedure of `inference` in the config (test_time.predict's arguments)."""
+
   scales: tuple = (1.0,)
   flip: bool = False
+  flip_whole_image: bool = True  # mirror the image (the reference), else each window.
   window: int = 0  # 0: whole scaled images, no windows.
   stride: float = 2 / 3  # window step as a fraction of the window.
+  pad: str = 'bottom_right'
+  interpolation: str = 'cubic'
 
   @classmethod
   def from_config(cls, cfg) -> 'Settings':
@@ -37,20 +43,50 @@ class Settings:
         f'inference.window={i.window}, inference.window_stride='
         f'{i.window_stride}: expected window >= 0 and 0 < stride <= 1'
       )
+    for field, value, choices in (
+      ('pad', i.pad, test_time.PADDINGS),
+      ('interpolation', i.interpolation, test_time.INTERPOLATIONS),
+    ):
+      if value not in choices:
+        raise ValueError(f'inference.{field}={value!r}: expected one of {choices}')
     return cls(
-      tuple(float(s) for s in i.scales), bool(i.flip), int(i.window), float(i.window_stride)
+      tuple(float(s) for s in i.scales),
+      bool(i.flip),
+      bool(i.flip_whole_image),
+      int(i.window),
+      float(i.window_stride),
+      i.pad,
+      i.interpolation,
     )
 
+  @property
+  def flip_windows(self) -> bool:
+    """Whether the network's function averages each window with its mirror image."""
+    return self.flip and not self.flip_whole_image
 
-def window_probabilities(model, flip: bool) -> Callable:
-  """jit: (variables, windows [N,h,w,3]) -> softmax [N,h,w,C] at window resolution, averaged
-  with the mirrored window's (mirrored back) when `flip`."""
+  def predict_kwargs(self) -> dict:
+    """test_time.predict's procedure arguments (an export's meta.json keeps them)."""
+    return {
+      'scales': list(self.scales),
+      'window': self.window,
+      'stride': self.stride,
+      'flip_image': self.flip and self.flip_whole_image,
+      'pad': self.pad,
+      'interpolation': self.interpolation,
+    }
+
+
+def window_probabilities(model, flip: bool, align_corners: bool) -> Callable:
+  """jit: (variables, windows [N,h,w,3]) -> softmax [N,h,w,C] at window resolution (the
+  logits upsampled x8 as in training), averaged with the mirrored window's (mirrored back)
+  when `flip`."""
 
   @jax.jit
   def probs(variables, x):
     if flip:
       x = jnp.concatenate([x, x[:, :, ::-1]])
-    p = jax.nn.softmax(losses.upsample_logits(model.apply(variables, x), x.shape[1:3]), -1)
+    logits = losses.upsample_logits(model.apply(variables, x), x.shape[1:3], align_corners)
+    p = jax.nn.softmax(logits, -1)
     if flip:
       n = p.shape[0] // 2
       p = (p[:n] + p[n:, :, ::-1]) / 2
@@ -70,16 +106,12 @@ def load_predictor(cfg, workdir: str, supervision: str = 'pseudo') -> Callable:
   )
   # Variables replicated on this process's devices (restore_variables), windows sharded over
   # them where they divide.
-  probs, mesh = window_probabilities(model, settings.flip), parallel.local_mesh()
+  probs = window_probabilities(model, settings.flip_windows, cfg.segment.upsample_align_corners)
+  mesh = parallel.local_mesh()
   probs_fn = lambda x: probs(variables, parallel.to_local_devices(np.asarray(x), mesh))
+  kwargs = settings.predict_kwargs()
   return lambda image: test_time.predict(
-    image,
-    probs_fn,
-    settings.scales,
-    settings.window,
-    settings.stride,
-    cfg.segment.mean,
-    cfg.segment.std,
+    image, probs_fn, mean=cfg.segment.mean, std=cfg.segment.std, **kwargs
   )
 
 

@@ -74,7 +74,23 @@ def pixel_cross_entropy(logits, labels, ignore_index=255):
   return jnp.sum(jnp.where(valid, losses, 0.0)) / count
 
 
-def upsample_logits(logits, size):
-  """Bilinear upsampling of [B,h,w,C] logits to size (H, W)."""
+def align_corners_weights(n, out) -> jax.Array:
+  """[out, n] linear weights with the corners aligned (Caffe's Interp): output pixel i
+  samples input position i * (n - 1) / (out - 1), so 41 -> 321 is an exact x8 zoom. Written
+  as a tent over the input positions, without gathers, so sizes may be symbolic (exports)."""
+  ratio = (jnp.asarray(n, jnp.float32) - 1) / jnp.maximum(jnp.asarray(out, jnp.float32) - 1, 1)
+  pos = jnp.arange(out, dtype=jnp.float32) * ratio
+  return jax.nn.relu(1 - jnp.abs(pos[:, None] - jnp.arange(n, dtype=jnp.float32)[None]))
+
+
+def upsample_logits(logits, size, align_corners: bool):
+  """Bilinear upsampling of [B,h,w,C] logits to size (H, W): corners aligned as Caffe's
+  Interp (the reference, segment.upsample_align_corners), else half-pixel centres."""
   b, _, _, c = logits.shape
-  return jax.image.resize(logits, (b, size[0], size[1], c), method='bilinear')
+  if not align_corners:
+    return jax.image.resize(logits, (b, size[0], size[1], c), method='bilinear')
+  rows = align_corners_weights(logits.shape[1], size[0])
+  cols = align_corners_weights(logits.shape[2], size[1])
+  return jnp.einsum(
+    'Hh,bhwc,Ww->bHWc', rows, logits.astype(jnp.float32), cols, precision='highest'
+  )

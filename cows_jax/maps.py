@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cows_jax import views
+from cows_jax import test_time, views
 
 
 def aggregate(maps: jax.Array, gate: float) -> jax.Array:
@@ -51,18 +51,11 @@ def query_maps(
 
 
 def to_image_size(small: np.ndarray, size: tuple[int, int], quantize: bool) -> np.ndarray:
-  """Aggregated maps [K, h, w] (0..255) at the image's size [K, H, W].
+  """Aggregated maps [K, h, w] (0..255) at the image's size [K, H, W], float32.
 
-  quantize (the reference): truncate to uint8 at map size, then OpenCV's INTER_CUBIC (a =
-  -0.75, half-pixel centres, borders replicated), rounded and saturated to 0..255; computed
-  in float64, which gives OpenCV's uint8 result to within one level (tested against cv2).
-  Otherwise the same cubic on the float maps, unrounded."""
-  x = np.asarray(small, np.float64)
-  if quantize:
-    x = np.clip(x, 0, 255).astype(np.uint8).astype(np.float64)  # the cast truncates.
-  rows = views.bicubic_matrix(x.shape[1], size[0], dtype=np.float64)
-  cols = views.bicubic_matrix(x.shape[2], size[1], dtype=np.float64)
-  out = np.einsum('Hh,khw,Ww->kHW', rows, x, cols)
-  if quantize:
-    out = np.clip(np.rint(out), 0, 255)
-  return out.astype(np.float32)
+  quantize (the reference): truncate to uint8 at map size, then OpenCV's INTER_CUBIC, rounded
+  and saturated to 0..255 (within one level of cv2's result; tested). Otherwise the same cubic
+  on the float maps."""
+  x = np.moveaxis(np.asarray(small, np.float32), 0, -1)
+  x = np.clip(x, 0, 255).astype(np.uint8) if quantize else x  # the cast truncates.
+  return np.moveaxis(test_time.resize_cubic(x, size), -1, 0).astype(np.float32)

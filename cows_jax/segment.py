@@ -41,7 +41,7 @@ def image_mean_cross_entropy(logits, labels, ignore_index, weights=None):
   return jnp.sum(per_image(logits, labels) * weights) / jnp.maximum(jnp.sum(weights), 1e-9)
 
 
-def loss_fn(params, collections, batch, *, model, ignore_index):
+def loss_fn(params, collections, batch, *, model, ignore_index, align_corners):
   """One micro-batch's loss; gradients accumulate in MultiSteps, applied every k calls."""
   weights = batch.get('weight')  # a padded batch: 0 for padding (loss, BatchNorm statistics).
   logits, collections = model.apply(
@@ -51,7 +51,7 @@ def loss_fn(params, collections, batch, *, model, ignore_index):
     mutable=list(collections),
     **({} if weights is None else {'mask': weights > 0}),
   )
-  logits = losses.upsample_logits(logits, batch['label'].shape[1:3])
+  logits = losses.upsample_logits(logits, batch['label'].shape[1:3], align_corners)
   loss = image_mean_cross_entropy(logits, batch['label'], ignore_index, weights)
   return loss, ({}, dict(collections))
 
@@ -113,7 +113,12 @@ def _train(cfg, run: run_dir.RunDir, supervision: str) -> None:
       total_steps=micro_steps,
       init_variables=lambda: from_config.init_variables(model, cfg, jax.random.key(cfg.seed + 1)),
       optimizer=lambda params: make_optimizer(cfg, params),
-      loss_fn=functools.partial(loss_fn, model=model, ignore_index=s.ignore_index),
+      loss_fn=functools.partial(
+        loss_fn,
+        model=model,
+        ignore_index=s.ignore_index,
+        align_corners=s.upsample_align_corners,
+      ),
       batches=lambda start: input_pipeline.iterate(
         input_pipeline.segment_dataset(
           sources.load(cfg)['train'], labels_for, cfg, micro_steps, s.batch_size, seed=cfg.seed + 1

@@ -8,7 +8,7 @@ run command and exits with status 2 when there are any.
 
 import os
 
-from cows_jax import crf, run_dir
+from cows_jax import crf, run_dir, test_time
 from cows_jax.data import mixing, sources, voc
 from cows_jax.models import deeplab
 
@@ -24,6 +24,10 @@ CHOICES = {
   'segment.backbone': ('resnet101', 'vgg16'),
   'segment.head': deeplab.HEADS,
   'localize.method': METHODS,
+  'segment.scale_sampling': ('discrete', 'uniform'),
+  'segment.head_init': tuple(deeplab.HEAD_INITS),
+  'inference.pad': test_time.PADDINGS,
+  'inference.interpolation': test_time.INTERPOLATIONS,
 }
 # (field, low, high): low <= value <= high; None leaves a side open.
 RANGES = (
@@ -107,9 +111,8 @@ def _ranges(cfg) -> list[str]:
     )
   if not cfg.inference.scales or min(cfg.inference.scales) <= 0:
     out.append(f'inference.scales={tuple(cfg.inference.scales)}: expected positive scales')
-  lo, hi = cfg.segment.scale_range
-  if not 0 < lo <= hi:
-    out.append(f'segment.scale_range={(lo, hi)}: expected 0 < low <= high')
+  if not cfg.segment.scales or min(cfg.segment.scales) <= 0:
+    out.append(f'segment.scales={tuple(cfg.segment.scales)}: expected positive scales')
   try:
     run_dir.supervisions(cfg)
   except ValueError as e:

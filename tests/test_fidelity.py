@@ -140,3 +140,50 @@ def test_map_resize_matches_opencv_inter_cubic(small, size):
   diff = np.abs(ours.astype(int) - want.astype(int))
   # OpenCV rounds its float sums itself: at most one level apart, almost always equal.
   assert diff.max() <= 1 and (diff > 0).mean() < 1e-3
+
+
+def test_segmenter_crops_take_scales_from_the_discrete_set():
+  from cows_jax.data import transforms
+
+  rng = np.random.default_rng(0)
+  image = np.zeros((100, 100, 3), np.uint8)
+  label = np.zeros((100, 100), np.uint8)
+  scales = paper_defaults().segment.scales
+  assert scales == (0.7, 0.8, 0.9, 1.0, 1.1, 1.2, 1.3)
+  seen = set()
+  for _ in range(200):
+    # Crop 200 px of a 100 px image: the padding (label 255) gives away the scaled size.
+    _, lab = transforms.random_scale_crop(image, label, rng, scales, True, 200, False, (0, 0, 0))
+    seen.add(int((lab[:, 0] != 255).sum()))
+  assert seen == {70, 80, 90, 100, 110, 120, 130}
+  sizes = set()
+  for _ in range(200):
+    _, lab = transforms.random_scale_crop(image, label, rng, scales, False, 200, False, (0, 0, 0))
+    sizes.add(int((lab[:, 0] != 255).sum()))
+  assert len(sizes) > 30 and min(sizes) >= 70 and max(sizes) <= 130
+
+
+def test_largefov_head_init_is_caffes_xavier_and_msra():
+  from cows_jax.models.deeplab import LargeFOVHead
+
+  head = LargeFOVHead(num_classes=21, channels=256, dilation=2)
+  params = head.init(jax.random.key(0), np.zeros((1, 8, 8, 128), np.float32))['params']
+  fc6, fc7, fc8 = (np.asarray(params[k]['kernel']) for k in ('fc6', 'fc7', 'fc8'))
+  # Caffe's xavier: uniform in +-sqrt(3 / fan_in); msra: Gaussian with variance 2 / fan_in.
+  bound = np.sqrt(3 / (9 * 128))
+  assert np.abs(fc6).max() <= bound and np.abs(fc6).max() > 0.95 * bound
+  np.testing.assert_allclose(fc6.std(), bound / np.sqrt(3), rtol=0.02)
+  np.testing.assert_allclose(fc7.std(), np.sqrt(1 / 256), rtol=0.02)
+  assert np.abs(fc7).max() <= np.sqrt(3 / 256)
+  np.testing.assert_allclose(fc8.std(), np.sqrt(2 / 256), rtol=0.05)
+  assert np.abs(fc8).max() > np.sqrt(3 / 256)  # Gaussian tails, not uniform.
+
+
+def test_crf_unary_is_normalized_and_floored():
+  from cows_jax import crf
+
+  # Cubic resizes leave probabilities that do not sum to 1 and may dip below 0.
+  probs = np.array([[[0.6, 0.6, -0.01], [0.2, 0.2, 0.0]]], np.float32)
+  got = crf.unary_probabilities(probs, 1e-4)
+  want = np.array([[[0.6 / 1.19, 0.6 / 1.19, 1e-4], [0.5, 0.5, 1e-4]]])
+  np.testing.assert_allclose(got, want, rtol=1e-6)

@@ -30,13 +30,13 @@ def _image(h, w, seed=1):
 def _whole(model, variables, x):
   """Single-scale probabilities of a normalized [H,W,3] image, one plain forward."""
   logits = model.apply(variables, x[None])
-  return jax.nn.softmax(losses.upsample_logits(logits, x.shape[:2]), -1)[0]
+  return jax.nn.softmax(losses.upsample_logits(logits, x.shape[:2], True), -1)[0]
 
 
 def test_one_scale_no_flip_equals_single_scale(tiny_model):
   model, variables = tiny_model
   image = _image(40, 56)
-  probs_fn = functools.partial(inference.window_probabilities(model, False), variables)
+  probs_fn = functools.partial(inference.window_probabilities(model, False, True), variables)
   got = test_time.predict(image, probs_fn, (1.0,), 0, 2 / 3, MEAN, STD)
   want = jax.jit(functools.partial(_whole, model))(
     variables, transforms.normalize(image, MEAN, STD)
@@ -47,14 +47,58 @@ def test_one_scale_no_flip_equals_single_scale(tiny_model):
 
 
 def test_window_covering_the_image_equals_whole_padded_image(tiny_model):
-  """A 64 px window over a 40x56 image: one forward of the mean-padded (centred) image."""
+  """A 64 px window over a 40x56 image: one forward of the image padded with the mean colour
+  at the bottom/right (the reference), or centred."""
   model, variables = tiny_model
   image = _image(40, 56)
-  probs_fn = functools.partial(inference.window_probabilities(model, False), variables)
+  probs_fn = functools.partial(inference.window_probabilities(model, False, True), variables)
+  x = transforms.normalize(image, MEAN, STD)
   got = test_time.predict(image, probs_fn, (1.0,), 64, 2 / 3, MEAN, STD)
-  padded = np.pad(transforms.normalize(image, MEAN, STD), ((12, 12), (4, 4), (0, 0)))
-  want = np.asarray(probs_fn(padded[None]))[0, 12:52, 4:60]
+  want = np.asarray(probs_fn(np.pad(x, ((0, 24), (0, 8), (0, 0)))[None]))[0, :40, :56]
   np.testing.assert_allclose(got, want, atol=1e-6)
+  got = test_time.predict(image, probs_fn, (1.0,), 64, 2 / 3, MEAN, STD, pad='centre')
+  want = np.asarray(probs_fn(np.pad(x, ((12, 12), (4, 4), (0, 0)))[None]))[0, 12:52, 4:60]
+  np.testing.assert_allclose(got, want, atol=1e-6)
+
+
+def test_reference_test_time_procedure(tiny_model):
+  """The authors' procedure written out for one image: per scale a cubic resize of the image
+  and of its mirror image, each padded bottom/right and cut into windows stepping 26 px
+  (int(40 * 2 / 3)), probabilities resized back with the cubic, all averaged."""
+  cv2 = pytest.importorskip('cv2')
+  model, variables = tiny_model
+  image = _image(50, 70)
+  net = jax.jit(functools.partial(inference.window_probabilities(model, False, True), variables))
+  scales, win = (0.75, 1.25), 40
+  total = 0
+  for mirrored in (False, True):
+    src = image[:, ::-1] if mirrored else image
+    for s in scales:
+      h, w = round(50 * s), round(70 * s)
+      x = transforms.normalize(
+        cv2.resize(np.ascontiguousarray(src), (w, h), interpolation=cv2.INTER_CUBIC), MEAN, STD
+      )
+      ph, pw = max(win - h, 0), max(win - w, 0)
+      x = np.pad(x, ((0, ph), (0, pw), (0, 0)))
+      acc = np.zeros((*x.shape[:2], 3), np.float32)
+      cnt = np.zeros(x.shape[:2] + (1,), np.float32)
+      ys = sorted({min(y, x.shape[0] - win) for y in range(0, x.shape[0] - win + 26, 26)})
+      xs = sorted({min(c, x.shape[1] - win) for c in range(0, x.shape[1] - win + 26, 26)})
+      for y in ys:
+        for c in xs:
+          acc[y : y + win, c : c + win] += np.asarray(net(x[None, y : y + win, c : c + win]))[0]
+          cnt[y : y + win, c : c + win] += 1
+      p = (acc / cnt)[:h, :w]
+      p = cv2.resize(p, (70, 50), interpolation=cv2.INTER_CUBIC)
+      total = total + (p[:, ::-1] if mirrored else p)
+  want = total / (2 * len(scales))
+  got = test_time.predict(
+    image, net, scales, win, 2 / 3, MEAN, STD, flip_image=True, interpolation='cubic'
+  )
+  # cv2's resized uint8 image can differ from ours by one level at a few pixels (see
+  # test_fidelity), which moves this random network's output around those pixels only.
+  assert np.isclose(got, want, atol=1e-5).mean() > 0.98
+  assert (np.argmax(got, -1) == np.argmax(want, -1)).mean() > 0.99
 
 
 def test_overlapping_windows_stitch_back_exactly():
@@ -74,10 +118,12 @@ def test_overlapping_windows_stitch_back_exactly():
 def test_flip_averages_the_mirrored_prediction(tiny_model):
   model, variables = tiny_model
   x = transforms.normalize(_image(32, 32)[None], MEAN, STD)
-  plain = np.asarray(inference.window_probabilities(model, False)(variables, x))
-  mirrored = np.asarray(inference.window_probabilities(model, False)(variables, x[:, :, ::-1]))
-  both = inference.window_probabilities(model, True)(variables, x)
-  np.testing.assert_allclose(both, (plain + mirrored[:, :, ::-1]) / 2, atol=1e-6)
+  plain = np.asarray(inference.window_probabilities(model, False, True)(variables, x))
+  mirrored = np.asarray(
+    inference.window_probabilities(model, False, True)(variables, x[:, :, ::-1])
+  )
+  both = inference.window_probabilities(model, True, True)(variables, x)
+  np.testing.assert_allclose(both, (plain + mirrored[:, :, ::-1]) / 2, atol=1e-5)
 
 
 def test_resize_and_settings():
@@ -86,11 +132,14 @@ def test_resize_and_settings():
     want = jax.image.resize(x, (*size, 2), 'linear', antialias=False)
     np.testing.assert_allclose(test_time.resize_bilinear(x, size), want, atol=1e-5)
   assert [test_time.bucket(n) for n in (1, 3, 8, 9, 17)] == [1, 4, 8, 16, 24]
-  assert test_time.window_starts(401, 401, 268) == [0]
-  assert test_time.window_starts(750, 401, 268) == [0, 268, 349]
+  assert test_time.window_starts(401, 401, 267) == [0]
+  assert test_time.window_starts(750, 401, 267) == [0, 267, 349]
+  # The reference's step: int(401 * 2 / 3) = 267.
+  _, boxes, _, _ = test_time.tile(np.zeros((401, 700, 3), np.float32), 401, 2 / 3)
+  assert [x for _, x in boxes] == [0, 267, 299]
   cfg = paper_defaults()
   assert inference.Settings.from_config(cfg) == inference.Settings(
-    (0.5, 0.75, 1.0, 1.25, 1.5), True, 401, 2 / 3
+    (0.5, 0.75, 1.0, 1.25, 1.5), True, True, 401, 2 / 3, 'bottom_right', 'cubic'
   )
   cfg.inference.window_stride = 0.0
   with pytest.raises(ValueError, match='inference.window_stride'):

@@ -61,7 +61,9 @@ SCRIPT = textwrap.dedent("""
     model = from_config.segmenter(cfg)
     variables = from_config.init_variables(model, cfg, jax.random.key(1))
     tx = segment.make_optimizer(cfg, variables['params'])
-    loss_fn = functools.partial(segment.loss_fn, model=model, ignore_index=255)
+    loss_fn = functools.partial(
+      segment.loss_fn, model=model, ignore_index=255, align_corners=True
+    )
     step = jax.jit(functools.partial(training.train_step, loss_fn=loss_fn, tx=tx))
     micro = [{'image': rng.normal(size=(1, 24, 24, 3)).astype(np.float32),
               'label': rng.integers(0, 11, (1, 24, 24)).astype(np.int32)} for _ in range(10)]

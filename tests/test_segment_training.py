@@ -4,9 +4,10 @@ import functools
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
 
-from cows_jax import segment, training
+from cows_jax import losses, segment, training
 from cows_jax.configs.defaults import paper_defaults
 
 
@@ -34,7 +35,7 @@ def test_accumulating_10_micro_batches_equals_one_batch_of_10():
   def run(k, batches):
     cfg.segment.accumulation_steps = k
     tx = segment.make_optimizer(cfg, variables['params'])
-    loss_fn = functools.partial(segment.loss_fn, model=model, ignore_index=255)
+    loss_fn = functools.partial(segment.loss_fn, model=model, ignore_index=255, align_corners=True)
     step = jax.jit(functools.partial(training.train_step, loss_fn=loss_fn, tx=tx))
     state = training.TrainState.create(variables, tx.init(variables['params']))
     for b in batches:
@@ -46,3 +47,16 @@ def test_accumulating_10_micro_batches_equals_one_batch_of_10():
   changed = jax.tree.map(lambda a, b: np.abs(a - b).max(), whole, variables['params'])
   assert max(jax.tree.leaves(changed)) > 1e-3
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5), micro, whole)
+
+
+def test_logits_upsampling_aligns_the_corners_as_caffe_interp():
+  """Caffe's Interp: output i samples input i * (in - 1) / (out - 1); 41 -> 321 puts every
+  8th output pixel exactly on an input pixel, the rest on the line between two."""
+  rng = np.random.default_rng(0)
+  small = rng.normal(size=(1, 41, 6, 2)).astype(np.float32)
+  up = np.asarray(losses.upsample_logits(jnp.asarray(small), (321, 41), True))
+  np.testing.assert_allclose(up[0, ::8, ::8], small[0], rtol=1e-6)
+  np.testing.assert_allclose(up[0, 4, 0], (small[0, 0, 0] + small[0, 1, 0]) / 2, rtol=1e-5)
+  np.testing.assert_allclose(up[0, 3, 8], (5 * small[0, 0, 1] + 3 * small[0, 1, 1]) / 8, rtol=1e-5)
+  half = np.asarray(losses.upsample_logits(jnp.asarray(small), (321, 41), False))
+  assert np.abs(half[0, ::8, ::8] - small[0]).max() > 1e-2  # half-pixel centres differ.

@@ -74,7 +74,7 @@ def test_frozen_batch_norm_unchanged_by_a_train_step():
   v = {'params': v['params'], FROZEN_BN: frozen}
   tx = optax.sgd(0.1)
   batch = {'image': x, 'label': jax.random.randint(jax.random.key(3), (2, 32, 32), 0, 3)}
-  loss_fn = functools.partial(segment.loss_fn, model=model, ignore_index=255)
+  loss_fn = functools.partial(segment.loss_fn, model=model, ignore_index=255, align_corners=True)
   state, m = jax.jit(functools.partial(training.train_step, loss_fn=loss_fn, tx=tx))(
     training.TrainState.create(v, tx.init(v['params'])), batch
   )

@@ -78,10 +78,12 @@ def color_jitter(
   return (x * 255.0 + 0.5).astype(np.uint8)
 
 
-def random_scale_crop(image, label, rng, scale_range, crop, mirror, mean):
-  """DeepLab training augmentation: random scale, mirror, crop; pad image with the mean
-  colour and the label with 255 where the scaled image is smaller than the crop."""
-  scale = rng.uniform(*scale_range)
+def random_scale_crop(image, label, rng, scales, discrete, crop, mirror, mean):
+  """DeepLab training augmentation: random scale (one of `scales` when `discrete`, as the
+  authors' Caffe data layer, else uniform between their extremes), mirror, crop; pad image
+  with the mean colour and the label with 255 where the scaled image is smaller than the
+  crop."""
+  scale = float(rng.choice(scales)) if discrete else rng.uniform(min(scales), max(scales))
   h, w = image.shape[:2]
   size = (max(1, int(round(h * scale))), max(1, int(round(w * scale))))
   image, label = resize_image(image, size), resize_label(label, size)

@@ -16,6 +16,15 @@ from cows_jax.models.vgg import VGG16LargeFOV, scaled
 PRETRAINED_GROUPS = ('backbone',)
 BACKBONES = ('vgg16', 'resnet101')
 HEADS = ('largefov', 'aspp')
+# LargeFOV's initializers (fc6 and fc7, score layer fc8). 'caffe': the authors' prototxt,
+# Caffe's xavier (uniform, fan-in) and msra (Gaussian, variance 2 / fan-in) fillers.
+HEAD_INITS = {
+  'caffe': (
+    nn.initializers.variance_scaling(1.0, 'fan_in', 'uniform'),
+    nn.initializers.variance_scaling(2.0, 'fan_in', 'normal'),
+  ),
+  'kaiming': (nn.initializers.kaiming_normal(), nn.initializers.normal(0.01)),
+}
 
 
 class LargeFOVHead(nn.Module):
@@ -23,10 +32,11 @@ class LargeFOVHead(nn.Module):
   channels: int = 1024
   dilation: int = 12
   dtype: Any = jnp.float32
+  initializers: str = 'caffe'  # a key of HEAD_INITS
 
   @nn.compact
   def __call__(self, x):
-    init = nn.initializers.kaiming_normal()
+    init, score_init = HEAD_INITS[self.initializers]
     x = Conv(
       self.channels,
       (3, 3),
@@ -44,7 +54,7 @@ class LargeFOVHead(nn.Module):
       self.num_classes,
       (1, 1),
       dtype=self.dtype,
-      kernel_init=nn.initializers.normal(0.01),
+      kernel_init=score_init,
       name='fc8',
     )(nn.relu(x))
 
@@ -85,6 +95,7 @@ class DeepLab(nn.Module):
   width: float = 1.0
   head_channels: int = 1024
   head_dilation: int = 12
+  head_init: str = 'caffe'
   aspp_rates: tuple = (6, 12, 18, 24)
   norm: str = 'none'
   resnet_stages: tuple = RESNET101_STAGES
@@ -114,6 +125,7 @@ class DeepLab(nn.Module):
         scaled(self.head_channels, self.width),
         self.head_dilation,
         self.dtype,
+        self.head_init,
         name='head',
       )(x)
     elif self.head == 'aspp':

@@ -32,6 +32,7 @@ def segmenter(cfg) -> DeepLab:
     width=cfg.model.width,
     head_channels=s.head_channels,
     head_dilation=s.head_dilation,
+    head_init=s.head_init,
     aspp_rates=tuple(s.aspp_rates),
     norm=cfg.model.norm,
     stride_in_1x1=s.resnet_stride_in_1x1,

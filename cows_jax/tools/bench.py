@@ -490,7 +490,7 @@ def _export_one(args, platform: str) -> dict:
   model = from_config.segmenter(cfg)
   variables = _segmenter_variables(model, args.size, 0)
   start = time.perf_counter()
-  data = export.segmenter_function(model, variables, True, (platform,)).serialize()
+  data = export.segmenter_function(model, variables, True, True, (platform,)).serialize()
   export_s = time.perf_counter() - start
   start = time.perf_counter()
   loaded = jax_export.deserialize(bytearray(data))
