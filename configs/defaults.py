@@ -131,7 +131,11 @@ def paper_defaults() -> ml_collections.ConfigDict:
   c.label.bg_saliency_ignore = 32
   c.label.fg_confident = 0.95
   c.label.min_fg_fraction = 0.01
-  c.label.bg_threshold = 0.3  # saliency-free mode only.
+  # Saliency-free mode only (use_saliency=False, this project's addition): objects where a
+  # normalized map reaches fg_threshold, background where all stay below bg_threshold, the
+  # rest ignored; IRN's conf_fg_thres / conf_bg_thres (Ahn et al., CVPR 2019).
+  c.label.fg_threshold = 0.3
+  c.label.bg_threshold = 0.05
 
   c.segment = ml_collections.ConfigDict()
   # Like model.init_from, for the segmenter's backbone (e.g. the DeepLab ResNet-101 Caffe
@@ -200,7 +204,8 @@ def paper_defaults() -> ml_collections.ConfigDict:
   c.crf.bilateral_compat = 3
 
   c.evaluate = ml_collections.ConfigDict()
-  c.evaluate.cam_thresholds = tuple(round(0.05 * i, 2) for i in range(1, 13))
+  # Background thresholds of the CAM mIoU sweep; a best value at either end is flagged.
+  c.evaluate.cam_thresholds = tuple(round(0.05 * i, 2) for i in range(1, 20))
   c.evaluate.num_visualize = 6
   c.evaluate.crf = True  # also report the segmenter with the dense CRF (extra cows_jax[crf]).
   return c

@@ -116,7 +116,9 @@ def markdown_table(rows: list[dict]) -> str:
   ]
   lines += [
     f'| {r["variant"]} | {r["cam_miou"]:.1f} | {r["pseudo_label_miou"]:.1f} | '
-    f'{r["cam_bg_threshold"]:.2f} |'
+    f'{r["cam_bg_threshold"]:.2f}{" (edge)" if r.get("cam_bg_threshold_at_edge") else ""} |'
     for r in rows
   ]
-  return '\n'.join(lines) + '\n'
+  edge = any(r.get('cam_bg_threshold_at_edge') for r in rows)
+  note = '\n(edge): the best threshold is at the end of the sweep; the CAM mIoU may be higher.\n'
+  return '\n'.join(lines) + '\n' + (note if edge else '')

@@ -140,6 +140,17 @@ def run(cfg, workdir: str) -> dict:
     num_val=len(val),
   )
   columns.update({title: acc.per_class_iou() for acc, _, title in results.values()})
+  below = [k for k, (acc, _, _) in results.items() if acc.miou() < floor.miou()]
+  summary['below_all_background'] = below
+  for key in below:
+    logging.warning(
+      '*** evaluate: %s scores %.1f mIoU, below the all-background prediction (%.1f): the '
+      'segmenter learned nothing useful; check the pseudo labels (reports/train_pipeline.png, '
+      'pseudo_label_miou, pseudo_label_ignored_fraction) ***',
+      results[key][2],
+      results[key][0].miou(),
+      floor.miou(),
+    )
 
   if parallel.is_writer():
     _write_reports(cfg, run, summary, columns, results, names, train, val, ids, probabilities)

@@ -20,6 +20,7 @@ def rules(cfg) -> pseudo_labels.LabelRules:
     bg_saliency_ignore=c.bg_saliency_ignore,
     fg_confident=c.fg_confident,
     min_fg_fraction=c.min_fg_fraction,
+    fg_threshold=c.fg_threshold,
     bg_threshold=c.bg_threshold,
     ignore_index=cfg.segment.ignore_index,
   )
@@ -76,7 +77,7 @@ def run(cfg, workdir: str) -> None:
     'label: wrote %d pseudo labels (%d all-ignore: too little foreground), mode=%s',
     written,
     all_ignore,
-    'saliency' if cfg.label.use_saliency else 'bg threshold',
+    'saliency' if cfg.label.use_saliency else 'confident map regions',
   )
   if written and all_ignore == written:
     logging.warning(

@@ -91,6 +91,4 @@ def upsample_logits(logits, size, align_corners: bool):
     return jax.image.resize(logits, (b, size[0], size[1], c), method='bilinear')
   rows = align_corners_weights(logits.shape[1], size[0])
   cols = align_corners_weights(logits.shape[2], size[1])
-  return jnp.einsum(
-    'Hh,bhwc,Ww->bHWc', rows, logits.astype(jnp.float32), cols, precision='highest'
-  )
+  return jnp.einsum('Hh,bhwc,Ww->bHWc', rows, logits.astype(jnp.float32), cols, precision='highest')

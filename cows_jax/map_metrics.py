@@ -4,6 +4,7 @@ best background threshold of a sweep) and of the pseudo labels, both on data.tra
 """
 
 import numpy as np
+from absl import logging
 
 from cows_jax import metrics, parallel, progress, run_dir
 
@@ -48,9 +49,19 @@ def localization_report(cfg, train, ids, run: run_dir.RunDir) -> tuple[dict, dic
   """(summary entries, per-class IoU columns) of the maps and the pseudo labels."""
   best_t, cam_miou, curve, cam_iou = evaluate_cams(cfg, train, ids, run)
   pseudo = evaluate_pseudo_labels(cfg, train, ids, run)
+  thresholds = sorted(cfg.evaluate.cam_thresholds)
+  at_edge = len(thresholds) > 1 and best_t in (thresholds[0], thresholds[-1])
+  if at_edge:
+    logging.warning(
+      'evaluate: the best CAM background threshold %.2f is at the edge of the sweep %s: the '
+      'reported CAM mIoU may not be its best; widen evaluate.cam_thresholds',
+      best_t,
+      tuple(thresholds),
+    )
   summary = {
     'cam_miou': cam_miou,
     'cam_bg_threshold': best_t,
+    'cam_bg_threshold_at_edge': at_edge,
     'cam_threshold_sweep': [{'threshold': t, 'miou': m} for t, m in curve],
     'pseudo_label_miou': pseudo.miou(),
     'pseudo_label_ignored_fraction': ignored_fraction(pseudo),

@@ -21,7 +21,8 @@ class LabelRules:
   bg_saliency_ignore: int  # bg pixels with max(S, 255*[any A_c > fg_confident]) >= this -> ignore
   fg_confident: float
   min_fg_fraction: float  # images with labelled foreground < this fraction -> all ignore
-  bg_threshold: float  # saliency-free mode: constant background score
+  fg_threshold: float  # saliency-free mode: an object where its map beats this
+  bg_threshold: float  # saliency-free mode: background where every map is below this
   ignore_index: int
 
 
@@ -124,17 +125,22 @@ def pseudo_label_with_saliency(
 def pseudo_label_without_saliency(
   maps: np.ndarray, classes: np.ndarray, rules: LabelRules
 ) -> np.ndarray:
-  """Saliency-free mode: the classic CAM recipe with a constant background score.
+  """Saliency-free mode: confident regions of the maps alone, the rule of IRN (Ahn et al.,
+  CVPR 2019, `cam_to_ir_label`: conf_fg_thres 0.30, conf_bg_thres 0.05).
 
-  Without a saliency detector the only background evidence is the maps themselves, so the
-  background score is the constant ``rules.bg_threshold`` and a pixel is an object where its
-  normalized map beats it. ``score_threshold`` is not applied: the background constant already
-  plays its role. The conflict and minimum-foreground rules apply as in the saliency mode; the
-  saliency-based background ignore has no input here and is skipped. K = 0 -> all ignore.
+  Without a saliency detector the maps are the only evidence, and one threshold cannot tell
+  object from background near the object's edges. So a pixel is an object where its best
+  normalized map reaches ``rules.fg_threshold`` (the argmax over the image's classes),
+  background where every map stays below ``rules.bg_threshold``, and ignored in between.
+  The conflict and minimum-foreground rules apply as in the saliency mode (an image whose
+  maps are all zero has no evidence of where its objects are: all ignore). K = 0 -> all
+  ignore.
   """
   maps, classes = _validate(maps, classes, rules)
   if classes.size == 0:
     return np.full(maps.shape[1:], rules.ignore_index, np.uint8)
   maps = normalize_maps(maps)
-  scores = np.concatenate([np.full((1, *maps.shape[1:]), rules.bg_threshold, maps.dtype), maps])
-  return _drop_if_little_foreground(_label_from_scores(scores, classes, rules), rules)
+  scores = np.concatenate([np.full((1, *maps.shape[1:]), rules.fg_threshold, maps.dtype), maps])
+  label = _label_from_scores(scores, classes, rules)
+  label[(label == 0) & (maps.max(axis=0) >= rules.bg_threshold)] = rules.ignore_index
+  return _drop_if_little_foreground(label, rules)

@@ -53,6 +53,7 @@ RANGES = (
   ('label.bg_saliency_ignore', 0, 256),
   ('label.fg_confident', 0, 1),
   ('label.min_fg_fraction', 0, 1),
+  ('label.fg_threshold', 0, 1),
   ('label.bg_threshold', 0, 1),
   ('segment.crop_size', 8, None),
   ('segment.batch_size', 1, None),

@@ -64,3 +64,8 @@ def test_markdown_table_rows():
   rows = [{'variant': 'a', 'cam_miou': 12.345, 'pseudo_label_miou': 20.0, 'cam_bg_threshold': 0.3}]
   table = ablate.markdown_table(rows)
   assert table.splitlines()[2] == '| a | 12.3 | 20.0 | 0.30 |'
+  assert 'edge' not in table
+  rows[0]['cam_bg_threshold_at_edge'] = True
+  table = ablate.markdown_table(rows)
+  assert table.splitlines()[2] == '| a | 12.3 | 20.0 | 0.30 (edge) |'
+  assert 'may be higher' in table

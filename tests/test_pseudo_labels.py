@@ -83,16 +83,18 @@ def test_foreground_below_one_percent_ignores_whole_image():
   np.testing.assert_array_equal(label, expected)
 
 
-def test_saliency_free_mode_uses_constant_background_score():
-  maps = np.array([[[0.0, 1.0, 0.5, 0.25, 0.3]], [[0.2, 0.0, 0.6, 1.0, 0.1]]])
+def test_saliency_free_mode_labels_confident_regions_and_ignores_the_band_between():
+  maps = np.array([[[0.0, 1.0, 0.5, 0.25, 0.3, 0.04]], [[0.2, 0.0, 0.6, 1.0, 0.1, 0.0]]])
   classes = np.array([0, 3])
-  # bg 0.3: pixel 4 ties 0.3 vs 0.3 -> background.
+  # fg 0.3, bg 0.05 (IRN's): pixel 0 has a map at 0.2 -> in the band -> ignore; pixel 4
+  # reaches 0.3 only ties the fg score -> not an object, in the band -> ignore; pixel 5 is
+  # below 0.05 everywhere -> background.
   np.testing.assert_array_equal(
-    pseudo_label_without_saliency(maps, classes, PAPER), [[0, 1, 4, 4, 0]]
+    pseudo_label_without_saliency(maps, classes, PAPER), [[255, 1, 4, 4, 255, 0]]
   )
+  strict = dataclasses.replace(PAPER, fg_threshold=0.7, bg_threshold=0.3)
   np.testing.assert_array_equal(
-    pseudo_label_without_saliency(maps, classes, dataclasses.replace(PAPER, bg_threshold=0.7)),
-    [[0, 1, 0, 4, 0]],
+    pseudo_label_without_saliency(maps, classes, strict), [[0, 1, 255, 4, 255, 0]]
   )
 
 
