@@ -24,6 +24,12 @@ def test_tiny_pipeline_end_to_end(tiny_run):
     'all_background_miou',
   ):
     assert 0.0 <= summary[key] <= 100.0, (key, summary[key])
+  # The CAM sweep's best threshold is flagged when it sits at an end of the sweep.
+  ends = (min(tiny_config.evaluate.cam_thresholds), max(tiny_config.evaluate.cam_thresholds))
+  assert summary['cam_bg_threshold_at_edge'] == (summary['cam_bg_threshold'] in ends)
+  floor = summary['all_background_miou']
+  below = [k for k in ('segmentation', 'fully_supervised') if summary[k + '_miou'] < floor]
+  assert [k for k in summary['below_all_background'] if not k.endswith('_crf')] == below
   ids = json.load(open(os.path.join(workdir, 'pseudo_labels', 'index.json')))['ids']
   assert len(ids) == tiny_config.data.train_size
   label = run_dir.read_label_png(os.path.join(workdir, 'pseudo_labels', 'index', ids[0] + '.png'))
