@@ -2,8 +2,9 @@
 
 What the configs share lives here: the VOC data fields, the CPU from-scratch settings, the
 `:runlocal` shrink that lets the whole pipeline run on a 2-core CPU in minutes on the same
-data (a smoke run of the code path, not a result), and `with_arg`, through which every config
-takes its argument.
+data (a smoke run of the code path, not a result), the `:gpu` and `:tpu` arguments every config
+takes (mixed precision and input worker processes, the same math), and `with_arg`, through
+which every config takes its arguments.
 """
 
 from typing import Callable
@@ -69,14 +70,50 @@ def runlocal(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   return c
 
 
+def accelerator(c: ml_collections.ConfigDict, workers: int) -> ml_collections.ConfigDict:
+  """Mixed precision and a fed accelerator, the same math: both trained models compute in
+  bfloat16 with float32 parameters and optimizer state (the co-attention affinity and its
+  softmaxes stay float32, models/coattention.py); `workers` grain processes decode, resize
+  and jitter, and 4 batches are read ahead, the next ones already on the device."""
+  c.model.dtype = 'bfloat16'
+  c.segment.dtype = 'bfloat16'
+  c.input.worker_count = workers
+  c.input.prefetch = 4
+  return c
+
+
+def gpu(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """`:gpu`: bfloat16 compute, 8 input worker processes (a GPU host's cores per GPU)."""
+  return accelerator(c, 8)
+
+
+def tpu(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """`:tpu`: bfloat16 compute, 16 input worker processes (TPU VM hosts have dozens to
+  hundreds of vCPUs)."""
+  return accelerator(c, 16)
+
+
+# Every config takes these besides its own arguments, alone or after them (`runlocal,gpu`).
+ACCELERATORS = {'gpu': gpu, 'tpu': tpu}
+
+
 def with_arg(c: ml_collections.ConfigDict, arg: str | None, name: str, **presets: Callable):
-  """Applies the config argument (`NAME:ARG`) to `c`: `arg` names one of `presets`, each a
-  function that changes `c` in place; no argument leaves `c` as it is. Anything else is a
-  one-line error naming the config and the arguments it knows."""
+  """Applies the config argument (`NAME:ARG`) to `c`: one or more comma-separated arguments
+  (`runlocal,gpu`), applied in order, each one of `presets` (functions that change `c` in
+  place) or of ACCELERATORS (gpu, tpu: at most one); no argument leaves `c` as it is.
+  Anything else is a one-line error naming the config and the arguments it knows."""
   if not arg:
     return c
-  if arg not in presets:
-    known = ', '.join(presets) or 'none'
-    raise ValueError(f'{name}: unknown config argument {arg!r} (known: {known})')
-  presets[arg](c)
+  args = [a.strip() for a in arg.split(',')]
+  for a in args:
+    if a not in presets and a not in ACCELERATORS:
+      known = ', '.join(presets) or 'none'
+      raise ValueError(
+        f'{name}: unknown config argument {a!r} (known: {known}); gpu and tpu go alone or '
+        f'after a comma ({name}:{next(iter(presets), "ARG")},gpu)'
+      )
+  if len([a for a in args if a in ACCELERATORS]) > 1 or len(set(args)) < len(args):
+    raise ValueError(f'{name}: config argument {arg!r} names an argument twice or both gpu and tpu')
+  for a in args:
+    (presets[a] if a in presets else ACCELERATORS[a])(c)
   return c

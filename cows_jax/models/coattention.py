@@ -33,14 +33,22 @@ def co_attend(f_m, f_n, w):
 
   P = (F_m W) F_n^T is [B, Nm, Nn]. m attends over n's positions (softmax over axis 2) and
   n over m's (softmax over axis 1): every row of each attention sums to one over the other
-  image's positions. Returns (F_m^co [B,Nm,D], F_n^co [B,Nn,D]).
+  image's positions. Returns (F_m^co [B,Nm,D], F_n^co [B,Nn,D]) in the dtype of f_m.
+
+  Mixed precision: whatever the compute dtype (bfloat16 with model.dtype='bfloat16'), the
+  affinity and both softmaxes over the other image's ~1,000 positions (256 px) run in
+  float32, the affinity at full float32 precision (no TF32 or bfloat16 passes: an error of
+  the logits is an error of the exponent); the weighted sums take the float32 attention at
+  XLA's default precision. Only the outputs go back to the compute dtype.
   """
-  affinity = jnp.einsum('bid,de,bje->bij', f_m, w, f_n)
+  dtype = f_m.dtype
+  f_m, f_n, w = (x.astype(jnp.float32) for x in (f_m, f_n, w))
+  affinity = jnp.einsum('bid,de,bje->bij', f_m, w, f_n, precision='highest')
   attn_m = jax.nn.softmax(affinity, axis=2)  # [B, Nm, Nn]: m position -> n positions.
   attn_n = jax.nn.softmax(affinity, axis=1)  # [B, Nm, Nn]: n position <- m positions.
   co_m = jnp.einsum('bij,bjd->bid', attn_m, f_n)
   co_n = jnp.einsum('bij,bid->bjd', attn_n, f_m)
-  return co_m, co_n
+  return co_m.astype(dtype), co_n.astype(dtype)
 
 
 class CoAttentionNet(nn.Module):
@@ -91,9 +99,7 @@ class CoAttentionNet(nn.Module):
   def _co_features(self, f_m, f_n):
     b, hm, wm, d = f_m.shape
     _, hn, wn, _ = f_n.shape
-    co_m, co_n = co_attend(
-      f_m.reshape(b, hm * wm, d), f_n.reshape(b, hn * wn, d), self.co_weight.astype(self.dtype)
-    )
+    co_m, co_n = co_attend(f_m.reshape(b, hm * wm, d), f_n.reshape(b, hn * wn, d), self.co_weight)
     return co_m.reshape(f_m.shape), co_n.reshape(f_n.shape)
 
   def pair_head(self, f_m, f_n) -> PairScores:
