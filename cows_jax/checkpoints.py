@@ -100,6 +100,22 @@ def _shape_mismatch(item: epath.Path, like) -> str:
   return '; '.join(problems[:4]) + (f'; {len(problems) - 4} more' if len(problems) > 4 else '')
 
 
+def check_resumable(directory: epath.Path, total_steps: int, stage: str) -> None:
+  """Training resumes from the latest checkpoint before `total_steps`; one without optimizer
+  state is a model imported by `cows-jax weights import`, which training must neither resume
+  from nor set aside as corrupt: a one-line error says what to run instead."""
+  if not directory.is_dir():
+    return
+  steps = sorted((int(p.name) for p in directory.iterdir() if p.name.isdigit()), reverse=True)
+  if steps and steps[0] < total_steps and (directory / str(steps[0]) / 'variables').exists():
+    if not (directory / str(steps[0]) / 'opt_state').exists():
+      raise ValueError(
+        f'{directory / str(steps[0])} holds an imported model (no optimizer state) that '
+        f'`cows-jax {stage}` cannot resume; run the later stages on their own (not `pipeline`) '
+        'to use it, or train in another WORKDIR'
+      )
+
+
 def restore_variables(directory: epath.Path, step: int | None, like, stage: str):
   """Variables of a finished stage (latest step if `step` is None), with an error that
   names the command producing them when they are missing."""

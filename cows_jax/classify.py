@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 from absl import logging
 
-from cows_jax import config, losses, optim, parallel, run_dir, training, views
+from cows_jax import checkpoints, config, losses, optim, parallel, run_dir, training, views
 from cows_jax.data import input_pipeline, sources
 from cows_jax.models import from_config
 from cows_jax.models.coattention import PRETRAINED_GROUPS
@@ -79,6 +79,8 @@ def train(cfg, workdir: str) -> None:
   run = run_dir.RunDir(workdir)
   pool = sources.classifier_pool(cfg)
   spe = steps_per_epoch(cfg, pool.plan.epoch_length)
+  # Before epochs.json changes: an imported classifier keeps its own.
+  checkpoints.check_resumable(run.classifier(), spe * cfg.classify.epochs, 'classify')
   if parallel.is_writer():
     run_dir.write_classifier_epochs(run, spe, cfg.classify.epochs)
   model = from_config.classifier(cfg)

@@ -137,7 +137,7 @@ def _fail(command: str, error: Exception) -> None:
 
 def _validate(command: str, cfg) -> None:
   """Every problem of the config, one line each, and exit status 2 before anything runs."""
-  problems = validation.problems(cfg)
+  problems = validation.problems(cfg, command)
   if problems:
     for problem in problems:
       print(f'cows-jax {command}: config: {problem}', file=sys.stderr)

@@ -141,6 +141,7 @@ def fit(task: Task) -> None:
     mngr.close()
     return
 
+  checkpoints.check_resumable(task.checkpoint_dir, task.total_steps, task.name)
   # Devices, then the state: initialized, replicated, and restored when resuming.
   mesh = parallel.data_mesh()
   variables = task.init_variables()

@@ -179,12 +179,16 @@ def _paths(cfg) -> list[str]:
   return out
 
 
-def problems(cfg) -> list[str]:
-  """Every problem of a config, one line each; [] when it can run. It needs no file the config
-  names to be readable (the CLI runs it before `config.finalize`)."""
+# The commands that run the dense CRF when evaluate.crf: only they need the crf extra.
+CRF_COMMANDS = ('evaluate', 'pipeline', 'ablate')
+
+
+def problems(cfg, command: str = 'pipeline') -> list[str]:
+  """Every problem of a config for `command`, one line each; [] when it can run. It needs no
+  file the config names to be readable (the CLI runs it before `config.finalize`)."""
   out = _ranges(cfg)
   out += _paths(cfg)
-  if cfg.evaluate.crf:
+  if cfg.evaluate.crf and command in CRF_COMMANDS:
     try:
       crf.check_available()
     except ValueError as e:

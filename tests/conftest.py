@@ -10,6 +10,8 @@ FAST_COMPILE_FLAGS = (
   '--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true'
   ' --xla_cpu_use_fusion_emitters=false'
 )
+# Tests run on the CPU, also on a machine with an accelerator (`make test` sets it as well).
+os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 os.environ['XLA_FLAGS'] = f'{os.environ.get("XLA_FLAGS", "")} {FAST_COMPILE_FLAGS}'.strip()
 
 

@@ -6,6 +6,7 @@ import os
 
 import jax
 import numpy as np
+import pytest
 
 from cows_jax import checkpoints, classify, run_dir
 from cows_jax.models import from_config
@@ -43,3 +44,21 @@ def test_resume_equals_uninterrupted(tiny_config, tmp_path):
   mtime = os.path.getmtime(os.path.join(run_dir.RunDir(resumed).classifier(), str(s2)))
   classify.train(cfg, resumed)
   assert os.path.getmtime(os.path.join(run_dir.RunDir(resumed).classifier(), str(s2))) == mtime
+
+
+def test_an_imported_model_is_not_resumed_nor_set_aside(tmp_path):
+  """A checkpoint without optimizer state (what `weights import` writes) stops training with
+  one line, and stays where it is; once it covers the stage's steps, the stage is complete."""
+  import orbax.checkpoint as ocp
+  from etils import epath
+
+  directory = epath.Path(tmp_path / 'classifier')
+  mngr = checkpoints.manager(directory)
+  variables = {'params': {'w': np.ones(3, np.float32)}}
+  mngr.save(3, args=ocp.args.Composite(variables=ocp.args.StandardSave(variables)))
+  mngr.wait_until_finished()
+  mngr.close()
+  with pytest.raises(ValueError, match='imported model .* cannot resume'):
+    checkpoints.check_resumable(directory, 10, 'classify')
+  assert (directory / '3' / 'variables').exists()
+  checkpoints.check_resumable(directory, 3, 'classify')  # complete: nothing to resume.

@@ -171,6 +171,8 @@ def test_real_data_problems_name_paths_weights_saliency_and_the_crf(monkeypatch,
   assert 'segment.init_from is not set: voc12 trains from ImageNet weights' in text
   assert 'weights import --arch resnet101' in text
   assert 'evaluate.crf=True: no crf' in text
+  # Only the commands that run the CRF need its extra.
+  assert not any('evaluate.crf' in p for p in validation.problems(cfg, 'classify'))
   monkeypatch.undo()
   assert validation.problems(config.finalize(config.load('synthetic'))) == []
   runlocal = config.load('voc12:runlocal')
