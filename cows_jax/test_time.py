@@ -95,7 +95,9 @@ def resize_cubic(x: np.ndarray, size) -> np.ndarray:
   if x.shape[:2] == tuple(size):
     return x
   rows, cols = cubic_matrix(x.shape[0], size[0]), cubic_matrix(x.shape[1], size[1])
-  out = np.einsum('Hh,hw...,Ww->HW...', rows, x.astype(np.float64), cols)
+  # Two matrix products (a three-operand einsum would loop over every index at once).
+  out = np.tensordot(rows, x.astype(np.float64), axes=(1, 0))
+  out = np.moveaxis(np.tensordot(cols, out, axes=(1, 1)), 0, 1)
   if x.dtype == np.uint8:
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)
   return out.astype(x.dtype)
