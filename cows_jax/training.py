@@ -23,6 +23,7 @@ from absl import logging
 from etils import epath
 
 from cows_jax import checkpoints, parallel, preemption, run_dir, summaries
+from cows_jax.data import input_pipeline
 
 
 @flax.struct.dataclass
@@ -73,7 +74,9 @@ class Task:
   init_variables: Callable[[], dict]  # random init or imported weights.
   optimizer: Callable[[Any], optax.GradientTransformation]  # of the params.
   loss_fn: Callable  # (params, collections, batch, *step_args) -> (loss, (terms, collections))
-  batches: Callable[[int], Iterator]  # this process's numpy batches from a step on.
+  # This process's numpy batches from a step on (input_pipeline.iterate: it also says how many
+  # to keep on the devices ahead of the step).
+  batches: Callable[[int], Iterator]
   log_every: int
   checkpoint_every: int  # resume points; rotated.
   keep_period: int  # checkpoints at multiples of it are kept (the classifier's epoch ends).
@@ -162,7 +165,13 @@ def fit(task: Task) -> None:
 
   # The loop: one jitted step; logs every `log_every` steps; checkpoints only checked steps.
   step_fn = jax.jit(functools.partial(train_step, loss_fn=task.loss_fn, tx=tx), donate_argnums=(0,))
-  batches = task.batches(start)
+  # The next batches go to the devices while a step runs (depth: input.prefetch, from iterate).
+  host_batches = task.batches(start)
+  batches = input_pipeline.DevicePrefetch(
+    host_batches,
+    lambda batch: parallel.shard_batch(batch, mesh),
+    getattr(host_batches, 'device_prefetch', input_pipeline.DEFAULT_DEVICE_PREFETCH),
+  )
   log = MetricLog(task.log_path, task.total_steps, task.tensorboard)
   logging.info(
     '%s: steps %d..%d, %d devices', task.name, start, task.total_steps, mesh.devices.size
@@ -170,9 +179,7 @@ def fit(task: Task) -> None:
   unlogged, unchecked = [], 0
   try:
     for step in range(start, task.total_steps):
-      state, scalars = step_fn(
-        state, parallel.shard_batch(next(batches), mesh), *task.step_args(step)
-      )
+      state, scalars = step_fn(state, next(batches), *task.step_args(step))
       unlogged.append(scalars)
       done = step + 1
       last = done == task.total_steps
@@ -195,6 +202,7 @@ def fit(task: Task) -> None:
           'resume'
         )
   finally:
+    batches.close()
     log.close()
     mngr.wait_until_finished()
     mngr.close()

@@ -2,12 +2,19 @@
 segmenter. Batches are this process's slice of the global batch (one slice per host).
 
 Both pipelines are random-access MapDatasets indexed by step, so resuming at step k
-replays exactly the batches a run without interruption would have seen.
+replays exactly the batches a run without interruption would have seen. `iterate` reads them
+ahead (in grain worker processes with input.worker_count > 0); `DevicePrefetch` puts the next
+ones on the devices while a step runs (training.fit).
 """
+
+import collections
+import gc
+from typing import Callable, Iterator
 
 import grain
 import jax
 import numpy as np
+from absl import flags
 
 from cows_jax import views
 from cows_jax.data import transforms
@@ -125,11 +132,77 @@ def segment_dataset(source, labels_for, cfg, num_steps: int, global_batch: int, 
   return _batches(ds.random_map(make_example, seed=seed), global_batch)
 
 
-def iterate(ds, start: int, cfg):
-  """Iterator over batches start, start+1, ... with background prefetching."""
+DEFAULT_DEVICE_PREFETCH = 2
+
+
+class Batches:
+  """This process's numpy batches from a step on (`iterate`), and how many of them the
+  trainer keeps on the devices ahead of the step (`device_prefetch`: input.prefetch, or
+  DEFAULT_DEVICE_PREFETCH). `close()` stops grain's threads and worker processes."""
+
+  def __init__(self, it, device_prefetch: int, workers: int = 0):
+    self._it, self.device_prefetch, self._workers = it, device_prefetch, workers
+
+  def __iter__(self):
+    return self
+
+  def __next__(self):
+    return next(self._it)
+
+  def close(self) -> None:
+    close = getattr(self._it, 'close', None)
+    if close is not None:
+      close()
+    if self._workers:
+      # Batches from worker processes live in shared memory, unlinked when the arrays are
+      # freed; some sit in reference cycles: free them now, not at exit (where Python's
+      # resource tracker would warn of leaked shared memory).
+      gc.collect()
+
+
+def iterate(ds, start: int, cfg) -> Batches:
+  """Batches start, start+1, ... of `ds`, made ahead in the background: by 2 threads of this
+  process, or with input.worker_count > 0 by that many grain worker processes (decode,
+  resize, jitter; each makes whole batches, in the same order, so the batches equal those of
+  worker_count=0)."""
   it = ds[start:].to_iter_dataset(
     grain.ReadOptions(num_threads=2, prefetch_buffer_size=cfg.input.prefetch)
   )
   if cfg.input.worker_count:
+    # grain reads its absl flags when it starts the workers; the CLI parses flags, a Python
+    # caller (tests, `cows-jax bench input`) may not have: the flags' defaults then.
+    if not flags.FLAGS.is_parsed():
+      flags.FLAGS.mark_as_parsed()
     it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=cfg.input.worker_count))
-  return iter(it)
+  return Batches(iter(it), cfg.input.prefetch or DEFAULT_DEVICE_PREFETCH, cfg.input.worker_count)
+
+
+class DevicePrefetch:
+  """`put(batch)` of each batch of `batches`, `depth` batches ahead: when batch k is returned,
+  the transfers of batches k+1 .. k+depth are already issued (jax.device_put and
+  make_array_from_process_local_data return at once and copy in the background), so the
+  next batch is on the device while step k runs. `close()` closes `batches` too."""
+
+  def __init__(self, batches: Iterator, put: Callable, depth: int = DEFAULT_DEVICE_PREFETCH):
+    self._batches, self._put, self._depth = batches, put, max(int(depth), 1)
+    self._ahead = collections.deque()
+
+  def __iter__(self):
+    return self
+
+  def __next__(self):
+    while len(self._ahead) <= self._depth:
+      try:
+        batch = next(self._batches)
+      except StopIteration:
+        break
+      self._ahead.append(self._put(batch))
+    if not self._ahead:
+      raise StopIteration
+    return self._ahead.popleft()
+
+  def close(self) -> None:
+    self._ahead.clear()
+    close = getattr(self._batches, 'close', None)
+    if close is not None:
+      close()
