@@ -132,8 +132,13 @@ def paper_defaults() -> ml_collections.ConfigDict:
   c.label.fg_confident = 0.95
   c.label.min_fg_fraction = 0.01
   # Saliency-free mode only (use_saliency=False, this project's addition): objects where a
-  # normalized map reaches fg_threshold, background where all stay below bg_threshold, the
-  # rest ignored; IRN's conf_fg_thres / conf_bg_thres (Ahn et al., CVPR 2019).
+  # normalized map reaches the object threshold, background where all stay below the
+  # background one, the rest ignored (IRN's confident regions, Ahn et al., CVPR 2019).
+  # 'cam_sweep': the object threshold is the CAM sweep's best on the split's masks, the
+  # background one sweep_band below; 'fixed' (or no masks): fg/bg_threshold, IRN's values
+  # for ImageNet-pretrained CAMs (conf_fg_thres, conf_bg_thres). docs/configs.md.
+  c.label.thresholds = 'cam_sweep'
+  c.label.sweep_band = 0.3
   c.label.fg_threshold = 0.3
   c.label.bg_threshold = 0.05
 

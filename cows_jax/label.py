@@ -8,11 +8,12 @@ written by process 0 after every process is done, marks the stage complete.
 
 from absl import logging
 
-from cows_jax import config, parallel, preemption, progress, pseudo_labels, run_dir
+from cows_jax import config, map_metrics, parallel, preemption, progress, pseudo_labels, run_dir
 from cows_jax.data import sources
 
 
-def rules(cfg) -> pseudo_labels.LabelRules:
+def rules(cfg, fg_threshold=None, bg_threshold=None) -> pseudo_labels.LabelRules:
+  """The config's rules; the saliency-free thresholds may come from the CAM sweep."""
   c = cfg.label
   return pseudo_labels.LabelRules(
     score_threshold=c.score_threshold,
@@ -20,17 +21,35 @@ def rules(cfg) -> pseudo_labels.LabelRules:
     bg_saliency_ignore=c.bg_saliency_ignore,
     fg_confident=c.fg_confident,
     min_fg_fraction=c.min_fg_fraction,
-    fg_threshold=c.fg_threshold,
-    bg_threshold=c.bg_threshold,
+    fg_threshold=c.fg_threshold if fg_threshold is None else fg_threshold,
+    bg_threshold=c.bg_threshold if bg_threshold is None else bg_threshold,
     ignore_index=cfg.segment.ignore_index,
   )
 
 
-def make_label(maps, classes, saliency, cfg):
+def saliency_free_rules(cfg, train, ids, run: run_dir.RunDir) -> pseudo_labels.LabelRules:
+  """label.thresholds='cam_sweep': the object threshold is the best background threshold of
+  the CAM sweep on the split's masks (how peers choose a CAM threshold), the background one
+  label.sweep_band below it; 'fixed', or a split without masks: label.fg/bg_threshold."""
+  if cfg.label.thresholds == 'cam_sweep' and len(train) and train[0]['mask'].size:
+    best = map_metrics.evaluate_cams(cfg, train, ids, run)[0]
+    fg, bg = best, max(best - cfg.label.sweep_band, 0.0)
+    logging.info('label: thresholds from the CAM sweep: object >= %.2f, background < %.2f', fg, bg)
+    return rules(cfg, fg, bg)
+  if cfg.label.thresholds == 'cam_sweep':
+    logging.warning(
+      'label: the train split has no masks for the CAM sweep; fixed thresholds %.2f / %.2f',
+      cfg.label.fg_threshold,
+      cfg.label.bg_threshold,
+    )
+  return rules(cfg)
+
+
+def make_label(maps, classes, saliency, cfg, label_rules: pseudo_labels.LabelRules):
   """One image's pseudo label in the configured mode."""
   if cfg.label.use_saliency:
-    return pseudo_labels.pseudo_label_with_saliency(maps, classes, saliency, rules(cfg))
-  return pseudo_labels.pseudo_label_without_saliency(maps, classes, rules(cfg))
+    return pseudo_labels.pseudo_label_with_saliency(maps, classes, saliency, label_rules)
+  return pseudo_labels.pseudo_label_without_saliency(maps, classes, label_rules)
 
 
 def run(cfg, workdir: str) -> None:
@@ -53,6 +72,7 @@ def run(cfg, workdir: str) -> None:
       and run_dir.label_readable(run.label_file(ids[i], 'palette'))
     )
   ]
+  label_rules = rules(cfg) if cfg.label.use_saliency else saliency_free_rules(cfg, train, ids, run)
   written = all_ignore = 0
   counter = progress.Progress('label', len(share))
   for i in share:
@@ -65,7 +85,7 @@ def run(cfg, workdir: str) -> None:
         '--config.data.saliency_dir=DIR (<id>.png) or use the saliency-free '
         'mode with --config.label.use_saliency=False'
       )
-    label = make_label(maps, classes, saliency, cfg)
+    label = make_label(maps, classes, saliency, cfg, label_rules)
     all_ignore += int((label == cfg.segment.ignore_index).all())
     run_dir.save_label_png(run.label_file(image_id, 'palette'), label, palette=True)
     run_dir.save_label_png(run.label_file(image_id), label, palette=False)
@@ -87,5 +107,13 @@ def run(cfg, workdir: str) -> None:
     )
   parallel.barrier('label')
   if parallel.is_writer():
-    run_dir.write_json(run.labels_index(), {'ids': ids, 'use_saliency': cfg.label.use_saliency})
+    run_dir.write_json(
+      run.labels_index(),
+      {
+        'ids': ids,
+        'use_saliency': cfg.label.use_saliency,
+        'fg_threshold': label_rules.fg_threshold,
+        'bg_threshold': label_rules.bg_threshold,
+      },
+    )
   parallel.barrier('label: marker')

@@ -130,3 +130,20 @@ def test_shape_and_class_validation():
     pseudo_label_without_saliency(maps, np.array([0, 254]), PAPER)
   with pytest.raises(ValueError, match=r'\[K,H,W\]'):
     pseudo_label_without_saliency(np.zeros((3, 4)), np.array([0]), PAPER)
+
+
+def test_saliency_free_thresholds_come_from_the_cam_sweep(tiny_run):
+  from cows_jax import config, map_metrics, run_dir
+  from cows_jax.data import sources
+
+  cfg, workdir = tiny_run
+  cfg = config.with_overrides(cfg, (('label.use_saliency', False),))
+  run = run_dir.RunDir(workdir)
+  train = sources.load(cfg)['train']
+  ids = run_dir.read_json(run.maps_index(), 'localize')['ids']
+  best = map_metrics.evaluate_cams(cfg, train, ids, run)[0]
+  got = label.saliency_free_rules(cfg, train, ids, run)
+  assert (got.fg_threshold, got.bg_threshold) == (best, max(best - 0.3, 0.0))
+  fixed = config.with_overrides(cfg, (('label.thresholds', 'fixed'),))
+  got = label.saliency_free_rules(fixed, train, ids, run)
+  assert (got.fg_threshold, got.bg_threshold) == (0.3, 0.05)
