@@ -1,19 +1,27 @@
-"""`cows-jax bench train-step|localize`: our jitted code against the reference's procedure
-(and, where torch is importable, the PyTorch reference of cows_jax/tools/torch_reference.py) on
-random images and a randomly initialised classifier.
+"""`cows-jax bench train-step|segment-step|localize|inference|input|localize-memory|export`:
+our jitted code against the reference's procedure (and, where torch is importable, the PyTorch
+reference of cows_jax/tools/torch_reference.py) on random images and randomly initialised
+networks; the input pipeline against the training step.
 
 Each measurement runs in its own fresh process, so that its peak memory is its own and one
-framework's threads do not compete with the other's.
+framework's threads do not compete with the other's. Besides the time, each row shows the
+FLOPs of its procedure (XLA's cost analysis of the compiled programs; torch's FlopCounterMode
+for the PyTorch rows), the FLOP/s achieved and the MFU against the device's peak
+(`PEAK_TFLOPS`); `--json FILE` writes the same table as JSON.
 """
 
 import argparse
 import concurrent.futures
 import functools
 import importlib.util
+import itertools
 import json
+import math
 import multiprocessing
 import os
+import re
 import resource
+import tempfile
 import time
 
 import jax
@@ -21,21 +29,25 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from jax import export as jax_export
+from PIL import Image
 
 from cows_jax import (
   checkpoints,
   classify,
   config,
   export,
+  inference,
   localize,
   losses,
   maps,
   run_dir,
+  segment,
+  test_time,
   training,
   views,
 )
 from cows_jax.configs.defaults import paper_defaults
-from cows_jax.data import sources
+from cows_jax.data import input_pipeline, sources
 from cows_jax.models import from_config
 
 SELF_VIEWS = {'pair': (), 'full': ('flip', 0.75, 2.0)}
@@ -62,6 +74,7 @@ def _config(args):
   cfg = paper_defaults()
   cfg.input.size = args.size
   cfg.model.width = args.width
+  cfg.model.dtype = args.dtype
   cfg.data.num_classes = args.classes
   if args.what == 'localize':
     cfg.localize.num_related = args.related
@@ -85,6 +98,162 @@ def _isolated(fn, *args):
 def _cpu_only_jax():
   """The torch measurements use JAX only to prepare inputs: keep it off the accelerator."""
   jax.config.update('jax_platforms', 'cpu')
+
+
+# --- peak FLOP/s and FLOP counts ----------------------------------------------------------
+
+# Dense peak TFLOP/s of one JAX device (a GPU, a TPU v4 or later chip, a TPU v2/v3 core), from
+# the vendors' datasheets (no sparsity): (pattern of the lower-case device_kind, name, bfloat16,
+# float32). float32 is the rate of XLA's default precision: TF32 tensor cores on NVIDIA GPUs
+# from Ampere on, one bfloat16 pass on TPUs, the CUDA cores on V100 and T4 (which have no
+# bfloat16 tensor cores: None, MFU '-'). Anything else (the CPU included) is 'unknown'.
+PEAK_TFLOPS = (
+  (r'gh200', 'GH200', 989.0, 494.5),
+  (r'h200 nvl', 'H200 NVL', 835.0, 417.5),
+  (r'h200', 'H200', 989.0, 494.5),
+  (r'h100 nvl', 'H100 NVL', 835.0, 417.5),
+  (r'h100 pcie', 'H100 PCIe', 756.0, 378.0),
+  (r'h100', 'H100 SXM', 989.0, 494.5),
+  (r'b200', 'B200', 2250.0, 1100.0),
+  (r'a100', 'A100', 312.0, 156.0),
+  (r'l40s', 'L40S', 362.0, 183.0),
+  (r'\bl4\b', 'L4', 121.0, 60.0),
+  (r'\ba10\b', 'A10', 125.0, 62.5),
+  (r'v100', 'V100', None, 15.7),
+  (r'\bt4\b', 'T4', None, 8.1),
+  (r'tpu v2', 'TPU v2 (a core)', 22.5, 22.5),
+  (r'tpu v3', 'TPU v3 (a core)', 61.5, 61.5),
+  (r'tpu v4', 'TPU v4', 275.0, 275.0),
+  (r'tpu v5 ?lite|tpu v5e', 'TPU v5e', 197.0, 197.0),
+  (r'tpu v5', 'TPU v5p', 459.0, 459.0),
+  (r'tpu v6', 'TPU v6e', 918.0, 918.0),
+)
+
+
+def device_peak(device_kind: str) -> tuple[str, dict]:
+  """(name, {'bfloat16': FLOP/s or None, 'float32': FLOP/s or None}) of a device kind
+  (jax's `device_kind`, torch's device name); ('unknown', None for both) when the table does
+  not have it."""
+  for pattern, name, bf16, fp32 in PEAK_TFLOPS:
+    if re.search(pattern, device_kind.lower()):
+      return name, {
+        'bfloat16': None if bf16 is None else bf16 * 1e12,
+        'float32': None if fp32 is None else fp32 * 1e12,
+      }
+  return 'unknown', {'bfloat16': None, 'float32': None}
+
+
+def compile_with_flops(jitted, *args) -> tuple:
+  """(the executable of `jitted` for `args`, compiled ahead of time, and its FLOPs per call by
+  XLA's cost analysis, or None where the backend does not count them)."""
+  compiled = jitted.lower(*args).compile()
+  cost = compiled.cost_analysis()
+  if isinstance(cost, (list, tuple)):
+    cost = cost[0] if cost else {}
+  flops = (cost or {}).get('flops')
+  return compiled, (float(flops) if flops is not None and flops >= 0 else None)
+
+
+def _signature(args) -> str:
+  """The shapes, dtypes and shardings of a call's arguments: one executable each."""
+  leaves, tree = jax.tree.flatten(args)
+  return repr(
+    (
+      tree,
+      [
+        (np.shape(x), str(getattr(x, 'dtype', type(x))), getattr(x, 'sharding', None))
+        for x in leaves
+      ],
+    )
+  )
+
+
+class FlopCounter:
+  """Wraps jitted functions: each call runs the executable compiled ahead of time for its
+  argument shapes (once per shape, as jit would) and adds its XLA FLOPs to `flops`."""
+
+  def __init__(self):
+    self.flops, self.known, self._compiled = 0.0, True, {}
+
+  def wrap(self, jitted):
+    def call(*args):
+      key = (id(jitted), _signature(args))
+      if key not in self._compiled:
+        self._compiled[key] = compile_with_flops(jitted, *args)
+      compiled, flops = self._compiled[key]
+      if flops is None:
+        self.known = False
+      else:
+        self.flops += flops
+      return compiled(*args)
+
+    return call
+
+  def take(self) -> float | None:
+    """The FLOPs counted since the last take (None if a program had no count)."""
+    flops, known = self.flops, self.known
+    self.flops, self.known = 0.0, True
+    return flops if known else None
+
+
+def _time_jitted(jitted, args: tuple, steps: int, advance) -> dict:
+  """First call (compile included) and the mean of `steps` later calls of a jitted step, run
+  as the executable compiled ahead of time, whose FLOPs XLA counts. `advance(out)` gives the
+  next call's arguments (a donated state threaded through)."""
+  start = time.perf_counter()
+  compiled, flops = compile_with_flops(jitted, *args)
+  out = jax.block_until_ready(compiled(*args))
+  first = time.perf_counter() - start
+  args = advance(out)
+  start = time.perf_counter()
+  for _ in range(steps):
+    out = compiled(*args)
+    args = advance(out)
+  jax.block_until_ready(out)
+  return {'first': first, 'seconds': (time.perf_counter() - start) / steps, 'flops': flops}
+
+
+def _jax_device(dtype: str) -> dict:
+  device = jax.devices()[0]
+  return {
+    'device': str(device),
+    'device_kind': device.device_kind,
+    'dtype': dtype,
+    'peak': _peak_mib(device.memory_stats()),
+  }
+
+
+def _torch_device():
+  """('cuda' or 'cpu', the device's name for the peak table)."""
+  import torch
+
+  if torch.cuda.is_available():
+    return 'cuda', torch.cuda.get_device_name()
+  return 'cpu', 'cpu'
+
+
+def _torch_result(device: str, kind: str, dtype: str) -> dict:
+  import torch
+
+  cuda = device == 'cuda'
+  stats = {'peak_bytes_in_use': torch.cuda.max_memory_allocated()} if cuda else None
+  return {'device': device, 'device_kind': kind, 'dtype': dtype, 'peak': _peak_mib(stats)}
+
+
+def _torch_autocast(device: str, dtype: str):
+  """bfloat16 autocast for `--dtype bfloat16` (float32 parameters, as ours), else nothing."""
+  import torch
+
+  return torch.autocast(device, torch.bfloat16, enabled=dtype == 'bfloat16')
+
+
+def _torch_flops(fn) -> float:
+  """FLOPs of one call of fn (torch's FlopCounterMode: convolutions and matmuls)."""
+  from torch.utils.flop_counter import FlopCounterMode
+
+  with FlopCounterMode(display=False) as counter:
+    fn()
+  return float(counter.get_total_flops())
 
 
 # --- train-step ---------------------------------------------------------------------------
@@ -148,24 +317,12 @@ def _jax_train_step(args, naive: bool) -> dict:
     return state.params, state.opt_state
 
   step = jax.jit(naive_step if naive else ours_step, donate_argnums=(0, 1))
-  state = (params, tx.init(params))
   batch = jax.tree.map(jnp.asarray, _pair_batch(args))
   on = jnp.asarray(True)
-  start = time.perf_counter()
-  state = jax.block_until_ready(step(*state, batch, on))
-  first = time.perf_counter() - start
-  start = time.perf_counter()
-  for _ in range(args.steps):
-    state = step(*state, batch, on)
-  jax.block_until_ready(state)
-  per_step = (time.perf_counter() - start) / args.steps
-  device = jax.devices()[0]
-  return {
-    'first': first,
-    'per_step': per_step,
-    'device': str(device),
-    'peak': _peak_mib(device.memory_stats()),
-  }
+  result = _time_jitted(
+    step, (params, tx.init(params), batch, on), args.steps, lambda out: (*out, batch, on)
+  )
+  return {**result, **_jax_device(args.dtype)}
 
 
 def _torch_train_step(args) -> dict:
@@ -175,8 +332,7 @@ def _torch_train_step(args) -> dict:
 
   from cows_jax.tools import torch_reference as ref
 
-  cuda = torch.cuda.is_available()
-  device = 'cuda' if cuda else 'cpu'
+  device, kind = _torch_device()
   c = _config(args).classify
   model = ref.CoAttentionClassifier(args.classes, args.width).to(device)
   opt = ref.sgd(
@@ -200,24 +356,33 @@ def _torch_train_step(args) -> dict:
   view_images = [
     ref.nchw(views.make_view(data['image_m'], v)).to(device) for v in SELF_VIEWS[args.views]
   ]
-  step = functools.partial(
-    ref.train_step,
-    model,
-    opt,
-    *tensors,
-    view_images,
-    c.contrastive_from_epoch,
-    c.contrastive_from_epoch,
-  )
+
+  def step():
+    with _torch_autocast(device, args.dtype):
+      return ref.train_step(
+        model,
+        opt,
+        *tensors,
+        view_images,
+        c.contrastive_from_epoch,
+        c.contrastive_from_epoch,
+      )
+
+  result = _torch_timed(step, args.steps)
+  return {**result, **_torch_result(device, kind, args.dtype)}
+
+
+def _torch_timed(step, steps: int) -> dict:
+  """First call, the mean of `steps` later calls (each returns a Python float: it waits for
+  the device), and the FLOPs of one more call."""
   start = time.perf_counter()
-  step()  # float(loss): waits for the device.
+  step()
   first = time.perf_counter() - start
   start = time.perf_counter()
-  for _ in range(args.steps):
+  for _ in range(steps):
     step()
-  per_step = (time.perf_counter() - start) / args.steps
-  stats = {'peak_bytes_in_use': torch.cuda.max_memory_allocated()} if cuda else None
-  return {'first': first, 'per_step': per_step, 'device': device, 'peak': _peak_mib(stats)}
+  seconds = (time.perf_counter() - start) / steps
+  return {'first': first, 'seconds': seconds, 'flops': _torch_flops(step)}
 
 
 def train_step_bench(args) -> None:
@@ -228,15 +393,324 @@ def train_step_bench(args) -> None:
   ]
   if importlib.util.find_spec('torch'):
     rows.append(('torch, pair forward each', _isolated(_torch_train_step, args)))
-  print(
+  title = (
     f'bench train-step: size {args.size}, batch {args.batch} pairs, views {args.views} '
-    f'({pairings} pairings), width {args.width}, classes {args.classes}, '
-    f'{args.steps} timed steps; device {rows[0][1]["device"]}'
+    f'({pairings} pairings), width {args.width}, classes {args.classes}, {args.dtype}, '
+    f'{args.steps} timed steps'
   )
-  images = 2 * args.batch  # the pairs' images consumed per step (views are derived).
-  _table(rows, 's/step', 'per_step', images)
-  ours = rows[0][1]['per_step']
-  print('  '.join(f'{name} / ours: {r["per_step"] / ours:.2f}x' for name, r in rows[1:]))
+  # The pairs' images consumed per step (the views are derived from them).
+  _report(args, title, rows, 's/step', 'images', 2 * args.batch)
+
+
+# --- segment-step -------------------------------------------------------------------------
+
+
+def _stages(text: str) -> tuple[int, ...]:
+  return tuple(int(x) for x in text.split(','))
+
+
+def _segment_config(args):
+  cfg = paper_defaults()
+  cfg.data.num_classes = args.classes
+  cfg.model.width = args.width
+  s = cfg.segment
+  s.backbone, s.head, s.dtype = args.backbone, args.head, args.dtype
+  if args.what == 'segment-step':
+    s.crop_size, s.batch_size = args.size, args.batch
+  return cfg
+
+
+def _segmenter(args, cfg):
+  """The config's segmenter, with `--stages` blocks per ResNet stage (default ResNet-101's)."""
+  return from_config.segmenter(cfg).clone(resnet_stages=_stages(args.stages))
+
+
+def _segment_batch(args):
+  """Random normalized crops and labels, with an ignored band (255) as padded crops have."""
+  rng = np.random.default_rng(0)
+  shape = (args.batch, args.size, args.size)
+  label = rng.integers(0, args.classes + 1, size=shape).astype(np.int32)
+  label[:, : max(args.size // 8, 1)] = 255
+  return {'image': rng.normal(size=(*shape, 3)).astype(np.float32), 'label': label}
+
+
+def _jax_segment_step(args) -> dict:
+  """segment.py's micro-step as training.fit runs it: loss, gradients, MultiSteps (SGD every
+  segment.accumulation_steps micro-steps)."""
+  cfg = _segment_config(args)
+  s = cfg.segment
+  model = _segmenter(args, cfg)
+  variables = _segmenter_variables(model, args.size, 0)
+  tx = segment.make_optimizer(cfg, variables['params'])
+  loss_fn = functools.partial(
+    segment.loss_fn,
+    model=model,
+    ignore_index=s.ignore_index,
+    align_corners=s.upsample_align_corners,
+  )
+  step = jax.jit(
+    functools.partial(training.train_step, loss_fn=loss_fn, tx=tx), donate_argnums=(0,)
+  )
+  state = training.TrainState.create(variables, tx.init(variables['params']))
+  batch = jax.tree.map(jnp.asarray, _segment_batch(args))
+  result = _time_jitted(step, (state, batch), args.steps, lambda out: (out[0], batch))
+  return {**result, **_jax_device(args.dtype)}
+
+
+def _torch_segment_step(args) -> dict:
+  """The PyTorch reference's micro-step: DeepLab-v2 ResNet-101 LargeFOV, loss / k backward,
+  SGD every k micro-steps."""
+  _cpu_only_jax()
+  import torch
+
+  from cows_jax.tools import torch_reference as ref
+
+  device, kind = _torch_device()
+  s = _segment_config(args).segment
+  model = ref.DeepLabLargeFOV(
+    args.classes + 1,
+    args.width,
+    _stages(args.stages),
+    s.head_channels,
+    s.head_dilation,
+    s.resnet_stride_in_1x1,
+  ).to(device)
+  mults = (
+    s.lr_mult_backbone_weight,
+    s.lr_mult_backbone_bias,
+    s.lr_mult_head_weight,
+    s.lr_mult_head_bias,
+  )
+  opt = ref.segment_sgd(model, s.base_lr, s.momentum, s.weight_decay, mults)
+  data = _segment_batch(args)
+  images = ref.nchw(data['image']).to(device)
+  labels = torch.from_numpy(data['label']).long().to(device)
+  micro = itertools.count()
+
+  def step():
+    with _torch_autocast(device, args.dtype):
+      return ref.segment_train_step(
+        model,
+        opt,
+        images,
+        labels,
+        next(micro),
+        s.accumulation_steps,
+        s.ignore_index,
+        s.upsample_align_corners,
+      )
+
+  result = _torch_timed(step, args.steps)
+  return {**result, **_torch_result(device, kind, args.dtype)}
+
+
+def segment_step_bench(args) -> None:
+  rows = [('jax', _isolated(_jax_segment_step, args))]
+  torch_note = ''
+  if args.backbone != 'resnet101' or args.head != 'largefov':
+    torch_note = '; the PyTorch reference is ResNet-101 LargeFOV only'
+  elif importlib.util.find_spec('torch'):
+    rows.append(('torch', _isolated(_torch_segment_step, args)))
+  s = _segment_config(args).segment
+  title = (
+    f'bench segment-step: {args.backbone}-{args.head} (stages {args.stages}), crop '
+    f'{args.size}, batch {args.batch}, width {args.width}, {args.classes + 1} classes, '
+    f'{args.dtype}; a micro-step of {s.accumulation_steps}, {args.steps} timed{torch_note}'
+  )
+  _report(args, title, rows, 's/step', 'images', args.batch)
+
+
+# --- inference ----------------------------------------------------------------------------
+
+
+def _image_size(text: str) -> tuple[int, int]:
+  """'500x375' (width x height, as VOC lists them) -> (height, width)."""
+  w, h = (int(x) for x in text.lower().split('x'))
+  return h, w
+
+
+def _inference_config(args):
+  cfg = _segment_config(args)
+  if args.window is not None:
+    cfg.inference.window = args.window
+  if args.scales:
+    cfg.inference.scales = tuple(float(x) for x in args.scales.split(','))
+  return cfg
+
+
+def _jax_inference(args) -> dict:
+  """The segmenter's test-time procedure (test_time.predict around
+  inference.window_probabilities, as inference.load_predictor runs it) on random VOC-sized
+  images: scales, mirror, windows, softmax averaged, resized back."""
+  cfg = _inference_config(args)
+  settings = inference.Settings.from_config(cfg)
+  model = _segmenter(args, cfg)
+  variables = jax.device_put(_segmenter_variables(model, 64, 0))
+  probs = inference.window_probabilities(
+    model, settings.flip_windows, cfg.segment.upsample_align_corners
+  )
+  counter = FlopCounter()
+  counted = counter.wrap(probs)
+  h, w = _image_size(args.image)
+  images = np.random.default_rng(0).integers(0, 256, (args.images + 1, h, w, 3), np.uint8)
+
+  def predict(image):
+    return test_time.predict(
+      image,
+      lambda x: counted(variables, x),
+      mean=cfg.segment.mean,
+      std=cfg.segment.std,
+      **settings.predict_kwargs(),
+    )
+
+  start = time.perf_counter()
+  predict(images[0])
+  first = time.perf_counter() - start
+  counter.take()
+  start = time.perf_counter()
+  for image in images[1:]:
+    predict(image)
+  seconds = (time.perf_counter() - start) / args.images
+  flops = counter.take()
+  return {
+    'first': first,
+    'seconds': seconds,
+    'flops': None if flops is None else flops / args.images,
+    **_jax_device(args.dtype),
+  }
+
+
+def inference_bench(args) -> None:
+  cfg = _inference_config(args)
+  i = cfg.inference
+  rows = [('jax, test_time.predict', _isolated(_jax_inference, args))]
+  title = (
+    f'bench inference: {args.backbone}-{args.head} (stages {args.stages}), width '
+    f'{args.width}, {args.classes + 1} classes, {args.dtype}; images of {args.image} (w x h), '
+    f'scales {"/".join(map(str, i.scales))}, flip {i.flip}, window {i.window or "none"}; '
+    f'{args.images} timed images'
+  )
+  _report(args, title, rows, 's/image', 'images', 1)
+
+
+# --- input ---------------------------------------------------------------------------------
+
+
+def _photo(rng, height: int, width: int) -> np.ndarray:
+  """A random uint8 image with photo-like structure (smooth colour fields, detail, noise):
+  its JPEG decodes at about the cost of a photo of its size, unlike pure noise."""
+  out = np.full((height, width, 3), 128.0, np.float32)
+  for cells, amplitude in ((4, 90), (16, 45), (64, 25), (128, 12)):
+    small = rng.uniform(-amplitude, amplitude, (max(1, cells * height // width), cells, 3))
+    out += np.stack(
+      [
+        np.asarray(
+          Image.fromarray(small[..., c].astype(np.float32)).resize((width, height), Image.BICUBIC)
+        )
+        for c in range(3)
+      ],
+      -1,
+    )
+  out += rng.normal(0, 8, out.shape)
+  return np.clip(out, 0, 255).astype(np.uint8)
+
+
+def _write_jpegs(root: str, n: int, size: tuple[int, int], classes: int) -> dict:
+  """n VOC-like JPEGs (quality 90) with 1 to 3 classes each, as an image-list dataset: the
+  fields data.lists.* of a config."""
+  rng = np.random.default_rng(0)
+  images = os.path.join(root, 'images')
+  os.makedirs(images, exist_ok=True)
+  lines = []
+  for k in range(n):
+    Image.fromarray(_photo(rng, *size)).save(os.path.join(images, f'{k:05d}.jpg'), quality=90)
+    labels = {k % classes, *rng.choice(classes, rng.integers(0, 3)).tolist()}
+    lines.append(f'{k:05d} ' + ' '.join(map(str, sorted(labels))))
+  with open(os.path.join(root, 'classes.txt'), 'w') as f:
+    f.write(''.join(f'class{c}\n' for c in range(classes)))
+  with open(os.path.join(root, 'train.txt'), 'w') as f:
+    f.write('\n'.join(lines) + '\n')
+  return {
+    'class_list': os.path.join(root, 'classes.txt'),
+    'image_root': images,
+    'train': os.path.join(root, 'train.txt'),
+  }
+
+
+def _input_config(args, lists: dict, data_dir: str):
+  cfg = _config(args)
+  cfg.data.name, cfg.data.image_size, cfg.data.data_dir = 'image_lists', 0, data_dir
+  cfg.data.classify_split = cfg.data.train_split = cfg.data.eval_split = 'train'
+  for key, value in lists.items():
+    cfg.data.lists[key] = value
+  cfg.classify.batch_pairs = args.batch
+  cfg.classify.self_views = SELF_VIEWS[args.views]
+  cfg.input.prefetch = args.prefetch
+  return config.finalize(cfg)
+
+
+def _pipeline_rate(cfg, pool, workers: int, batches: int) -> dict:
+  """Seconds per batch of the classifier's pipeline (input_pipeline.pair_dataset and iterate,
+  as classify.train runs them) with `workers` processes, after a warm-up that starts them and
+  empties their read-ahead (1 + workers x (input.prefetch + 1) batches)."""
+  cfg = config.with_overrides(cfg, [('input.worker_count', workers)])
+  warm = 1 + workers * (cfg.input.prefetch + 1)
+  spe = classify.steps_per_epoch(cfg, pool.plan.epoch_length)
+  epochs = math.ceil((warm + batches) / spe)
+  ds = input_pipeline.pair_dataset(
+    pool.source, pool.class_index, cfg, epochs, cfg.classify.batch_pairs, 0, pool.plan
+  )
+  it = input_pipeline.iterate(ds, 0, cfg)
+  try:
+    start = time.perf_counter()
+    for _ in range(warm):
+      next(it)
+    first = time.perf_counter() - start
+    start = time.perf_counter()
+    for _ in range(batches):
+      next(it)
+    return {'first': first, 'seconds': (time.perf_counter() - start) / batches}
+  finally:
+    it.close()
+
+
+def input_bench(args) -> None:
+  """The classifier's input pipeline alone (pairs/s) next to its training step (pairs/s)."""
+  import tensorflow_datasets as tfds
+
+  tfds.disable_progress_bar()  # the build of the JPEG fixtures, not the measurement.
+  step = _isolated(_jax_train_step, args, False)
+  rows = []
+  with tempfile.TemporaryDirectory() as tmp:
+    lists = _write_jpegs(tmp, args.images, _image_size(args.jpeg), args.classes)
+    cfg = _input_config(args, lists, os.path.join(tmp, 'data'))
+    pool = sources.classifier_pool(cfg)
+    for workers in args.workers:
+      r = _pipeline_rate(cfg, pool, workers, args.batches)
+      rows.append((f'input pipeline, {workers} workers', {**r, 'workers': workers}))
+  rows.append(('train step (jax, bench train-step)', step))
+  views_text = '/'.join(map(str, SELF_VIEWS[args.views])) or 'none'
+  print(
+    f'bench input: classifier batches of {args.batch} pairs at {args.size} px, self views '
+    f'{views_text}, from {args.images} VOC-like JPEGs of {args.jpeg} (w x h) decoded, resized '
+    f'and jittered every time; input.prefetch {args.prefetch}; {args.batches} timed batches '
+    f'per row; this host: {os.cpu_count()} CPUs; train step: width {args.width}, {args.dtype}, '
+    f'on {step["device"]}'
+  )
+  width = max(len(name) for name, _ in rows)
+  print(f'{"":{width}}  {"pairs/s":>9}  {"s/batch":>9}  {"first s":>8}')
+  for name, r in rows:
+    pairs = args.batch / r['seconds']
+    print(f'{name:{width}}  {pairs:9.3g}  {r["seconds"]:9.3f}  {r["first"]:8.1f}')
+  fastest = max(rows[:-1], key=lambda row: 1 / row[1]['seconds'])
+  pipeline, train = args.batch / fastest[1]['seconds'], args.batch / step['seconds']
+  limit = 'the train step' if train <= pipeline else f'the input pipeline ({fastest[0]})'
+  print(
+    f'limit: {limit}: the step takes {train:.3g} pairs/s, the fastest pipeline makes '
+    f'{pipeline:.3g} ({pipeline / train:.2g}x)'
+  )
+  out = [{'name': name, 'pairs_per_s': args.batch / r['seconds'], **r} for name, r in rows]
+  _write_json(args, {'bench': 'input', 'rows': out, 'limit': limit})
 
 
 # --- localize -----------------------------------------------------------------------------
@@ -262,10 +736,12 @@ def _padded(indices, size):
   return indices + [indices[0]] * (size - len(indices))
 
 
-def _jax_localize_ours(model, variables, cfg, images, classes, related):
+def _jax_localize_ours(model, variables, cfg, images, classes, related, counter):
   """localize.run's procedure: per batch of queries, features once per query, view and
   related image the batch needs, the head per pairing; nothing kept across batches."""
   computer = localize.MapComputer(model, variables)
+  # Its jitted pieces, counted (and compiled ahead of time) by `counter`.
+  computer._f, computer._p, computer._c = map(counter.wrap, (computer._f, computer._p, computer._c))
   bs = min(len(images), cfg.localize.batch_size)
 
   def features(indices):
@@ -301,13 +777,15 @@ def _jax_localize_ours(model, variables, cfg, images, classes, related):
   return run
 
 
-def _jax_localize_naive(model, variables, cfg, images, classes, related):
+def _jax_localize_naive(model, variables, cfg, images, classes, related, counter):
   """The reference's procedure: a full pair forward (both images through the backbone) for
   every (query, related image) and every self view."""
   apply = functools.partial(model.apply, variables)
-  pair = jax.jit(
-    lambda x_m, x_n: apply(
-      apply(x_m, method=model.features), apply(x_n, method=model.features), method=model.pair_maps
+  pair = counter.wrap(
+    jax.jit(
+      lambda x_m, x_n: apply(
+        apply(x_m, method=model.features), apply(x_n, method=model.features), method=model.pair_maps
+      )
     )
   )
 
@@ -317,7 +795,7 @@ def _jax_localize_naive(model, variables, cfg, images, classes, related):
       x_m = images[q : q + 1]
       self_maps = []
       for j, v in enumerate(cfg.localize.self_views):
-        maps_m, maps_v = pair(x_m, views.make_view(x_m, v))
+        maps_m, maps_v = pair(x_m, np.asarray(views.make_view(x_m, v)))
         self_maps += [maps_m] if j == 0 else []
         self_maps.append(views.map_back(maps_v, v, maps_m.shape[1:3]))
       per_class = []
@@ -338,20 +816,17 @@ def _jax_localize(args, naive: bool) -> dict:
   model = from_config.classifier(cfg)
   variables = {'params': random_params(model, args.size, 0)}
   method = _jax_localize_naive if naive else _jax_localize_ours
-  run = method(model, variables, cfg, *_localize_data(args))
-  device = jax.devices()[0]
-  result = _timed_localization(run, args.images)
-  return {**result, 'device': str(device), 'peak': _peak_mib(device.memory_stats())}
+  counter = FlopCounter()
+  run = method(model, variables, cfg, *_localize_data(args), counter)
+  result = _timed_localization(run, args.images, counter.take)
+  return {**result, **_jax_device(args.dtype)}
 
 
 def _torch_localize(args) -> dict:
   _cpu_only_jax()
-  import torch
-
   from cows_jax.tools import torch_reference as ref
 
-  cuda = torch.cuda.is_available()
-  device = 'cuda' if cuda else 'cpu'
+  device, kind = _torch_device()
   cfg = _config(args)
   model = ref.CoAttentionClassifier(args.classes, args.width).to(device)
   images, classes, related = _localize_data(args)
@@ -363,27 +838,33 @@ def _torch_localize(args) -> dict:
       x_m = images[q : q + 1]
       view_images = [(v, to_torch(views.make_view(x_m, v))) for v in cfg.localize.self_views]
       partners = [to_torch(images[r]) for r in related[q]]
-      out.append(
-        ref.localization_maps(
-          model, to_torch(x_m), classes[q], partners, view_images, cfg.localize.gate
+      with _torch_autocast(device, args.dtype):
+        out.append(
+          ref.localization_maps(
+            model, to_torch(x_m), classes[q], partners, view_images, cfg.localize.gate
+          )
         )
-      )
     return out
 
   result = _timed_localization(run, args.images)
-  stats = {'peak_bytes_in_use': torch.cuda.max_memory_allocated()} if cuda else None
-  return {**result, 'device': device, 'peak': _peak_mib(stats)}
+  # Every query has the same classes and pairings: the FLOPs of one are those of each.
+  result['flops'] = _torch_flops(lambda: run([0]))
+  return {**result, **_torch_result(device, kind, args.dtype)}
 
 
-def _timed_localization(run, n: int) -> dict:
+def _timed_localization(run, n: int, take_flops=None) -> dict:
   """First call on one query (compiles), then all n queries timed; maps are fetched to the
-  host, which waits for the device."""
+  host, which waits for the device. `take_flops()`: the FLOPs counted since its last call."""
   start = time.perf_counter()
   run([0])
   first = time.perf_counter() - start
+  if take_flops:
+    take_flops()
   start = time.perf_counter()
   run(list(range(n)))
-  return {'first': first, 'per_image': (time.perf_counter() - start) / n}
+  seconds = (time.perf_counter() - start) / n
+  flops = take_flops() if take_flops else None
+  return {'first': first, 'seconds': seconds, 'flops': None if flops is None else flops / n}
 
 
 def localize_bench(args) -> None:
@@ -395,15 +876,12 @@ def localize_bench(args) -> None:
     rows.append(('torch, pair forward each', _isolated(_torch_localize, args)))
   self_views = paper_defaults().localize.self_views
   pairings = CLASSES_PER_IMAGE * args.related + len(self_views)
-  print(
+  title = (
     f'bench localize: size {args.size}, {args.images} images x {CLASSES_PER_IMAGE} classes, '
     f'{args.related} related per class, views {"/".join(map(str, self_views))} '
-    f'({pairings} pairings per image), width {args.width}, classes {args.classes}; '
-    f'device {rows[0][1]["device"]}'
+    f'({pairings} pairings per image), width {args.width}, classes {args.classes}, {args.dtype}'
   )
-  _table(rows, 's/image', 'per_image', 1)
-  ours = rows[0][1]['per_image']
-  print('  '.join(f'{name} / ours: {r["per_image"] / ours:.2f}x' for name, r in rows[1:]))
+  _report(args, title, rows, 's/image', 'images', 1)
 
 
 # --- localize memory -------------------------------------------------------------------
@@ -444,8 +922,6 @@ def _localize_run(args, images: int, data_dir: str, workdir: str) -> dict:
 
 def localize_memory_bench(args) -> None:
   """Peak memory of `localize.run` at several dataset sizes: flat when it does not grow."""
-  import tempfile
-
   rows = []
   with tempfile.TemporaryDirectory() as tmp:
     for n in args.images:
@@ -521,33 +997,116 @@ def export_bench(args) -> None:
 # --- output and command line --------------------------------------------------------------
 
 
-def _table(rows, unit: str, key: str, images_per_unit: int) -> None:
+def _derived(r: dict) -> dict:
+  """FLOP/s achieved, the device's peak for the row's dtype, and the MFU (None if unknown)."""
+  name, peaks = device_peak(r.get('device_kind', 'unknown'))
+  peak = peaks.get(r.get('dtype', 'float32'))
+  achieved = None if r.get('flops') is None else r['flops'] / r['seconds']
+  mfu = None if achieved is None or peak is None else achieved / peak
+  return {'flop_per_s': achieved, 'peak_name': name, 'peak_flop_per_s': peak, 'mfu': mfu}
+
+
+def _table(rows, unit: str, items: str, per_unit: int) -> None:
   """One aligned line per measurement."""
   width = max(len(name) for name, _ in rows)
-  print(f'{"":{width}}  {"time":>15}  {"images/s":>9}  {"first call s":>12}  {"peak MiB":>9}')
+  print(
+    f'{"":{width}}  {"time":>15}  {items + "/s":>9}  {"first call s":>12}  {"peak MiB":>9}  '
+    f'{"GFLOP/" + unit.split("/")[1]:>12}  {"TFLOP/s":>8}  {"MFU":>6}'
+  )
   for name, r in rows:
-    seconds = r[key]
+    d = _derived(r)
+    gflop = '-' if r.get('flops') is None else f'{r["flops"] / 1e9:.4g}'
+    tflops = '-' if d['flop_per_s'] is None else f'{d["flop_per_s"] / 1e12:.3g}'
+    mfu = '-' if d['mfu'] is None else f'{100 * d["mfu"]:.1f}%'
     print(
-      f'{name:{width}}  {seconds:8.3f} {unit:>6}  {images_per_unit / seconds:9.3g}  '
-      f'{r["first"]:12.1f}  {r["peak"][0]:9.0f}  ({r["peak"][1]})'
+      f'{name:{width}}  {r["seconds"]:8.3f} {unit:>6}  {per_unit / r["seconds"]:9.3g}  '
+      f'{r["first"]:12.1f}  {r["peak"][0]:9.0f}  {gflop:>12}  {tflops:>8}  {mfu:>6}  '
+      f'({r["peak"][1]})'
     )
+
+
+def _report(args, title: str, rows, unit: str, items: str, per_unit: int) -> None:
+  """The title, the table, the peak its MFU uses, the ratios to the first row; --json."""
+  first = rows[0][1]
+  name, peaks = device_peak(first['device_kind'])
+  print(f'{title}; device {first["device"]} ({first["device_kind"]})')
+  _table(rows, unit, items, per_unit)
+  peak = peaks[args.dtype]
+  if peak is None:
+    print(f'MFU: no {args.dtype} peak for {first["device_kind"]!r} ({name}): -')
+  else:
+    print(f'MFU against the {name} peak: {peak / 1e12:g} TFLOP/s {args.dtype} (dense)')
+  ours = first['seconds']
+  ratios = {f'{n} / ours': r['seconds'] / ours for n, r in rows[1:]}
+  if ratios:
+    print('  '.join(f'{n}: {v:.2f}x' for n, v in ratios.items()))
+  table = [
+    {
+      'name': n,
+      'seconds_per_' + unit.split('/')[1]: r['seconds'],
+      f'{items}_per_s': per_unit / r['seconds'],
+      'first_call_s': r['first'],
+      'peak_mib': r['peak'][0],
+      'peak_memory': r['peak'][1],
+      'flops_per_' + unit.split('/')[1]: r.get('flops'),
+      **_derived(r),
+      **{k: r[k] for k in ('device', 'device_kind', 'dtype')},
+    }
+    for n, r in rows
+  ]
+  _write_json(args, {'bench': args.what, 'title': title, 'rows': table, 'ratios': ratios})
+
+
+def _write_json(args, report: dict) -> None:
+  if getattr(args, 'json', None):
+    settings = {k: v for k, v in vars(args).items() if k != 'json'}
+    with open(args.json, 'w') as f:
+      json.dump({**report, 'args': settings}, f, indent=2)
+      f.write('\n')
 
 
 def _parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(prog='cows-jax bench', description=__doc__.split('\n')[0])
   sub = parser.add_subparsers(dest='what', required=True)
   step = sub.add_parser('train-step', help='one classifier SGD step')
-  step.add_argument(
-    '--views',
-    choices=list(SELF_VIEWS),
-    required=True,
-    help="'pair': (m, n) only; 'full': plus the flip, 0.75x and 2x self-pairs",
-  )
-  step.add_argument('--batch', type=int, required=True, help='pairs per step')
-  step.add_argument('--steps', type=int, default=5, help='timed steps after the first')
+  seg = sub.add_parser('segment-step', help='one segmenter micro-step (PyTorch reference too)')
   loc = sub.add_parser('localize', help='localization maps of query images')
+  inf = sub.add_parser('inference', help="images/s of the segmenter's test-time procedure")
+  inp = sub.add_parser('input', help="the input pipeline's pairs/s next to the train step's")
+  for p in (step, inp):
+    p.add_argument(
+      '--views',
+      choices=list(SELF_VIEWS),
+      required=p is step,
+      default='full',
+      help="'pair': (m, n) only; 'full': plus the flip, 0.75x and 2x self-pairs",
+    )
+    p.add_argument('--batch', type=int, required=p is step, default=5, help='pairs per step')
+    p.add_argument('--steps', type=int, default=5 if p is step else 2, help='timed steps')
+  seg.add_argument('--batch', type=int, default=1, help='crops per micro-step')
+  seg.add_argument('--steps', type=int, default=5, help='timed steps after the first')
   loc.add_argument('--images', type=int, required=True, help='query images')
   loc.add_argument('--related', type=int, default=3, help='related images per class (K)')
+  inf.add_argument('--images', type=int, default=2, help='timed images (after a first one)')
+  inf.add_argument('--image', default='500x375', help='image size, width x height')
+  inf.add_argument('--window', type=int, default=None, help='inference.window (default 401)')
+  inf.add_argument('--scales', default='', help='comma list (default the paper: 0.5,...,1.5)')
+  inp.add_argument(
+    '--workers',
+    type=lambda t: [int(x) for x in t.split(',')],
+    default=[0],
+    help='input.worker_count, a comma list: one row each',
+  )
+  inp.add_argument('--images', type=int, default=64, help='JPEGs written to a temporary dir')
+  inp.add_argument('--jpeg', default='500x375', help='their size, width x height (VOC-like)')
+  inp.add_argument('--batches', type=int, default=40, help='timed batches per row')
+  inp.add_argument('--prefetch', type=int, default=2, help='input.prefetch')
+  for p in (seg, inf):
+    p.add_argument('--backbone', choices=('resnet101', 'vgg16'), default='resnet101')
+    p.add_argument('--head', choices=('largefov', 'aspp'), default='largefov')
+    p.add_argument(
+      '--stages', default='3,4,23,3', help='ResNet blocks per stage (ResNet-101; fewer: smoke)'
+    )
   mem = sub.add_parser('localize-memory', help='peak memory of localize at dataset sizes')
   mem.add_argument('--images', type=lambda t: [int(x) for x in t.split(',')], default=[200, 800])
   mem.add_argument('--size', type=int, default=64, help='square image size')
@@ -559,10 +1118,25 @@ def _parser() -> argparse.ArgumentParser:
   exp.add_argument('--backbone', choices=('resnet101', 'vgg16'), default='resnet101')
   exp.add_argument('--head', choices=('largefov', 'aspp'), default='largefov')
   exp.add_argument('--platforms', default='cpu,cuda,tpu', help='comma list, one export each')
-  for p in (step, loc, exp):
-    p.add_argument('--size', type=int, required=True, help='square input size in pixels')
+  for p, size in {step: None, loc: None, seg: 321, inp: 256, exp: None}.items():
+    p.add_argument(
+      '--size',
+      type=int,
+      required=size is None,
+      default=size,
+      help='square input size in pixels' + (' (the crop)' if p is seg else ''),
+    )
+  for p in (step, loc, seg, inf, inp, exp):
     p.add_argument('--width', type=float, default=1.0, help='channel multiplier (1.0: paper)')
-    p.add_argument('--classes', type=int, default=20, help='number of classes')
+    p.add_argument('--classes', type=int, default=20, help='number of (object) classes')
+  for p in (step, seg, loc, inf, inp):
+    p.add_argument(
+      '--dtype',
+      choices=('float32', 'bfloat16'),
+      default='float32',
+      help='compute dtype (model.dtype / segment.dtype; torch: autocast)',
+    )
+    p.add_argument('--json', default='', help='also write the table to this JSON file')
   return parser
 
 
@@ -570,7 +1144,10 @@ def main(argv) -> int:
   args = _parser().parse_args(argv)
   benches = {
     'train-step': train_step_bench,
+    'segment-step': segment_step_bench,
     'localize': localize_bench,
+    'inference': inference_bench,
+    'input': input_bench,
     'localize-memory': localize_memory_bench,
     'export': export_bench,
   }

@@ -1,7 +1,8 @@
 """An independent PyTorch (NCHW) reference of the stage-1 classifier, its training step and
 its localization maps, written from paper.md ("Stage 1", "Stage 2") the way the reference
-code runs them: a full pair forward per pairing. Parity tests and `cows-jax bench` compare
-the JAX code against it.
+code runs them: a full pair forward per pairing; and of the stage-3 segmenter (DeepLab-v2
+ResNet-101 with the LargeFOV head, frozen batch norm) and its training step. Parity tests and
+`cows-jax bench` compare the JAX code against it.
 
 Needs torch, which the package does not require: import this module lazily.
 """
@@ -274,3 +275,198 @@ def localization_maps(model, x_m, classes, partners, view_images, gate, map_back
     stack = [m[0, c] for m in self_maps] + [cross]
     per_class.append(aggregate(torch.stack(stack).cpu().numpy(), gate))
   return np.stack(per_class)
+
+
+# --- the segmenter: DeepLab-v2 ResNet-101 with the LargeFOV head (stage 3) ------------------
+
+
+class FrozenBatchNorm2d(nn.Module):
+  """Batch norm with fixed statistics and affine (buffers, no parameters), as the JAX model's
+  'frozen_bn' collection: y = (x - mean) / sqrt(var + eps) * weight + bias."""
+
+  def __init__(self, channels: int, eps: float = 1e-5):
+    super().__init__()
+    self.eps = eps
+    for name, value in (
+      ('weight', 1.0),
+      ('bias', 0.0),
+      ('running_mean', 0.0),
+      ('running_var', 1.0),
+    ):
+      self.register_buffer(name, torch.full((channels,), value))
+
+  def forward(self, x):
+    scale = self.weight * torch.rsqrt(self.running_var + self.eps)
+    shift = self.bias - self.running_mean * scale
+    return x * scale[None, :, None, None] + shift[None, :, None, None]
+
+
+class Bottleneck(nn.Module):
+  """torchvision's Bottleneck (1x1, 3x3, 1x1 x4, projection shortcut), with the stride on the
+  first 1x1 conv when `stride_in_1x1` (Caffe/MSRA, DeepLab-v2) and the 3x3 conv dilated."""
+
+  def __init__(self, in_ch, planes, stride, dilation, project, stride_in_1x1):
+    super().__init__()
+    s1, s3 = (stride, 1) if stride_in_1x1 else (1, stride)
+    self.conv1 = nn.Conv2d(in_ch, planes, 1, stride=s1, bias=False)
+    self.bn1 = FrozenBatchNorm2d(planes)
+    self.conv2 = nn.Conv2d(
+      planes, planes, 3, stride=s3, padding=dilation, dilation=dilation, bias=False
+    )
+    self.bn2 = FrozenBatchNorm2d(planes)
+    self.conv3 = nn.Conv2d(planes, planes * 4, 1, bias=False)
+    self.bn3 = FrozenBatchNorm2d(planes * 4)
+    self.downsample = (
+      nn.Sequential(
+        nn.Conv2d(in_ch, planes * 4, 1, stride=stride, bias=False), FrozenBatchNorm2d(planes * 4)
+      )
+      if project
+      else None
+    )
+
+  def forward(self, x):
+    y = F.relu(self.bn1(self.conv1(x)))
+    y = F.relu(self.bn2(self.conv2(y)))
+    y = self.bn3(self.conv3(y))
+    return F.relu((x if self.downsample is None else self.downsample(x)) + y)
+
+
+class DilatedResNet(nn.Module):
+  """Stem (7x7/2 conv, 3x3/2 max-pool) and four stages; layer3 and layer4 trade their stride
+  for dilation 2 and 4 in every block (DeepLab-v2): output stride 8."""
+
+  def __init__(self, stages=(3, 4, 23, 3), width: float = 1.0, stride_in_1x1: bool = True):
+    super().__init__()
+    stem = scaled(64, width)
+    self.conv1 = nn.Conv2d(3, stem, 7, stride=2, padding=3, bias=False)
+    self.bn1 = FrozenBatchNorm2d(stem)
+    in_ch = stem
+    for i, (blocks, dilation) in enumerate(zip(stages, (1, 1, 2, 4))):
+      planes = scaled(64 * 2**i, width)
+      stride = 2 if i > 0 and dilation == 1 else 1
+      layer = []
+      for b in range(blocks):
+        project = b == 0 and (stride != 1 or in_ch != planes * 4)
+        layer.append(
+          Bottleneck(in_ch, planes, stride if b == 0 else 1, dilation, project, stride_in_1x1)
+        )
+        in_ch = planes * 4
+      setattr(self, f'layer{i + 1}', nn.Sequential(*layer))
+    self.out_channels = in_ch
+
+  def forward(self, x):
+    x = F.max_pool2d(F.relu(self.bn1(self.conv1(x))), 3, 2, 1)
+    for i in range(1, 5):
+      x = getattr(self, f'layer{i}')(x)
+    return x
+
+
+class LargeFOV(nn.Module):
+  """fc6 3x3 dilated conv (no bias), ReLU, fc7 1x1 (no bias), ReLU, fc8 1x1 to class logits."""
+
+  def __init__(self, in_ch, num_classes, channels=1024, dilation=12):
+    super().__init__()
+    self.fc6 = nn.Conv2d(in_ch, channels, 3, padding=dilation, dilation=dilation, bias=False)
+    self.fc7 = nn.Conv2d(channels, channels, 1, bias=False)
+    self.fc8 = nn.Conv2d(channels, num_classes, 1)
+
+  def forward(self, x):
+    return self.fc8(F.relu(self.fc7(F.relu(self.fc6(x)))))
+
+
+class DeepLabLargeFOV(nn.Module):
+  """The paper's segmenter, written independently of the JAX model (models/deeplab.py,
+  models/resnet.py): logits [B, num_classes, H/8, W/8]. `width` scales the backbone and the
+  head's channels as model.width does."""
+
+  def __init__(
+    self,
+    num_classes: int,
+    width: float = 1.0,
+    stages=(3, 4, 23, 3),
+    head_channels: int = 1024,
+    head_dilation: int = 12,
+    stride_in_1x1: bool = True,
+  ):
+    super().__init__()
+    self.backbone = DilatedResNet(stages, width, stride_in_1x1)
+    self.head = LargeFOV(
+      self.backbone.out_channels, num_classes, scaled(head_channels, width), head_dilation
+    )
+
+  def forward(self, x):
+    return self.head(self.backbone(x))
+
+
+_FROZEN_BN_NAMES = {
+  'weight': 'scale',
+  'bias': 'bias',
+  'running_mean': 'mean',
+  'running_var': 'var',
+}
+
+
+def load_flax_segmenter(model: DeepLabLargeFOV, variables) -> None:
+  """Copies the variables of models.deeplab.DeepLab(backbone='resnet101', head='largefov')
+  into the torch model: conv kernels HWIO -> OIHW and biases from 'params', frozen batch norm
+  from 'frozen_bn' (scale, bias, mean, var)."""
+  with torch.no_grad():
+    for name, module in model.named_modules():
+      path = tuple(name.split('.'))
+      if isinstance(module, nn.Conv2d):
+        tree = _get(variables['params'], path)
+        values = [(module.weight, np.asarray(tree['kernel']).transpose(3, 2, 0, 1))]
+        if module.bias is not None:
+          values.append((module.bias, np.asarray(tree['bias'])))
+      elif isinstance(module, FrozenBatchNorm2d):
+        tree = _get(variables['frozen_bn'], path)
+        values = [(getattr(module, t), np.asarray(tree[f])) for t, f in _FROZEN_BN_NAMES.items()]
+      else:
+        continue
+      for target, value in values:
+        if value.shape != tuple(target.shape):
+          raise ValueError(f'{name}: flax {value.shape} vs torch {tuple(target.shape)}')
+        target.copy_(torch.tensor(value, dtype=torch.float32))
+
+
+def segment_loss(model, images, labels, ignore_index=255, align_corners=True):
+  """The segmenter's training loss: logits upsampled bilinearly to the label size (corners
+  aligned as Caffe's Interp, or half-pixel), each image's mean cross-entropy over its
+  non-ignored pixels, averaged over the images (segment.image_mean_cross_entropy)."""
+  logits = F.interpolate(
+    model(images), size=tuple(labels.shape[1:]), mode='bilinear', align_corners=align_corners
+  )
+  per_image = [
+    F.cross_entropy(logits[i : i + 1].float(), labels[i : i + 1], ignore_index=ignore_index)
+    for i in range(len(images))
+  ]
+  return torch.stack(per_image).mean()
+
+
+def segment_sgd(model: DeepLabLargeFOV, lr, momentum, weight_decay, mults) -> torch.optim.SGD:
+  """SGD with the segmenter's four groups; `mults`: (backbone weight, backbone bias, head
+  weight, head bias) learning-rate multipliers."""
+  groups = {}
+  for name, param in model.named_parameters():
+    bias = name.endswith('.bias')
+    mult = mults[(0 if name.startswith('backbone.') else 2) + int(bias)]
+    groups.setdefault(mult, []).append(param)
+  return torch.optim.SGD(
+    [{'params': p, 'lr': lr * m} for m, p in groups.items()],
+    lr=lr,
+    momentum=momentum,
+    weight_decay=weight_decay,
+  )
+
+
+def segment_train_step(
+  model, optimizer, images, labels, micro_step, accumulation_steps, ignore_index, align_corners
+):
+  """One micro-step of the segmenter: gradients of loss / k accumulate, and every k-th
+  micro-step SGD applies them (segment.accumulation_steps, the reference's iter_size)."""
+  loss = segment_loss(model, images, labels, ignore_index, align_corners)
+  (loss / accumulation_steps).backward()
+  if (micro_step + 1) % accumulation_steps == 0:
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+  return loss.item()
