@@ -398,6 +398,16 @@ def _place_objects(rng, spec: SyntheticSpec):
   return objects
 
 
+def _paint(rng, image, mask, placement, appearance: _Appearance, yy, xx) -> None:
+  """Fills `mask` of `image` with an instance of `appearance`, its texture in the object's own
+  coordinates (`placement`: centre and pose, as _object_mask returns them)."""
+  centre, *pose = placement
+  u, v = _local_coords(yy[mask] - centre[0], xx[mask] - centre[1], *pose)
+  base, second = _class_colors(rng, appearance)
+  weight = appearance.texture(rng, u, v)[:, None]
+  image[mask] = base * (1 - weight) + second * weight
+
+
 def _render(rng, spec: SyntheticSpec):
   """Composites background, clutter and objects; returns image, instance ids, classes, clutter masks."""
   size = spec.image_size
@@ -412,11 +422,8 @@ def _render(rng, spec: SyntheticSpec):
   on_top = rng.random(len(clutter)) < 0.2
   for mask, color in (c for c, top in zip(clutter, on_top) if not top):
     image[mask] = color
-  for index, (cls, mask, (centre, *pose)) in enumerate(objects):
-    u, v = _local_coords(yy[mask] - centre[0], xx[mask] - centre[1], *pose)
-    base, second = _class_colors(rng, _APPEARANCES[cls])
-    weight = _APPEARANCES[cls].texture(rng, u, v)[:, None]
-    image[mask] = base * (1 - weight) + second * weight
+  for index, (cls, mask, placement) in enumerate(objects):
+    _paint(rng, image, mask, placement, _APPEARANCES[cls], yy, xx)
     instances[mask] = index
   for mask, color in (c for c, top in zip(clutter, on_top) if top):
     image[mask] = color
