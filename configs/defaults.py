@@ -213,4 +213,30 @@ def paper_defaults() -> ml_collections.ConfigDict:
   c.evaluate.cam_thresholds = tuple(round(0.05 * i, 2) for i in range(1, 20))
   c.evaluate.num_visualize = 6
   c.evaluate.crf = True  # also report the segmenter with the dense CRF (extra cows_jax[crf]).
+
+  # Not in the paper, which starts from ImageNet weights: `cows-jax pretrain` makes the
+  # synthetic world's stand-in (docs/pretrain.md). The VGG16 backbone at model.width, with
+  # BatchNorm, trained as a single-label classifier on the synthetic pretraining set, then
+  # BatchNorm folded into the convs; written to DATA_DIR/pretrained/<fingerprint>.
+  c.pretrain = ml_collections.ConfigDict()
+  c.pretrain.num_classes = 144  # shape x appearance classes, the segmentation classes first.
+  c.pretrain.image_size = 64  # generated and trained at this size.
+  c.pretrain.train_size = 14400
+  c.pretrain.val_size = 1440
+  c.pretrain.seed = 0  # the dataset's, the initialization's and the shuffle's.
+  c.pretrain.epochs = 30
+  c.pretrain.batch_size = 128
+  c.pretrain.base_lr = 0.1  # SGD; linear warmup, then cosine decay to 0.
+  c.pretrain.warmup_epochs = 1.0
+  c.pretrain.momentum = 0.9
+  c.pretrain.nesterov = True
+  c.pretrain.weight_decay = 5e-4
+  c.pretrain.scales = (0.8, 1.25)  # random scale (uniform), then mirror and crop.
+  c.pretrain.mirror = True
+  # No hue jitter: the appearance families differ by hue.
+  c.pretrain.color_jitter = (0.3, 0.3, 0.3, 0.0)
+  c.pretrain.log_every_steps = 100
+  c.pretrain.checkpoint_every_steps = 1000
+  c.pretrain.eval_batch_size = 256
+  c.pretrain.train_eval_size = 1440  # train images (evenly spaced) of the final train accuracy.
   return c

@@ -31,6 +31,17 @@ def get_config(arg: str | None = None):
   # cost 185 ms per image and segmenter, the dense CRF 81 ms.
   c.inference.scales = (0.75, 1.0, 1.25)
 
+  # ---- `cows-jax pretrain` (docs/pretrain.md): the ImageNet stand-in's backbone, sized for
+  # a few minutes on a 2-core CPU. The stages use it only where model.init_from /
+  # segment.init_from name its directory.
+  c.pretrain.image_size = 64  # = input.size
+  c.pretrain.train_size, c.pretrain.val_size = 14400, 1440  # 100 and 10 per class
+  c.pretrain.epochs = 4
+  c.pretrain.batch_size = 64
+  c.pretrain.base_lr = 0.1
+  c.pretrain.warmup_epochs = 0.25
+  c.pretrain.log_every_steps = 50
+
   return presets.with_arg(c, arg, 'configs/synthetic.py', tiny=tiny)
 
 
@@ -42,3 +53,7 @@ def tiny(c):
   c.classify.log_every_steps = 2
   c.segment.iterations, c.segment.log_every_steps = 6, 2
   c.inference.scales = (0.75, 1.0)
+  p = c.pretrain
+  p.num_classes, p.image_size, p.train_size, p.val_size = 12, 32, 48, 12
+  p.epochs, p.batch_size, p.warmup_epochs = 1, 8, 0.5
+  p.log_every_steps, p.eval_batch_size, p.train_eval_size = 2, 16, 16

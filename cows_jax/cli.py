@@ -27,6 +27,7 @@ from cows_jax import (
   localize,
   predict,
   preemption,
+  pretrain,
   run_dir,
   segment,
   validation,
@@ -58,6 +59,7 @@ CONFIG_COMMANDS = {
   'config': 'print the resolved config a run would use (after finalizing)',
   'data check': 'build the configured dataset and report its images, labels and problems',
   'summary': 'each model of the config: parameters and FLOPs per image',
+  'pretrain': "the synthetic world's VGG16 backbone -> DATA_DIR/pretrained/<fingerprint>",
 }
 TOOL_COMMANDS = {  # their own arguments: `cows-jax weights import --help`, `cows-jax bench --help`.
   'weights import': "ImageNet weights into DIR, or the authors' trained models into WORKDIR",
@@ -90,7 +92,10 @@ _COORDINATOR = flags.DEFINE_string(
 _NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'With --distributed: processes.')
 _PROCESS_ID = flags.DEFINE_integer('process_id', None, "With --distributed: this process's id.")
 _OUT = flags.DEFINE_string(
-  'out', None, 'export: the export directory; predict: the output directory.'
+  'out',
+  None,
+  'export: the export directory; predict: the output directory; pretrain: the weights '
+  'directory (default: DATA_DIR/pretrained/<fingerprint>).',
 )
 _PLATFORMS = flags.DEFINE_string(
   'platforms',
@@ -109,6 +114,7 @@ _FLAGS_OF['predict-split'] += ('split',)
 _FLAGS_OF['export'] += ('out', 'model', 'platforms')
 _FLAGS_OF['predict'] = ('export', 'config', 'workdir', 'out', 'overlay', 'crf')
 _FLAGS_OF.update({name: ('config',) for name in CONFIG_COMMANDS})
+_FLAGS_OF['pretrain'] = ('config', 'out', *_DISTRIBUTED_FLAGS)
 
 
 _COMMAND = ['']  # the command `run` parsed, for `main`.
@@ -205,6 +211,32 @@ def _predict(paths: list[str]) -> None:
   sys.exit(0)
 
 
+def _pretrain() -> None:
+  """`pretrain`: the config's backbone, made once (or reused) in DATA_DIR/pretrained/ or --out."""
+  if _CONFIG.value is None:
+    raise app.UsageError(f'--config is required\n{USAGE}')
+  if _WORKDIR.value is not None:
+    raise app.UsageError(
+      'pretrain takes no --workdir: it writes to DATA_DIR/pretrained/<fingerprint>, which '
+      'the config names (`cows-jax config` shows data.data_dir), or to --out DIR'
+    )
+  if _DISTRIBUTED.value:
+    _initialize_distributed()
+  preemption.install()
+  try:
+    provenance = pretrain.run(_CONFIG.value, _OUT.value)
+  except (FileNotFoundError, ValueError, OSError, preemption.Preempted) as e:
+    _fail('pretrain', e)
+  out = pretrain.output_dir(_CONFIG.value, _OUT.value)
+  accuracy = provenance['pretrain']['accuracy']
+  print(
+    f'pretrained vgg16: train accuracy {accuracy["train"]:.3f}, val accuracy '
+    f'{accuracy["val"]:.3f} -> {out}'
+  )
+  print(f'start the classifier and the VGG16 segmenter from it with: {pretrain.config_flags(out)}')
+  sys.exit(0)
+
+
 def main(argv):
   command = _COMMAND[0]
   positional = argv[1 + len(command.split()) :]
@@ -212,6 +244,8 @@ def main(argv):
     _predict(positional)
   if positional:
     raise app.UsageError(f'unexpected arguments {positional}\n{USAGE}')
+  if command == 'pretrain':
+    _pretrain()
   if command in CONFIG_COMMANDS:
     _config_command(command)
   if _CONFIG.value is None or _WORKDIR.value is None:

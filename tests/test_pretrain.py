@@ -1,0 +1,236 @@
+"""`cows-jax pretrain`: the synthetic pretraining set, BatchNorm folding, and a tiny run whose
+backbone the classifier and the VGG16 segmenter load through models/pretrained.py."""
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from cows_jax import config, pretrain
+from cows_jax.data import synthetic, synthetic_pretrain
+from cows_jax.models import fold, from_config, pretrained
+from cows_jax.models.vgg import VGG16LargeFOV
+
+SMALL = synthetic_pretrain.PretrainSpec(image_size=48, train_size=300, val_size=30)
+
+
+# ----------------------------------------------------------------------------- the dataset
+
+
+def test_more_than_100_classes_with_the_segmentation_classes_among_them():
+  assert synthetic_pretrain.MAX_CLASSES >= 100 and SMALL.num_classes >= 100
+  assert len(set(synthetic_pretrain.CLASSES)) == synthetic_pretrain.MAX_CLASSES
+  assert len(set(synthetic_pretrain.CLASS_NAMES)) == synthetic_pretrain.MAX_CLASSES
+  for k, name in enumerate(synthetic.CLASS_NAMES):  # shape k with appearance k: class k.
+    assert synthetic_pretrain.segmentation_class(k) == k
+    assert synthetic_pretrain.CLASSES[k] == (k, k)
+    assert synthetic_pretrain.CLASS_NAMES[k].endswith(f'_{name}')
+  # Every shape with every appearance: neither alone names a class.
+  shapes = {s for s, _ in synthetic_pretrain.CLASSES}
+  appearances = {a for _, a in synthetic_pretrain.CLASSES}
+  assert len(shapes) * len(appearances) == synthetic_pretrain.MAX_CLASSES
+
+
+def test_examples_are_single_label_balanced_and_deterministic():
+  a = [synthetic_pretrain.generate_example(SMALL, 'train', i) for i in range(3)]
+  b = [synthetic_pretrain.generate_example(SMALL, 'train', i) for i in range(3)]
+  for x, y in zip(a, b):
+    assert np.array_equal(x['image'], y['image']) and x['label'] == y['label']
+    assert x['image'].shape == (48, 48, 3) and x['image'].dtype == np.uint8
+  assert [e['label'] for e in a] == [0, 1, 2]
+  other = synthetic_pretrain.generate_example(
+    synthetic_pretrain.PretrainSpec(image_size=48, train_size=300, val_size=30, seed=1), 'train', 0
+  )
+  assert not np.array_equal(a[0]['image'], other['image'])
+  assert not np.array_equal(
+    a[0]['image'], synthetic_pretrain.generate_example(SMALL, 'val', 0)['image']
+  )
+
+
+@pytest.mark.parametrize(
+  'kwargs, field',
+  [
+    ({'num_classes': 11}, 'num_classes'),
+    ({'num_classes': synthetic_pretrain.MAX_CLASSES + 1}, 'num_classes'),
+    ({'image_size': 16}, 'image_size'),
+    ({'train_size': 0}, 'train_size'),
+    ({'seed': -1}, 'seed'),
+  ],
+)
+def test_bad_spec_raises_naming_field(kwargs, field):
+  with pytest.raises(ValueError, match=field):
+    synthetic_pretrain.PretrainSpec(**kwargs)
+
+
+def _build_digest(spec, data_dir) -> str:
+  """sha256 of every record of every split, as the build stores them."""
+  h = hashlib.sha256()
+  for split, source in synthetic_pretrain.load_sources(spec, data_dir).items():
+    for i in range(len(source)):
+      record = source._source[i]
+      h.update(split.encode() + bytes(record['image']) + bytes(record['id']))
+      h.update(int(record['label']).to_bytes(8, 'little'))
+  return h.hexdigest()
+
+
+def test_builds_are_byte_identical_and_decode_to_the_generated_examples(tmp_path):
+  spec = synthetic_pretrain.PretrainSpec(
+    num_classes=20, image_size=32, train_size=24, val_size=6, seed=3
+  )
+  first, second = _build_digest(spec, str(tmp_path / 'a')), _build_digest(spec, str(tmp_path / 'b'))
+  assert first == second
+  source = synthetic_pretrain.load_sources(spec, str(tmp_path / 'a'))['val']
+  assert len(source) == 6 and list(source.labels()) == list(range(6))
+  example = synthetic_pretrain.generate_example(spec, 'val', 5)
+  assert np.array_equal(source[5]['image'], example['image']) and source[5]['label'] == 5
+
+
+# ----------------------------------------------------------------------------- folding
+
+
+def _randomized_batchnorm(variables, seed=0):
+  """Non-trivial BatchNorm: scales around +-1 (some negative), shifts, means and variances."""
+  rng = np.random.default_rng(seed)
+  params = dict(variables['params'])
+  stats = {}
+  for name, norm in variables['batch_stats'].items():
+    n = norm['mean'].shape[0]
+    params[name] = {
+      'scale': rng.normal(1.0, 0.5, n).astype(np.float32) * rng.choice([-1, 1], n),
+      'bias': rng.normal(0.0, 0.5, n).astype(np.float32),
+    }
+    stats[name] = {
+      'mean': rng.normal(0.0, 0.5, n).astype(np.float32),
+      'var': rng.uniform(0.1, 3.0, n).astype(np.float32),
+    }
+  for name in params:
+    if name.startswith('conv'):
+      params[name] = {**params[name], 'bias': rng.normal(0, 0.2, params[name]['bias'].shape)}
+  return {'params': params, 'batch_stats': stats}
+
+
+def test_folding_preserves_the_outputs_in_eval_mode():
+  x = jax.random.normal(jax.random.key(1), (2, 40, 40, 3))
+  with_bn = VGG16LargeFOV(width=0.125, norm='batch')
+  variables = _randomized_batchnorm(jax.tree.map(np.asarray, with_bn.init(jax.random.key(0), x)))
+  expected = np.asarray(with_bn.apply(variables, x))
+  folded = fold.fold_vgg16_batchnorm(variables)
+  assert set(folded) == {'params'} and set(folded['params']) == set(fold.conv_names())
+  got = np.asarray(VGG16LargeFOV(width=0.125, norm='none').apply(folded, x))
+  assert 0.2 < np.mean(expected > 0) < 0.8  # the ReLUs cut: the shifts matter.
+  np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
+
+
+def test_folding_a_network_without_batchnorm_is_an_error():
+  x = jnp.zeros((1, 32, 32, 3))
+  variables = VGG16LargeFOV(width=0.125).init(jax.random.key(0), x)
+  with pytest.raises((ValueError, KeyError), match='batch_stats|norm1_1'):
+    fold.fold_vgg16_batchnorm(dict(variables))
+
+
+# ----------------------------------------------------------------------------- the stage
+
+
+@pytest.fixture(scope='module')
+def tiny_pretrained(tmp_path_factory):
+  """(config, weights directory, provenance) of configs/synthetic.py:tiny's pretrain run: 6
+  steps at width 0.125, 32 px, 12 classes."""
+  cfg = config.load('synthetic:tiny')
+  cfg.data.data_dir = str(tmp_path_factory.mktemp('pretrain') / 'data')
+  provenance = pretrain.run(cfg)
+  return cfg, pretrain.weights_dir(cfg), provenance
+
+
+def test_pretrain_writes_a_weights_directory_with_its_provenance(tiny_pretrained):
+  cfg, out, provenance = tiny_pretrained
+  assert out == os.path.join(cfg.data.data_dir, 'pretrained', pretrain.fingerprint(cfg))
+  assert os.path.isdir(os.path.join(out, 'backbone'))
+  assert json.load(open(os.path.join(out, 'provenance.json'))) == provenance
+  assert provenance['arch'] == 'vgg16'
+  assert provenance['input']['mean'] == list(pretrained.IMAGENET_MEAN)
+  p = provenance['pretrain']
+  assert p['steps'] == 6 and p['dataset']['num_classes'] == 12
+  assert p['dataset']['fingerprint'] == pretrain.dataset_spec(cfg).fingerprint()
+  assert 0 <= p['accuracy']['train'] <= 1 and 0 <= p['accuracy']['val'] <= 1
+  assert p['accuracy']['val_images'] == 12
+  assert p['folding_max_logit_difference'] < 1e-3
+  # Made once: a second call reuses it, and the log holds the 6 steps once.
+  assert pretrain.run(cfg) == provenance
+  log = [json.loads(line) for line in open(os.path.join(out, 'training/logs/pretrain.jsonl'))]
+  assert [r['step'] for r in log] == [2, 4, 6] and 'accuracy' in log[0]
+
+
+def test_the_fingerprint_follows_what_changes_the_weights(tiny_config):
+  base = pretrain.fingerprint(tiny_config)
+  tiny_config.pretrain.log_every_steps = 7
+  assert pretrain.fingerprint(tiny_config) == base
+  for field, value in (('model.width', 0.25), ('pretrain.epochs', 3), ('pretrain.seed', 1)):
+    changed = config.load('synthetic:tiny')
+    group, name = field.split('.')
+    changed[group][name] = value
+    assert pretrain.fingerprint(changed) != base, field
+
+
+def test_classifier_and_vgg_segmenter_load_the_backbone(tiny_pretrained):
+  cfg, out, _ = tiny_pretrained
+  cfg = config.load('synthetic:tiny')
+  cfg.model.norm, cfg.segment.backbone = 'none', 'vgg16'
+  cfg.model.init_from = cfg.segment.init_from = out
+  cfg = config.finalize(cfg)
+  assert tuple(cfg.input.mean) == pretrained.IMAGENET_MEAN
+  assert tuple(cfg.segment.std) == pretrained.IMAGENET_STD
+  stored = pretrained.load_backbone(
+    out,
+    'vgg16',
+    {
+      'params': from_config.abstract_variables(from_config.classifier(cfg), cfg)['params'][
+        'backbone'
+      ]
+    },
+  )
+  for model in (from_config.classifier(cfg), from_config.segmenter(cfg)):
+    variables = from_config.init_variables(model, cfg, jax.random.key(0))
+    assert set(variables) == {'params'}  # a plain VGG16: no BatchNorm anywhere.
+    jax.tree.map(np.testing.assert_array_equal, variables['params']['backbone'], stored['params'])
+
+
+def test_a_width_other_than_the_backbone_is_a_one_line_error(tiny_pretrained):
+  _, out, _ = tiny_pretrained
+  cfg = config.load('synthetic:tiny')
+  cfg.model.norm, cfg.model.width, cfg.model.init_from = 'none', 0.25, out
+  cfg = config.finalize(cfg)
+  with pytest.raises(pretrained.WeightsError, match='shape mismatch'):
+    from_config.init_variables(from_config.classifier(cfg), cfg, jax.random.key(0))
+
+
+def test_bad_pretrain_fields_are_listed(tiny_config):
+  tiny_config.pretrain.num_classes, tiny_config.pretrain.momentum = 5, 2.0
+  found = pretrain.problems(tiny_config)
+  assert any('pretrain.num_classes' in f for f in found)
+  assert any('pretrain.momentum' in f for f in found)
+
+
+def test_cli_pretrain_reuses_and_prints_the_flags(tiny_pretrained, tmp_path):
+  cfg, out, _ = tiny_pretrained
+  exe = os.path.join(os.path.dirname(sys.executable), 'cows-jax')
+  args = [
+    exe,
+    'pretrain',
+    '--config',
+    'synthetic:tiny',
+    f'--config.data.data_dir={cfg.data.data_dir}',
+  ]
+  env = {**os.environ, 'JAX_PLATFORMS': 'cpu'}
+  done = subprocess.run(args, capture_output=True, text=True, timeout=300, env=env)
+  assert done.returncode == 0, done.stderr
+  assert f'--config.model.init_from={out}' in done.stdout
+  done = subprocess.run(
+    args + ['--workdir', str(tmp_path)], capture_output=True, text=True, timeout=300, env=env
+  )
+  assert done.returncode != 0 and '--workdir' in done.stderr
