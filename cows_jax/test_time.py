@@ -71,33 +71,41 @@ def resize_bilinear(x: np.ndarray, size) -> np.ndarray:
   return x
 
 
-def cubic_matrix(in_size: int, out_size: int, a: float = -0.75) -> np.ndarray:
-  """[out, in] float64 weights of OpenCV's INTER_CUBIC and PyTorch's bicubic (align_corners
-  False, no antialiasing): Keys kernel with a = -0.75 at src = (dst + 0.5) * in/out - 0.5,
-  border pixels repeated. (jax.image.resize's cubic uses a = -0.5 and other borders.)"""
+def cubic_taps(in_size: int, out_size: int, a: float = -0.75):
+  """The 4 source indices [out, 4] and weights [out, 4] (float64) of OpenCV's INTER_CUBIC and
+  PyTorch's bicubic (align_corners False, no antialiasing): Keys kernel with a = -0.75 at
+  src = (dst + 0.5) * in/out - 0.5, border pixels repeated. (jax.image.resize's cubic uses
+  a = -0.5 and other borders.)"""
   src = (np.arange(out_size) + 0.5) * (in_size / out_size) - 0.5
   base = np.floor(src).astype(int)
+  x = np.abs(src[:, None] - (base[:, None] + np.arange(-1, 3)))
+  w = np.where(
+    x <= 1,
+    ((a + 2) * x - (a + 3)) * x * x + 1,
+    np.where(x < 2, ((a * x - 5 * a) * x + 8 * a) * x - 4 * a, 0.0),
+  )
+  return np.clip(base[:, None] + np.arange(-1, 3), 0, in_size - 1), w
+
+
+def cubic_matrix(in_size: int, out_size: int) -> np.ndarray:
+  """`cubic_taps` as an [out, in] float64 matrix."""
+  index, w = cubic_taps(in_size, out_size)
   out = np.zeros((out_size, in_size), np.float64)
-  for k in range(-1, 3):
-    x = np.abs(src - (base + k))
-    w = np.where(
-      x <= 1,
-      ((a + 2) * x - (a + 3)) * x * x + 1,
-      np.where(x < 2, ((a * x - 5 * a) * x + 8 * a) * x - 4 * a, 0.0),
-    )
-    np.add.at(out, (np.arange(out_size), np.clip(base + k, 0, in_size - 1)), w)
+  np.add.at(out, (np.repeat(np.arange(out_size), 4), index.ravel()), w.ravel())
   return out
 
 
 def resize_cubic(x: np.ndarray, size) -> np.ndarray:
   """[h, w, ...] -> [H, W, ...] with OpenCV's INTER_CUBIC; a uint8 image is rounded and
-  saturated to 0..255 as OpenCV does, floats are left as they come (may overshoot)."""
+  saturated to 0..255 as OpenCV does, floats are left as they come (may overshoot). Four
+  taps per axis, gathered (no BLAS: small matrix products pay its threads' overhead)."""
   if x.shape[:2] == tuple(size):
     return x
-  rows, cols = cubic_matrix(x.shape[0], size[0]), cubic_matrix(x.shape[1], size[1])
-  # Two matrix products (a three-operand einsum would loop over every index at once).
-  out = np.tensordot(rows, x.astype(np.float64), axes=(1, 0))
-  out = np.moveaxis(np.tensordot(cols, out, axes=(1, 1)), 0, 1)
+  out = x.astype(np.float64)
+  for axis, n in enumerate(size):
+    index, w = cubic_taps(out.shape[axis], n)
+    shape = [-1 if a == axis else 1 for a in range(out.ndim)]
+    out = sum(np.take(out, index[:, k], axis) * w[:, k].reshape(shape) for k in range(4))
   if x.dtype == np.uint8:
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)
   return out.astype(x.dtype)
