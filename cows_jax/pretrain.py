@@ -21,12 +21,12 @@ model.dtype, the pretrain.* training fields, VERSION). The backbone is made once
 fingerprint and reused; `model.init_from=DIR` and `segment.init_from=DIR` load it.
 """
 
+import contextlib
 import dataclasses
 import functools
 import hashlib
 import json
 import os
-import shutil
 import time
 from typing import Any
 
@@ -124,8 +124,10 @@ def weights_dir(cfg) -> str:
 
 
 def output_dir(cfg, out: str | None = None) -> str:
-  """The absolute path of `out`, by default of `weights_dir(cfg)`."""
-  return os.path.abspath(os.path.expanduser(out or weights_dir(cfg)))
+  """The absolute path of `out` (a URL such as gs://... as it is), by default of
+  `weights_dir(cfg)`."""
+  out = out or weights_dir(cfg)
+  return out if '://' in out else os.path.abspath(os.path.expanduser(out))
 
 
 def steps_per_epoch(cfg) -> int:
@@ -265,18 +267,10 @@ def run(cfg, out: str | None = None) -> dict:
   if done:
     logging.info('pretrain: reusing the backbone in %s', out)
     return done
-  lock = run_dir.Lock(run_dir.RunDir(out)) if parallel.is_writer() else _NoLock()
-  with lock:
+  # The directory's lock, held by process 0, as a run directory's.
+  with run_dir.Lock(run_dir.RunDir(out)) if parallel.is_writer() else contextlib.nullcontext():
     done = _complete(out, fingerprint(cfg))  # another job may have finished it meanwhile.
     return done or _train(cfg, out)
-
-
-class _NoLock:
-  def __enter__(self):
-    return self
-
-  def __exit__(self, *exc):
-    return None
 
 
 def _complete(out: str, fp: str) -> dict | None:
@@ -300,7 +294,7 @@ def _train(cfg, out: str) -> dict:
   splits = synthetic_pretrain.load_sources(spec, sources.data_dir(cfg))
   spe, p = steps_per_epoch(cfg), cfg.pretrain
   total = spe * p.epochs
-  work = run_dir.RunDir(os.path.join(out, 'training'))
+  work = run_dir.RunDir(epath.Path(out) / 'training')
   model = BackboneClassifier(spec.num_classes, cfg.model.width, 'batch', jnp.dtype(cfg.model.dtype))
   size = p.image_size
 
@@ -402,12 +396,12 @@ def _finish(cfg, model, spec, splits, work, total: int, out: str, seconds: float
 def _write(out: str, variables: dict, provenance: dict) -> None:
   """DIR/backbone (orbax) and then DIR/provenance.json, as `cows-jax weights import` writes
   them; a backbone left by a run killed before its provenance.json is replaced."""
-  ckpt = os.path.join(out, 'backbone')
-  if os.path.exists(ckpt):
-    shutil.rmtree(ckpt)
+  ckpt = epath.Path(out) / 'backbone'
+  if ckpt.exists():
+    ckpt.rmtree()
   with ocp.StandardCheckpointer() as ckptr:  # writes to a tmp dir, then renames.
     ckptr.save(ckpt, variables)
-  run_dir.write_json(os.path.join(out, 'provenance.json'), provenance)
+  run_dir.write_json(epath.Path(out) / 'provenance.json', provenance)
 
 
 def config_flags(out: str) -> str:
