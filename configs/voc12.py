@@ -9,7 +9,9 @@ The augmented set as SegmentationClassAug PNGs (default) or the SBD release:
 --config.data.voc.aug_layout=sbd --config.data.voc.aug_dir=/data/benchmark_RELEASE.
 The paper starts from ImageNet weights: --config.model.init_from=DIR (README, "Pretrained
 weights"); without it the backbone starts from random weights.
-`configs/voc12.py:runlocal` runs the whole pipeline on a 2-core CPU in minutes.
+`configs/voc12.py:runlocal` runs the whole pipeline on a 2-core CPU in minutes. On a GPU or
+TPU, `configs/voc12.py:gpu` or `:tpu` (every config takes them, also as `:runlocal,gpu`):
+bfloat16 compute and input worker processes, the same math (docs/devices.md).
 """
 
 from cows_jax.configs import presets

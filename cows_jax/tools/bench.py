@@ -707,7 +707,7 @@ def input_bench(args) -> None:
   limit = 'the train step' if train <= pipeline else f'the input pipeline ({fastest[0]})'
   print(
     f'limit: {limit}: the step takes {train:.3g} pairs/s, the fastest pipeline makes '
-    f'{pipeline:.3g} ({pipeline / train:.2g}x)'
+    f'{pipeline:.3g} ({pipeline / train:.3g}x)'
   )
   out = [{'name': name, 'pairs_per_s': args.batch / r['seconds'], **r} for name, r in rows]
   _write_json(args, {'bench': 'input', 'rows': out, 'limit': limit})
