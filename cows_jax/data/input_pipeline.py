@@ -169,8 +169,8 @@ def iterate(ds, start: int, cfg) -> Batches:
     grain.ReadOptions(num_threads=2, prefetch_buffer_size=cfg.input.prefetch)
   )
   if cfg.input.worker_count:
-    # grain reads its absl flags when it starts the workers; the CLI parses flags, a Python
-    # caller (tests, `cows-jax bench input`) may not have: the flags' defaults then.
+    # grain reads its absl flags when it starts the workers. The CLI parses them; a Python
+    # caller (tests, `cows-jax bench input`) may not have, and grain then takes their defaults.
     if not flags.FLAGS.is_parsed():
       flags.FLAGS.mark_as_parsed()
     it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=cfg.input.worker_count))
