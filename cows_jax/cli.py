@@ -63,7 +63,7 @@ CONFIG_COMMANDS = {
 }
 TOOL_COMMANDS = {  # their own arguments: `cows-jax weights import --help`, `cows-jax bench --help`.
   'weights import': "ImageNet weights into DIR, or the authors' trained models into WORKDIR",
-  'bench': 'time the training step or localization against the reference procedure',
+  'bench': 'time train-step, segment-step, localize, inference, input (FLOP/s, MFU, --json)',
 }
 USAGE = (
   'usage: cows-jax COMMAND [--config NAME[:ARG] | FILE[:ARG]] [--workdir DIR] '
