@@ -15,6 +15,9 @@ stopped; maps/index.json, written by process 0 after every process is done, mark
 complete.
 """
 
+import functools
+from typing import NamedTuple
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -74,9 +77,10 @@ def _padded(indices: list[int], batch: int) -> list[int]:
 
 
 class MapComputer:
-  """Jitted pieces of the localization: features, and the co-attention head on pairs. The
-  variables are arguments of the jitted functions (not constants of the executable), placed
-  on this process's devices; batches are sharded over them where they divide."""
+  """Jitted pieces of the localization: features, and the co-attention head on pairs with the
+  aggregation and selection of every (query, class) of a batch (`batch_maps`). The variables
+  are arguments of the jitted functions (not constants of the executable), placed on this
+  process's devices; batches are sharded over them where they divide."""
 
   def __init__(self, model, variables, mesh=None):
     self._mesh = mesh or parallel.local_mesh()
@@ -84,6 +88,10 @@ class MapComputer:
     self._f = jax.jit(lambda v, x: model.apply(v, x, method=model.features))
     self._p = jax.jit(lambda v, a, b: model.apply(v, a, b, method=model.pair_maps))
     self._c = jax.jit(lambda v, f: model.apply(v, f, method=model.cam))
+    self._maps = jax.jit(
+      functools.partial(_batch_maps, model), static_argnames=('view_list', 'gate')
+    )
+    self._cam_maps = jax.jit(functools.partial(_cam_maps, model))
 
   def _put(self, x):
     return parallel.to_local_devices(np.asarray(x), self._mesh)
@@ -97,6 +105,103 @@ class MapComputer:
   def cams(self, feats) -> np.ndarray:
     return np.asarray(self._c(self._variables, self._put(feats)))
 
+  def batch_maps(self, feats_m, partner_feats, view_feats: dict, layout, gate: float):
+    """Aggregated maps [B, J, h, w] on the device (`_batch_maps`) of a `_Layout`."""
+    return self._maps(
+      self._variables,
+      self._put(feats_m),
+      self._put(partner_feats),
+      tuple(self._put(f) for f in view_feats.values()),
+      *(self._put(a) for a in layout[:5]),
+      view_list=tuple(view_feats),
+      gate=float(gate),
+    )
+
+  def batch_cam_maps(self, feats, class_ids):
+    return self._cam_maps(self._variables, self._put(feats), self._put(class_ids))
+
+
+def _batch_maps(
+  model,
+  variables,
+  feats_m,
+  partner_feats,
+  view_feats,
+  pair_q,
+  pair_n,
+  pair_c,
+  slots,
+  class_ids,
+  *,
+  view_list,
+  gate,
+):
+  """Every query's aggregated maps [B, J, h, w] in one device call: the head on each (query,
+  related image) pairing and on each self view, the maps of each query's classes picked, the
+  mean over the K related images, then the aggregation rule over images and classes at once.
+  pair_q, pair_n, pair_c: each pairing's query, related image and class; slots [B, J, K]: the
+  pairings of class j of query b; class_ids [B, J] (padding: any class, cut by the caller)."""
+  apply = lambda *a: model.apply(variables, *a, method=model.pair_maps)
+  h, w = feats_m.shape[1:3]
+  cross, _ = apply(feats_m[pair_q], partner_feats[pair_n])  # [pairs, h, w, C]
+  cross = jnp.take_along_axis(cross, pair_c[:, None, None, None], axis=3)[..., 0]
+  stack = []
+  for j, (view, f_v) in enumerate(zip(view_list, view_feats)):
+    maps_m, maps_v = apply(feats_m, f_v)
+    if j == 0:
+      stack.append(maps.select_classes(maps_m, class_ids))
+    stack.append(maps.select_classes(views.map_back(maps_v, view, (h, w)), class_ids))
+  stack.append(jnp.mean(cross[slots], axis=2))  # [B, J, K, h, w] -> over K
+  return maps.aggregate_batch(jnp.stack(stack), gate)
+
+
+def _cam_maps(model, variables, feats, class_ids):
+  """[B, J, h, w]: each image's class maps alone (the aggregation rule over one map)."""
+  cams = model.apply(variables, feats, method=model.cam)
+  return maps.aggregate_batch(maps.select_classes(cams, class_ids)[None], 0.0)
+
+
+class _Layout(NamedTuple):
+  """Index arrays of a batch's (query, class, related image) pairings for `_batch_maps`: the
+  pairings in (query, class, k) order padded to a multiple of B*K (few distinct shapes), the
+  pairing of each (query, class slot, k), and the class of each slot; classes per query padded
+  to a power of two."""
+
+  pair_q: np.ndarray
+  pair_n: np.ndarray
+  pair_c: np.ndarray
+  slots: np.ndarray  # [B, J, K]
+  class_ids: np.ndarray  # [B, J]
+  counts: list[int]  # classes of each query
+
+
+def _class_slots(classes: list[np.ndarray]) -> tuple[np.ndarray, list[int]]:
+  counts = [len(c) for c in classes]
+  j = 1 << max(max(counts, default=1) - 1, 0).bit_length()
+  ids = np.zeros((len(classes), j), np.int32)
+  for i, cls in enumerate(classes):
+    ids[i, : len(cls)] = cls
+  return ids, counts
+
+
+def _layout(related: list[list[list[int]]], classes: list[np.ndarray], k: int) -> _Layout:
+  b = len(classes)
+  class_ids, counts = _class_slots(classes)
+  pairs = []  # (query, related image, class)
+  slots = np.zeros((b, class_ids.shape[1], k), np.int32)
+  for i in range(b):
+    for j, partners in enumerate(related[i]):
+      slots[i, j] = np.arange(len(pairs), len(pairs) + k)
+      pairs += [(i, n, class_ids[i, j]) for n in partners]
+  bucket = -(-max(len(pairs), 1) // (b * k)) * (b * k)
+  pairs = np.asarray(pairs + [pairs[0] if pairs else (0, 0, 0)] * (bucket - len(pairs)), np.int32)
+  return _Layout(*pairs.T, slots, class_ids, counts)
+
+
+def _per_image(batch_maps, counts: list[int]) -> list[np.ndarray]:
+  out = np.asarray(batch_maps)
+  return [out[i, :c] for i, c in enumerate(counts)]
+
 
 def image_maps(
   computer: MapComputer,
@@ -106,7 +211,8 @@ def image_maps(
   related: list[list[list[int]]],
   classes: list[np.ndarray],
   cfg,
-) -> list[np.ndarray]:
+  on_device: bool = False,
+):
   """Aggregated co-attention maps at feature resolution for a batch of query images.
 
   feats_m [B,h,w,D]: the queries; partner_feats [N,h,w,D]: the related images; view_feats:
@@ -114,54 +220,25 @@ def image_maps(
   classes[b][j]. Per class the maps are, in the reference's order (its test script): m's
   map in the pair with the first view, each view's map mapped back, then the mean over the
   K related images; with the three default views that is the paper's 5 maps. Returns per
-  query a [K_b, h, w] array (0..255).
+  query a [K_b, h, w] array (0..255); `on_device`: (the device array [B, J, h, w], K_b per
+  query) instead, for `maps.resize_to_images`.
   """
-  b, h, w, _ = feats_m.shape
-  k = cfg.localize.num_related
-  # Cross-image context: one pairing per (query, class, partner), the head only.
-  pair_q, pair_n = [], []
-  for i in range(b):
-    for partners in related[i]:
-      pair_q += [i] * k
-      pair_n += partners
-  cross = np.zeros((0, h, w, cfg.data.num_classes), np.float32)
-  if pair_q:
-    n = len(pair_q)
-    bucket = -(-n // (b * k)) * (b * k)  # few distinct shapes, few compiles.
-    q = np.asarray(pair_q + [pair_q[0]] * (bucket - n))
-    p = np.asarray(pair_n + [pair_n[0]] * (bucket - n))
-    maps_m, _ = computer.pair_maps(feats_m[q], partner_feats[p])
-    cross = np.asarray(maps_m)[:n]
-  # Self-pairs, in the reference's order: m's own map from the pair with the first view,
-  # then each view's map brought back to m's frame.
-  self_maps = []
-  for j, (view, fv) in enumerate(view_feats.items()):
-    maps_m, maps_v = computer.pair_maps(feats_m, fv)
-    if j == 0:
-      self_maps.append(np.asarray(maps_m))
-    self_maps.append(np.asarray(views.map_back(maps_v, view, (h, w))))
-  out, row = [], 0
-  for i in range(b):
-    per_class = []
-    for c in classes[i]:
-      stack = [m[i, :, :, c] for m in self_maps] + [cross[row : row + k, :, :, c].mean(0)]
-      row += k
-      per_class.append(np.asarray(maps.aggregate(jnp.asarray(np.stack(stack)), cfg.localize.gate)))
-    out.append(np.stack(per_class) if per_class else np.zeros((0, h, w), np.float32))
-  return out
+  layout = _layout(related, classes, cfg.localize.num_related)
+  if partner_feats is None:  # no classes in the batch: nothing to pair with.
+    partner_feats = feats_m[:1]
+  out = computer.batch_maps(feats_m, partner_feats, view_feats, layout, cfg.localize.gate)
+  return (out, layout.counts) if on_device else _per_image(out, layout.counts)
 
 
-def cam_maps(computer: MapComputer, feats: np.ndarray, classes: list[np.ndarray]):
+def cam_maps(
+  computer: MapComputer, feats: np.ndarray, classes: list[np.ndarray], on_device: bool = False
+):
   """Plain single-image CAMs (the ablation's baseline inference): the classifier's class
   maps of each image alone, ReLU and scaled to 0..255 by their max (the aggregation rule
   over one map)."""
-  cams = computer.cams(feats)
-  return [
-    np.stack([np.asarray(maps.aggregate(jnp.asarray(cams[i, None, :, :, c]), 0.0)) for c in cls])
-    if len(cls)
-    else np.zeros((0, *cams.shape[1:3]), np.float32)
-    for i, cls in enumerate(classes)
-  ]
+  class_ids, counts = _class_slots(classes)
+  out = computer.batch_cam_maps(feats, class_ids)
+  return (out, counts) if on_device else _per_image(out, counts)
 
 
 def run(cfg, workdir: str) -> None:
@@ -266,7 +343,8 @@ def _write_maps(
     batch = _padded(chunk, bs)
     classes = [class_index.classes_of(i) for i in batch]
     if method == 'cam':
-      small = cam_maps(computer, computer.features(_input_batch(train, batch, cfg)), classes)
+      images = _input_batch(train, batch, cfg)
+      small = cam_maps(computer, computer.features(images), classes, on_device=True)
     else:
       images = _input_batch(train, batch, cfg)
       view_feats = {
@@ -287,12 +365,15 @@ def _write_maps(
         related,
         classes,
         cfg,
+        on_device=True,
       )
+    # Every map of the batch at its image's size: one device call, one transfer.
+    sizes = [train[i]['image'].shape[:2] for i in chunk]
+    full = maps.resize_to_images(small[0][: len(chunk)], sizes, cfg.localize.quantize_maps)
     for j, i in enumerate(chunk):
       if i in todo:
-        size = train[i]['image'].shape[:2]
-        full = maps.to_image_size(small[j], size, cfg.localize.quantize_maps)
-        run_dir.save_maps(run.map_file(ids[i]), full, classes[j])
+        (h, w), k = sizes[j], small[1][j]
+        run_dir.save_maps(run.map_file(ids[i]), full[j, :k, :h, :w], classes[j])
         counter.update()
     preemption.check('localize')
   counter.close()

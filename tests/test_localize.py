@@ -118,3 +118,77 @@ def test_kept_and_per_batch_related_features_give_the_same_maps(tiny_run, tmp_pa
     b = run_dir.load_maps(run.map_file(i))
     np.testing.assert_array_equal(a[1], b[1])
     np.testing.assert_allclose(a[0], b[0], rtol=1e-4, atol=0.05)  # float16 maps, 0..255.
+
+
+def _numpy_to_image_size(small, size, quantize):
+  """The host procedure localize used before the device one: numpy, float64."""
+  from cows_jax import test_time
+
+  x = np.moveaxis(np.asarray(small, np.float32), 0, -1)
+  x = np.clip(x, 0, 255).astype(np.uint8) if quantize else x
+  return np.moveaxis(test_time.resize_cubic(x, size), -1, 0).astype(np.float32)
+
+
+def test_batched_resize_to_image_sizes_equals_the_host_resize():
+  """One device call for a batch of images of different sizes equals the per-image numpy
+  resize: the uint8 path to the level (a float32 sum may round the other way at a rare x.5),
+  the float path to float32 rounding."""
+  rng = np.random.default_rng(0)
+  small = (rng.random((3, 2, 32, 32)) ** 3 * 255).astype(np.float32)
+  sizes = [(375, 500), (500, 281), (32, 32)]
+  for quantize in (True, False):
+    full = maps.resize_to_images(small, sizes, quantize)
+    assert full.shape == (3, 2, 512, 512)  # padded to multiples of 32.
+    for b, (h, w) in enumerate(sizes):
+      want = _numpy_to_image_size(small[b], (h, w), quantize)
+      got = full[b, :, :h, :w]
+      if quantize:
+        diff = np.abs(got - want)
+        assert diff.max() <= 1 and (diff > 0).mean() < 1e-4
+      else:
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-3)
+      np.testing.assert_array_equal(maps.to_image_size(small[b], (h, w), quantize), got)
+
+
+def test_a_batch_is_one_device_call_with_any_number_of_classes():
+  """image_maps: one jitted call for the whole batch (no call per image or class), images
+  with 0, 1 or 3 classes, each image's maps those of the same image alone."""
+  model = CoAttentionNet(num_classes=4, width=0.125)
+  rng = np.random.default_rng(0)
+  images = rng.normal(size=(4, 32, 32, 3)).astype(np.float32)
+  variables = model.init(jax.random.key(1), images[:1], images[:1])
+  cfg = ml_collections.ConfigDict(
+    {'localize': {'num_related': 2, 'gate': 0.1}, 'data': {'num_classes': 4}}
+  )
+  computer = localize.MapComputer(model, variables)
+  feats = computer.features(images)
+  view_feats = {'flip': computer.features(np.asarray(views.make_view(images[:3], 'flip')))}
+  classes = [np.array([1, 2, 3]), np.array([], np.int64), np.array([0])]
+  related = [[[1, 2], [3, 1], [0, 0]], [], [[2, 3]]]
+  calls = []
+  batch_maps = computer._maps
+  computer._maps = lambda *a, **k: calls.append(1) or batch_maps(*a, **k)
+  out = localize.image_maps(computer, feats[:3], feats, view_feats, related, classes, cfg)
+  assert len(calls) == 1
+  assert [m.shape for m in out] == [(3, 4, 4), (0, 4, 4), (1, 4, 4)]
+  for i in (0, 2):  # the same image alone in its batch.
+    alone = localize.image_maps(
+      computer,
+      feats[i : i + 1],
+      feats,
+      {'flip': view_feats['flip'][i : i + 1]},
+      [related[i]],
+      [classes[i]],
+      cfg,
+    )[0]
+    np.testing.assert_allclose(out[i], alone, rtol=1e-5, atol=1e-4)
+
+
+def test_cubic_taps_are_the_cubic_matrix():
+  from cows_jax import test_time
+
+  for n_in, n_out in ((32, 375), (41, 321), (40, 17), (7, 13), (5, 5)):
+    idx, w = maps.cubic_taps(n_in, n_out)
+    dense = np.zeros((n_out, n_in))
+    np.add.at(dense, (np.arange(n_out)[:, None], idx), w)
+    np.testing.assert_allclose(dense, test_time.cubic_matrix(n_in, n_out), atol=1e-12)
