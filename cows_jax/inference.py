@@ -2,22 +2,27 @@
 mirrored, each scaled image cut into overlapping windows, softmax probabilities averaged.
 
 The network part lives here: `window_probabilities` (softmax of a batch of windows, averaged
-with their mirror images when the mirror is per window); the numpy procedure around it
-(scales, whole-image mirror, windows, stitching) is
-`test_time.py`, which exports share. All windows of an image, at every scale, go to the device
-in one call (padded to a few batch sizes, so few compilations). `load_predictor` gives a run
-directory's trained segmenter as a function image -> probabilities.
+with their mirror images when the mirror is per window). The procedure around it (scales,
+whole-image mirror, windows, stitching, resize back) is `test_time.predict` in numpy, which
+exports ship, and `predict_on_device`, the same procedure with the stitching, the resize of
+the probabilities and the average on the device (the in-process predictor's; equal to
+test_time.predict within float32 rounding, tested). All windows of an image, at every scale,
+go to the device in one call (padded to a few batch sizes, so few compilations).
+`load_predictor` gives a run directory's trained segmenter as a function image ->
+probabilities.
 """
 
 import dataclasses
+import functools
 from typing import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import export as jax_export
+from jax import lax
 
-from cows_jax import checkpoints, crf, losses, parallel, run_dir, test_time
+from cows_jax import checkpoints, crf, losses, maps, parallel, run_dir, test_time
 from cows_jax.models import from_config
 
 
@@ -110,9 +115,141 @@ def load_predictor(cfg, workdir: str, supervision: str = 'pseudo') -> Callable:
   mesh = parallel.local_mesh()
   probs_fn = lambda x: probs(variables, parallel.to_local_devices(np.asarray(x), mesh))
   kwargs = settings.predict_kwargs()
-  return lambda image: test_time.predict(
+  return lambda image: predict_on_device(
     image, probs_fn, mean=cfg.segment.mean, std=cfg.segment.std, **kwargs
   )
+
+
+# --- the test-time procedure on the device ------------------------------------------------
+
+
+def _bilinear_taps(in_size: int, out_size: int):
+  """test_time.resize_bilinear as (indices, weights) [out, 4] (two taps used)."""
+  idx, w = np.zeros((out_size, 4), np.int64), np.zeros((out_size, 4))
+  if in_size == out_size:
+    idx[:, 0], w[:, 0] = np.arange(out_size), 1.0
+    return idx, w
+  pos = np.clip((np.arange(out_size) + 0.5) * in_size / out_size - 0.5, 0, in_size - 1)
+  lo = np.floor(pos).astype(np.int64)
+  t = pos - lo
+  idx[:, 0], idx[:, 1] = lo, np.minimum(lo + 1, in_size - 1)
+  w[:, 0], w[:, 1] = 1 - t, t
+  return idx, w
+
+
+def _resize_taps(interpolation, size, out, offset, mirror, bucket):
+  """Row and column taps of one scale's probabilities: from its (h, w) at `offset` in its
+  canvas to the image's (H, W), columns reversed for a mirrored image, zero weights past
+  (H, W) up to `bucket`: [Hb, 4] indices and weights, then [Wb, 4]."""
+  taps = []
+  for axis in range(2):
+    if interpolation == 'cubic' and size[axis] == out[axis]:
+      idx, w = np.zeros((out[axis], 4), np.int64), np.zeros((out[axis], 4))
+      idx[:, 1], w[:, 1] = np.arange(out[axis]), 1.0  # resize_cubic's identity.
+    elif interpolation == 'cubic':
+      idx, w = maps.cubic_taps(size[axis], out[axis])
+    else:
+      idx, w = _bilinear_taps(size[axis], out[axis])
+    if axis == 1 and mirror:
+      idx, w = idx[::-1], w[::-1]
+    full_idx = np.zeros((bucket[axis], 4), np.int32)
+    full_w = np.zeros((bucket[axis], 4), np.float32)
+    full_idx[: out[axis]], full_w[: out[axis]] = idx + offset[axis], w
+    taps += [full_idx, full_w]
+  return taps
+
+
+def _window_bucket(n: int) -> int:
+  return 1 << max(n - 1, 0).bit_length()
+
+
+@functools.partial(jax.jit, static_argnames=('layout',))
+def _combine(chunks, slots, layout):
+  """The mean over scales (and mirrors) of the stitched probabilities resized to the image.
+
+  chunks: the probs_fn outputs [n, h, w, C]; per scale `slots` (window indices into its
+  chunk, their (y, x) in the canvas, valid flags, then `_resize_taps`) and `layout` (chunk,
+  canvas height, canvas width). Windows are added in order and divided by their count, as
+  test_time.stitch; the resize sums each output's taps in order, rows then columns."""
+  total = 0.0
+  for (chunk, height, width), (idx, ys, xs, valid, r_idx, r_w, c_idx, c_w) in zip(layout, slots):
+    probs = chunks[chunk]
+    win_h, win_w, c = probs.shape[1:]
+
+    def add(j, carry, probs=probs, idx=idx, ys=ys, xs=xs, valid=valid):
+      acc, count = carry
+      at = (ys[j], xs[j], 0)
+      window = probs[idx[j]].astype(jnp.float32) * valid[j]
+      acc = lax.dynamic_update_slice(
+        acc, lax.dynamic_slice(acc, at, (win_h, win_w, c)) + window, at
+      )
+      ones = lax.dynamic_slice(count, at, (win_h, win_w, 1)) + valid[j]
+      return acc, lax.dynamic_update_slice(count, ones, at)
+
+    zeros = (jnp.zeros((height, width, c), jnp.float32), jnp.zeros((height, width, 1), jnp.float32))
+    acc, count = lax.fori_loop(0, idx.shape[0], add, zeros)
+    x = acc / jnp.maximum(count, 1.0)
+    # One gather per tap (each fuses with its multiply-add).
+    x = sum(jnp.take(x, r_idx[:, k], axis=0) * r_w[:, k, None, None] for k in range(4))
+    total = total + sum(jnp.take(x, c_idx[:, k], axis=1) * c_w[None, :, k, None] for k in range(4))
+  return total / len(layout)
+
+
+def predict_on_device(
+  image: np.ndarray,
+  probs_fn: Callable,
+  scales,
+  window: int,
+  stride: float,
+  mean,
+  std,
+  flip_image: bool = False,
+  pad: str = 'bottom_right',
+  interpolation: str = 'cubic',
+) -> np.ndarray:
+  """test_time.predict's procedure and arguments (the scaled images and windows are made on
+  the host by the same code), with the stitching, the resize of the probabilities back to the
+  image, the un-mirroring and the average in one device call and one transfer. Shapes are
+  padded (canvases and the output to multiples of 32, windows per scale to a power of two), so
+  images of nearby sizes share a compilation when windows are used."""
+  if interpolation not in test_time.INTERPOLATIONS:
+    raise ValueError(f'interpolation={interpolation!r}: expected one of {test_time.INTERPOLATIONS}')
+  cubic = interpolation == 'cubic'
+  h, w = image.shape[:2]
+  sizes = [(max(1, round(h * s)), max(1, round(w * s))) for s in scales]
+  mirrors = [m for m in ((False, True) if flip_image else (False,)) for _ in sizes]
+  resize = test_time.resize_cubic if cubic else test_time.resize_image
+  scaled = [
+    test_time.normalize(resize(image[:, ::-1] if m else image, size), mean, std)
+    for m, size in zip(mirrors, sizes * len(mirrors))
+  ]
+  bucket = (maps.size_bucket(h), maps.size_bucket(w))
+  layout, slots = [], []
+  if window:
+    tiles = [test_time.tile(x, window, stride, pad) for x in scaled]
+    crops = np.concatenate([t[0] for t in tiles])
+    n = len(crops)
+    chunks = (probs_fn(np.concatenate([crops, np.repeat(crops[:1], test_time.bucket(n) - n, 0)])),)
+    start = 0
+    for (_, boxes, shape, offset), x, mirror in zip(tiles, scaled, mirrors):
+      k = _window_bucket(len(boxes))
+      ys, xs = np.zeros(k, np.int32), np.zeros(k, np.int32)
+      ys[: len(boxes)], xs[: len(boxes)] = np.asarray(boxes, np.int32).T
+      idx = np.full(k, start, np.int32)
+      idx[: len(boxes)] += np.arange(len(boxes), dtype=np.int32)
+      valid = (np.arange(k) < len(boxes)).astype(np.float32)
+      taps = _resize_taps(interpolation, x.shape[:2], (h, w), offset, mirror, bucket)
+      layout.append((0, maps.size_bucket(shape[0]), maps.size_bucket(shape[1])))
+      slots.append((idx, ys, xs, valid, *taps))
+      start += len(boxes)
+  else:
+    chunks = tuple(probs_fn(x[None]) for x in scaled)
+    for j, (x, mirror) in enumerate(zip(scaled, mirrors)):
+      zero = np.zeros(1, np.int32)
+      taps = _resize_taps(interpolation, x.shape[:2], (h, w), (0, 0), mirror, bucket)
+      layout.append((j, *x.shape[:2]))
+      slots.append((zero, zero, zero, np.ones(1, np.float32), *taps))
+  return np.asarray(_combine(chunks, tuple(slots), layout=tuple(layout)))[:h, :w]
 
 
 def load_export(export_dir: str) -> tuple[Callable, dict]:

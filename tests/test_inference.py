@@ -144,3 +144,41 @@ def test_resize_and_settings():
   cfg.inference.window_stride = 0.0
   with pytest.raises(ValueError, match='inference.window_stride'):
     inference.Settings.from_config(cfg)
+
+
+@pytest.mark.parametrize(
+  'kwargs',
+  [
+    dict(scales=(0.75, 1.25), window=40, stride=2 / 3, flip_image=True),
+    dict(scales=(1.0, 0.5), window=24, stride=0.5, pad='centre'),
+    dict(scales=(0.75, 1.0), window=40, stride=2 / 3, flip_image=True, interpolation='bilinear'),
+    dict(scales=(0.75, 1.0, 1.5), window=0, stride=2 / 3, flip_image=True),
+    dict(scales=(1.0,), window=0, stride=2 / 3, interpolation='bilinear'),
+  ],
+)
+def test_device_procedure_equals_the_numpy_one(tiny_model, kwargs):
+  """inference.predict_on_device (stitching, resize back, mirror and mean on the device: the
+  in-process predictor) equals test_time.predict (numpy: what exports run) within 1e-5."""
+  model, variables = tiny_model
+  probs_fn = jax.jit(
+    functools.partial(inference.window_probabilities(model, False, True), variables)
+  )
+  for image in (_image(50, 70), _image(37, 29, seed=2)):
+    want = test_time.predict(image, probs_fn, mean=MEAN, std=STD, **kwargs)
+    got = inference.predict_on_device(image, probs_fn, mean=MEAN, std=STD, **kwargs)
+    assert got.shape == want.shape == (*image.shape[:2], 3)
+    np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+def test_device_procedure_compiles_once_for_nearby_sizes(tiny_model):
+  """With windows, images whose padded sizes fall in the same buckets share one compiled
+  combination step (window positions and resize taps are arguments)."""
+  model, variables = tiny_model
+  probs_fn = jax.jit(
+    functools.partial(inference.window_probabilities(model, False, True), variables)
+  )
+  kwargs = dict(scales=(1.0, 1.25), window=40, stride=2 / 3, flip_image=True, mean=MEAN, std=STD)
+  inference.predict_on_device(_image(50, 70), probs_fn, **kwargs)
+  before = inference._combine._cache_size()
+  inference.predict_on_device(_image(48, 68, seed=3), probs_fn, **kwargs)
+  assert inference._combine._cache_size() == before
