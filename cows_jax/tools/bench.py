@@ -1,4 +1,5 @@
-"""`cows-jax bench train-step|segment-step|localize|inference|input|localize-memory|export`:
+"""`cows-jax bench train-step|segment-step|localize|inference|input|localize-memory|export`
+(and conv, test-time: tools/bench_conv.py, tools/bench_test_time.py):
 our jitted code against the reference's procedure (and, where torch is importable, the PyTorch
 reference of cows_jax/tools/torch_reference.py) on random images and randomly initialised
 networks; the input pipeline against the training step.
@@ -49,6 +50,7 @@ from cows_jax import (
 from cows_jax.configs.defaults import paper_defaults
 from cows_jax.data import input_pipeline, sources
 from cows_jax.models import from_config
+from cows_jax.tools import bench_conv, bench_test_time
 
 SELF_VIEWS = {'pair': (), 'full': ('flip', 0.75, 2.0)}
 CLASSES_PER_IMAGE = 2  # localize: classes of each query image (VOC train averages ~1.5).
@@ -1137,6 +1139,12 @@ def _parser() -> argparse.ArgumentParser:
       help='compute dtype (model.dtype / segment.dtype; torch: autocast)',
     )
     p.add_argument('--json', default='', help='also write the table to this JSON file')
+  bench_conv.add_arguments(
+    sub.add_parser('conv', help="conv gradients: XLA's and models/conv.py's")
+  )
+  bench_test_time.add_arguments(
+    sub.add_parser('test-time', help='test time with stitching/resizes on the host vs the device')
+  )
   return parser
 
 
@@ -1150,6 +1158,8 @@ def main(argv) -> int:
     'input': input_bench,
     'localize-memory': localize_memory_bench,
     'export': export_bench,
+    'conv': bench_conv.run,
+    'test-time': bench_test_time.run,
   }
   benches[args.what](args)
   return 0
