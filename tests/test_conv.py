@@ -219,3 +219,12 @@ def test_accelerators_keep_xla_gradients(platform):
     platforms=['cpu'],
   )(x, w).mlir_module()
   assert 'while' in cpu  # the CPU does take the blocked kernel gradient.
+
+
+def test_bench_conv_smoke(capsys):
+  """`cows-jax bench conv` at a tiny size: a line per shape, then the TABLE literal."""
+  bench_conv.main(
+    ['--models', 'classify', '--size', '16', '--width', '0.03', '--views', 'pair', '--rounds', '1']
+  )
+  out = capsys.readouterr().out
+  assert 'bench conv:' in out and 'TABLE = {' in out and '"bench": "conv"' in out

@@ -182,3 +182,12 @@ def test_device_procedure_compiles_once_for_nearby_sizes(tiny_model):
   before = inference._combine._cache_size()
   inference.predict_on_device(_image(48, 68, seed=3), probs_fn, **kwargs)
   assert inference._combine._cache_size() == before
+
+
+def test_bench_test_time_smoke(capsys):
+  from cows_jax.tools import bench_test_time
+
+  args = ['--stages', '1,1,1,1', '--width', '0.0625', '--image', '40x30', '--window', '24']
+  bench_test_time.main(args + ['--scales', '1.0', '--images', '1', '--classes', '2'])
+  out = capsys.readouterr().out
+  assert 'host / device' in out and '"bench": "test-time"' in out
