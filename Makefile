@@ -33,7 +33,7 @@ demo: install
 test: install
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
-	JAX_PLATFORMS=$(or $(JAX_PLATFORMS),cpu) $(BIN)/python -m pytest tests
+	JAX_PLATFORMS=$(or $(JAX_PLATFORMS),cpu) $(BIN)/python -m pytest tests --durations=15
 
 clean:
 	rm -rf $(VENV) workdir
