@@ -192,3 +192,38 @@ def test_cubic_taps_are_the_cubic_matrix():
     dense = np.zeros((n_out, n_in))
     np.add.at(dense, (np.arange(n_out)[:, None], idx), w)
     np.testing.assert_allclose(dense, test_time.cubic_matrix(n_in, n_out), atol=1e-12)
+
+
+def test_cam_method_writes_the_single_image_maps_at_image_size(tiny_run, tmp_path):
+  """localize.method='cam' (the ablation's baseline) through the batched device path: each
+  image's file holds its CAMs resized to its size, as cam_maps and to_image_size give them
+  one image at a time."""
+  import shutil
+
+  from cows_jax import checkpoints, config, run_dir
+  from cows_jax.data import sources
+  from cows_jax.data.pairs import ClassIndex
+  from cows_jax.models import from_config
+
+  cfg, original = tiny_run
+  workdir = str(tmp_path / 'run')
+  shutil.copytree(original, workdir, symlinks=True)
+  run = run_dir.RunDir(workdir)
+  shutil.rmtree(run.maps())
+  cfg = config.finalize(config.with_overrides(cfg, (('localize.method', 'cam'),)))
+  localize.run(cfg, workdir)
+  model = from_config.classifier(cfg)
+  step = run_dir.classifier_epoch_step(run, cfg.classify.localize_after_epochs)
+  like = from_config.abstract_variables(model, cfg)
+  variables, _ = checkpoints.restore_variables(run.classifier(), step, like, 'classify')
+  computer = localize.MapComputer(model, variables)
+  train = sources.load(cfg)['train']
+  index = ClassIndex(sources.all_labels(train))
+  for i in range(3):
+    classes = index.classes_of(i)
+    feats = computer.features(localize._input_batch(train, [i], cfg))
+    [small] = localize.cam_maps(computer, feats, [classes])
+    want = maps.to_image_size(small, train[i]['image'].shape[:2], cfg.localize.quantize_maps)
+    got, got_classes = run_dir.load_maps(run.map_file(str(train[i]['id'])))
+    np.testing.assert_array_equal(got_classes, classes)
+    np.testing.assert_allclose(got, want, atol=1.0)  # float16 files; batch of 1 vs of 16.

@@ -4,7 +4,8 @@ XLA's CPU backend runs a forward convolution fast (its YNNPACK fusion, about one
 and so the input gradient of a stride-1 convolution, which it emits as a forward convolution
 of the output gradient with the flipped, transposed kernel. It is slow elsewhere:
 - the kernel gradient is a convolution with the activations as the kernel (a window the size
-  of the image, a 3x3 output): 4x to 6x the forward on the VGG layers of a 256 px step;
+  of the image, a 3x3 output): 1.3x to 19x the forward on the VGG layers of a 256 px step
+  (3x to 8x on most of the large ones);
 - the input gradient of a strided convolution is a convolution of the zero-dilated output
   gradient, which leaves YNNPACK (2x the forward for a 3x3 stride-2 conv).
 
