@@ -147,7 +147,7 @@ def _resize_taps(interpolation, size, out, offset, mirror, bucket):
       idx, w = np.zeros((out[axis], 4), np.int64), np.zeros((out[axis], 4))
       idx[:, 1], w[:, 1] = np.arange(out[axis]), 1.0  # resize_cubic's identity.
     elif interpolation == 'cubic':
-      idx, w = maps.cubic_taps(size[axis], out[axis])
+      idx, w = test_time.cubic_taps(size[axis], out[axis])
     else:
       idx, w = _bilinear_taps(size[axis], out[axis])
     if axis == 1 and mirror:

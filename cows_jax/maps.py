@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cows_jax import views
+from cows_jax import test_time, views
 
 
 def aggregate(maps: jax.Array, gate: float) -> jax.Array:
@@ -72,22 +72,8 @@ def size_bucket(n: int, step: int = 32) -> int:
   return -(-n // step) * step
 
 
-def cubic_taps(in_size: int, out_size: int, a: float = -0.75):
-  """OpenCV's INTER_CUBIC as 4 taps per output pixel: (indices [out, 4], weights [out, 4]),
-  test_time.cubic_matrix's weights before the border taps are merged."""
-  src = (np.arange(out_size) + 0.5) * (in_size / out_size) - 0.5
-  base = np.floor(src).astype(int)
-  x = np.abs(src[:, None] - (base[:, None] + np.arange(-1, 3)))
-  w = np.where(
-    x <= 1,
-    ((a + 2) * x - (a + 3)) * x * x + 1,
-    np.where(x < 2, ((a * x - 5 * a) * x + 8 * a) * x - 4 * a, 0.0),
-  )
-  return np.clip(base[:, None] + np.arange(-1, 3), 0, in_size - 1), w
-
-
 def resize_taps(small: tuple[int, int], sizes, bucket: tuple[int, int]):
-  """`cubic_taps` from a map of size `small` to each image's (H, W), padded with zero
+  """`test_time.cubic_taps` from a map of size `small` to each image's (H, W), padded with zero
   weights past H and W up to the bucket: row indices and weights [B, Hb, 4], columns
   [B, Wb, 4]."""
   taps = []
@@ -98,7 +84,7 @@ def resize_taps(small: tuple[int, int], sizes, bucket: tuple[int, int]):
       if size[axis] == small[axis]:  # the identity, as test_time.resize_cubic.
         idx[i, : size[axis], 1], w[i, : size[axis], 1] = np.arange(size[axis]), 1.0
       else:
-        idx[i, : size[axis]], w[i, : size[axis]] = cubic_taps(small[axis], size[axis])
+        idx[i, : size[axis]], w[i, : size[axis]] = test_time.cubic_taps(small[axis], size[axis])
     taps += [idx, w]
   return taps
 

@@ -184,16 +184,6 @@ def test_a_batch_is_one_device_call_with_any_number_of_classes():
     np.testing.assert_allclose(out[i], alone, rtol=1e-5, atol=1e-4)
 
 
-def test_cubic_taps_are_the_cubic_matrix():
-  from cows_jax import test_time
-
-  for n_in, n_out in ((32, 375), (41, 321), (40, 17), (7, 13), (5, 5)):
-    idx, w = maps.cubic_taps(n_in, n_out)
-    dense = np.zeros((n_out, n_in))
-    np.add.at(dense, (np.arange(n_out)[:, None], idx), w)
-    np.testing.assert_allclose(dense, test_time.cubic_matrix(n_in, n_out), atol=1e-12)
-
-
 def test_cam_method_writes_the_single_image_maps_at_image_size(tiny_run, tmp_path):
   """localize.method='cam' (the ablation's baseline) through the batched device path: each
   image's file holds its CAMs resized to its size, as cam_maps and to_image_size give them
