@@ -9,9 +9,17 @@ a VOC-style ground-truth mask (0 background, k+1 for class k, 255 on a thin band
 object boundaries) and a simulated saliency map with realistic errors (blur, misses,
 false positives on clutter, noise).
 
+Two extra splits stand in for the paper's extra training images (settings 2 and 3), read
+through data.extra (layout 'split'): `single_label` holds one object per image on a plainer
+background (smoother, no clutter), like Caltech-256 next to VOC; `web` holds images drawn like
+train whose label set is, at the rate `web_noise_rate`, replaced by a wrong one, like web images
+found by a search for another class (the true labels are kept in 'true_labels').
+
 Example i of split s depends only on (seed, s, i). `build` writes the examples as a TFDS
 array_record dataset with the features and PNG encoding of the real datasets' builds
 (records.py); `load_sources` returns their decoded random-access sources, records.RecordSource.
+Train and val are built together; each extra split is built alone, when a config reads it
+(`load_split`), so a build of train and val neither grows nor changes name with them.
 """
 
 import colorsys
@@ -27,7 +35,17 @@ from cows_jax.data import builds, records
 
 # Bumped whenever rendering changes, so that datasets built by older code are not reused.
 _GENERATOR_VERSION = 1
-SPLITS = ('train', 'val')
+# Example seeds hold a split's index here: new splits are appended, so no example changes.
+SPLITS = ('train', 'val', 'single_label', 'web')
+DATASET_SPLITS = ('train', 'val')  # built together: the dataset's splits
+EXTRA_SPLITS = ('single_label', 'web')  # each built alone: extra classifier images
+# The spec fields of each split: a build's fingerprint leaves out those of splits it lacks.
+_SPLIT_FIELDS = {
+  'train': ('train_size',),
+  'val': ('val_size',),
+  'single_label': ('single_label_size',),
+  'web': ('web_size', 'web_noise_rate'),
+}
 MIN_VISIBLE_FRACTION = 0.01  # objects with a smaller visible core are unlabelled (ignore)
 WEAK_SALIENCY_PROB = 0.10  # fraction of objects the simulated saliency nearly misses
 PARTIAL_SALIENCY_PROB = 0.15  # fraction of objects whose saliency misses one side
@@ -49,6 +67,9 @@ class SyntheticSpec:
   val_size: int = 300
   seed: int = 0
   max_objects: int = 3
+  single_label_size: int = 500
+  web_size: int = 500
+  web_noise_rate: float = 0.3  # fraction of web images whose label set is wrong
 
   def __post_init__(self):
     if not 1 <= self.num_classes <= len(CLASS_NAMES):
@@ -57,20 +78,28 @@ class SyntheticSpec:
       )
     if not 32 <= self.image_size <= 512:
       raise ValueError(f'SyntheticSpec.image_size must be in 32..512, got {self.image_size}')
-    for field in ('train_size', 'val_size', 'max_objects'):
+    for field in ('train_size', 'val_size', 'single_label_size', 'web_size', 'max_objects'):
       if getattr(self, field) < 1:
         raise ValueError(f'SyntheticSpec.{field} must be >= 1, got {getattr(self, field)}')
     if self.seed < 0:
       raise ValueError(f'SyntheticSpec.seed must be >= 0, got {self.seed}')
+    if not 0 <= self.web_noise_rate <= 1:
+      raise ValueError(f'SyntheticSpec.web_noise_rate must be in 0..1, got {self.web_noise_rate}')
 
-  def fingerprint(self) -> str:
-    """Short stable hash of all fields and the generator version."""
-    payload = dict(dataclasses.asdict(self), generator_version=_GENERATOR_VERSION)
+  def fingerprint(self, splits: tuple[str, ...] = DATASET_SPLITS) -> str:
+    """Short stable hash of what the build of `splits` depends on: the fields, less those of
+    other splits, and the generator version. For train and val that is every field the spec
+    had before the extra splits, so their builds kept their names."""
+    others = {f for s in SPLITS if s not in splits for f in _SPLIT_FIELDS[s]}
+    payload = {k: v for k, v in dataclasses.asdict(self).items() if k not in others}
+    payload['generator_version'] = _GENERATOR_VERSION
+    if tuple(splits) != DATASET_SPLITS:
+      payload['splits'] = list(splits)
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
 
   def split_size(self, split: str) -> int:
     """Number of examples in `split`."""
-    return {'train': self.train_size, 'val': self.val_size}[_check_split(split)]
+    return getattr(self, _SPLIT_FIELDS[_check_split(split)][0])
 
 
 def _check_split(split: str) -> str:
@@ -312,6 +341,17 @@ def _background(rng, size: int, yy, xx) -> np.ndarray:
   return image
 
 
+def _plain_background(rng, size: int, yy, xx) -> np.ndarray:
+  """`_background`'s colour gradient with a third of its coarse noise and no mottling: the
+  plainer backgrounds of single-label photo collections."""
+  base_a = _hsv(rng.random(), rng.uniform(0.1, 0.5), rng.uniform(0.3, 0.8))
+  base_b = _hsv(rng.random(), rng.uniform(0.1, 0.5), rng.uniform(0.3, 0.8))
+  angle = rng.uniform(0, 2 * np.pi)
+  ramp = ((np.cos(angle) * xx + np.sin(angle) * yy) / size * 0.7 + 0.5).clip(0, 1)[..., None]
+  image = base_a * (1 - ramp) + base_b * ramp
+  return image + 0.12 * (_smooth_noise(rng, size, 3, 3) - 0.5)
+
+
 def _window_mask(size: int, centre, half: float, shape_fn: Callable) -> np.ndarray:
   """Full-size mask of a shape rasterized only inside its bounding window, for speed."""
   lo = np.clip(np.floor(np.asarray(centre) - half), 0, size).astype(int)
@@ -380,12 +420,13 @@ def _object_mask(rng, cls: int, size: int) -> tuple[np.ndarray, tuple]:
   return mask, (centre, *pose)
 
 
-def _place_objects(rng, spec: SyntheticSpec):
-  """Samples objects one by one; a pose is rejected if it hides too much of an earlier object."""
+def _place_objects(rng, spec: SyntheticSpec, count: int):
+  """Samples `count` objects one by one; a pose is rejected if it hides too much of an
+  earlier object (after 20 rejections the object is left out)."""
   size, min_area = spec.image_size, 2 * MIN_VISIBLE_FRACTION * spec.image_size**2
   instances = np.full((size, size), -1, np.int32)
   objects = []
-  for _ in range(int(rng.integers(1, spec.max_objects + 1))):
+  for _ in range(count):
     cls = int(rng.integers(spec.num_classes))
     for _attempt in range(20):
       mask, pose = _object_mask(rng, cls, size)
@@ -408,17 +449,22 @@ def _paint(rng, image, mask, placement, appearance: _Appearance, yy, xx) -> None
   image[mask] = base * (1 - weight) + second * weight
 
 
-def _render(rng, spec: SyntheticSpec):
-  """Composites background, clutter and objects; returns image, instance ids, classes, clutter masks."""
+def _render(rng, spec: SyntheticSpec, plain: bool = False):
+  """Composites background, clutter and objects; returns image, instance ids, classes, clutter
+  masks. `plain` (the single_label split): one object on a plain background, no clutter."""
   size = spec.image_size
   yy, xx = _grid(size)
-  image = _background(rng, size, yy, xx)
+  image = (_plain_background if plain else _background)(rng, size, yy, xx)
   instances = np.full((size, size), -1, np.int32)
-  objects = _place_objects(rng, spec)
-  clutter = [
-    (_clutter_mask(rng, size), _clutter_color(rng, spec.num_classes))
-    for _ in range(rng.integers(3, 9))
-  ]
+  objects = _place_objects(rng, spec, 1 if plain else int(rng.integers(1, spec.max_objects + 1)))
+  clutter = (
+    []
+    if plain
+    else [
+      (_clutter_mask(rng, size), _clutter_color(rng, spec.num_classes))
+      for _ in range(rng.integers(3, 9))
+    ]
+  )
   on_top = rng.random(len(clutter)) < 0.2
   for mask, color in (c for c, top in zip(clutter, on_top) if not top):
     image[mask] = color
@@ -470,27 +516,49 @@ def _saliency(rng, instances: np.ndarray, clutter: list[np.ndarray], size: int) 
   return np.round(255 * np.clip(sal, 0, 1)).astype(np.uint8)
 
 
+def _web_labels(rng, labels: np.ndarray, noise_rate: float) -> np.ndarray:
+  """The labels a web search gives: at `noise_rate`, as many classes as the image holds,
+  drawn from those it lacks (it was found by a search for another class); else its own."""
+  if rng.random() >= noise_rate:
+    return labels
+  absent = np.flatnonzero(labels == 0)
+  wrong = np.zeros_like(labels)
+  wrong[rng.choice(absent, min(int(labels.sum()), len(absent)), replace=False)] = 1
+  return wrong
+
+
 def generate_example(spec: SyntheticSpec, split: str, index: int) -> dict:
   """Example `index` of `split`, a pure function of (spec, split, index).
 
-  Returns {'image': uint8[H,W,3], 'mask': uint8[H,W], 'saliency': uint8[H,W], 'labels': uint8[C]}.
+  Returns {'image': uint8[H,W,3], 'mask': uint8[H,W], 'saliency': uint8[H,W], 'labels': uint8[C]};
+  the web split's also 'true_labels' uint8[C] (the mask holds the true classes).
   """
   if not 0 <= index < spec.split_size(split):
     raise IndexError(
       f'index {index} out of range for split {split!r} of size {spec.split_size(split)}'
     )
+  if split == 'web' and spec.num_classes <= spec.max_objects:
+    raise ValueError(
+      f'the web split needs num_classes > max_objects (got {spec.num_classes} and '
+      f'{spec.max_objects}), so that each image lacks a class to be wrongly labelled with; '
+      'raise data.num_classes or lower data.max_objects'
+    )
   rng = np.random.default_rng([spec.seed, SPLITS.index(split), index])
   while True:  # re-draw the rare scene in which no object stays visible enough to be labelled
-    image, instances, classes, clutter = _render(rng, spec)
+    image, instances, classes, clutter = _render(rng, spec, plain=split == 'single_label')
     mask, labels = _ground_truth(instances, classes, spec.num_classes)
     if labels.any():
       break
-  return {
+  example = {
     'image': np.round(255 * np.clip(image, 0, 1)).astype(np.uint8),
     'mask': mask,
     'saliency': _saliency(rng, instances, clutter, spec.image_size),
     'labels': labels,
   }
+  if split == 'web':
+    example['labels'] = _web_labels(rng, labels, spec.web_noise_rate)
+    example['true_labels'] = labels
+  return example
 
 
 # ----------------------------------------------------------------------------- TFDS storage
@@ -498,13 +566,15 @@ def generate_example(spec: SyntheticSpec, split: str, index: int) -> dict:
 
 @dataclasses.dataclass(eq=False)
 class SpecConfig(tfds.core.BuilderConfig):
-  """Builder config carrying the spec; it travels with the builder when pickled (grain workers)."""
+  """Builder config carrying the spec and the splits to build; it travels with the builder
+  when pickled (grain workers)."""
 
   spec: SyntheticSpec = SyntheticSpec()
+  splits: tuple[str, ...] = DATASET_SPLITS
 
 
 class CowsSynthetic(tfds.core.GeneratorBasedBuilder):
-  """TFDS builder of one SyntheticSpec; the config name is the spec fingerprint."""
+  """TFDS builder of some splits of one SyntheticSpec; the config name is their fingerprint."""
 
   VERSION = tfds.core.Version('1.0.0')
 
@@ -514,41 +584,44 @@ class CowsSynthetic(tfds.core.GeneratorBasedBuilder):
 
   def _info(self) -> tfds.core.DatasetInfo:
     c = self._spec.num_classes
+    features = {
+      'image': tfds.features.Tensor(shape=(), dtype=np.object_),
+      'mask': tfds.features.Tensor(shape=(), dtype=np.object_),
+      'saliency': tfds.features.Tensor(shape=(), dtype=np.object_),
+      'labels': tfds.features.Tensor(shape=(c,), dtype=np.uint8),
+      'id': tfds.features.Tensor(shape=(), dtype=np.object_),
+    }
+    if 'web' in self.builder_config.splits:
+      features['true_labels'] = tfds.features.Tensor(shape=(c,), dtype=np.uint8)
     return tfds.core.DatasetInfo(
       builder=self,
       description=f'CoWS synthetic weakly supervised segmentation data, {self._spec}',
-      features=tfds.features.FeaturesDict(
-        {
-          'image': tfds.features.Tensor(shape=(), dtype=np.object_),
-          'mask': tfds.features.Tensor(shape=(), dtype=np.object_),
-          'saliency': tfds.features.Tensor(shape=(), dtype=np.object_),
-          'labels': tfds.features.Tensor(shape=(c,), dtype=np.uint8),
-          'id': tfds.features.Tensor(shape=(), dtype=np.object_),
-        }
-      ),
+      features=tfds.features.FeaturesDict(features),
       disable_shuffling=True,  # record i is example i, so sources match generate_example
     )
 
   def _split_generators(self, dl_manager):
-    return {split: self._generate_examples(split) for split in SPLITS}
+    return {split: self._generate_examples(split) for split in self.builder_config.splits}
 
   def _generate_examples(self, split: str):
     for index in range(self._spec.split_size(split)):
       example = generate_example(self._spec, split, index)
-      yield (
-        index,
-        {
-          'image': records.encode_png(example['image']),
-          'mask': records.encode_png(example['mask']),
-          'saliency': records.encode_png(example['saliency']),
-          'labels': example['labels'],
-          'id': f'{split}_{index:06d}'.encode(),
-        },
-      )
+      record = {
+        'image': records.encode_png(example['image']),
+        'mask': records.encode_png(example['mask']),
+        'saliency': records.encode_png(example['saliency']),
+        'labels': example['labels'],
+        'id': f'{split}_{index:06d}'.encode(),
+      }
+      if 'true_labels' in example:
+        record['true_labels'] = example['true_labels']
+      yield index, record
 
 
-def _builder(spec: SyntheticSpec, data_dir: str) -> CowsSynthetic:
-  config = SpecConfig(name=spec.fingerprint(), description=repr(spec), spec=spec)
+def _builder(spec: SyntheticSpec, data_dir: str, splits: tuple[str, ...]) -> CowsSynthetic:
+  config = SpecConfig(
+    name=spec.fingerprint(splits), description=repr(spec), spec=spec, splits=splits
+  )
   return CowsSynthetic(config=config, data_dir=data_dir, file_format='array_record')
 
 
@@ -558,8 +631,12 @@ def build(spec: SyntheticSpec, data_dir: str) -> str:
   return str(_prepared(spec, data_dir).data_dir)
 
 
-def _prepared(spec: SyntheticSpec, data_dir: str) -> CowsSynthetic:
-  return builds.prepared(lambda: _builder(spec, data_dir), f'synthetic dataset {spec}')
+def _prepared(
+  spec: SyntheticSpec, data_dir: str, splits: tuple[str, ...] = DATASET_SPLITS
+) -> CowsSynthetic:
+  return builds.prepared(
+    lambda: _builder(spec, data_dir, splits), f'synthetic dataset {spec}, {"/".join(splits)}'
+  )
 
 
 def load_sources(spec: SyntheticSpec, data_dir: str) -> dict[str, records.RecordSource]:
@@ -567,5 +644,14 @@ def load_sources(spec: SyntheticSpec, data_dir: str) -> dict[str, records.Record
   builder = _prepared(spec, data_dir)
   sources = builder.as_data_source()
   return {
-    split: records.RecordSource(sources[split], {}, str(builder.data_dir)) for split in SPLITS
+    split: records.RecordSource(sources[split], {}, str(builder.data_dir))
+    for split in DATASET_SPLITS
   }
+
+
+def load_split(spec: SyntheticSpec, split: str, data_dir: str) -> records.RecordSource:
+  """The extra split `split` (EXTRA_SPLITS), built alone if needed, as decoded records."""
+  if split not in EXTRA_SPLITS:
+    raise ValueError(f'{split!r} is not an extra split of the synthetic dataset ({EXTRA_SPLITS})')
+  builder = _prepared(spec, data_dir, (split,))
+  return records.RecordSource(builder.as_data_source()[split], {}, str(builder.data_dir))
