@@ -25,6 +25,12 @@ def paper_defaults() -> ml_collections.ConfigDict:
   c.data.val_size = 300
   c.data.seed = 0
   c.data.max_objects = 3
+  # synthetic: the extra splits data.extra.layout='split' reads (settings 2 and 3), each
+  # built only when read: one object per image on a plainer background; images drawn like
+  # train whose label set is wrong at web_noise_rate (data/synthetic.py).
+  c.data.single_label_size = 500
+  c.data.web_size = 500
+  c.data.web_noise_rate = 0.3
   c.data.classify_split = 'train'  # the classifier's split (VOC: 'train_aug').
   c.data.train_split = 'train'  # split given maps and pseudo labels; trains the segmenter.
   c.data.eval_split = 'val'  # split the segmenter is evaluated on.
@@ -45,7 +51,9 @@ def paper_defaults() -> ml_collections.ConfigDict:
   c.data.lists.mask_dir = ''
   c.data.lists.masked_splits = ('val',)
   c.data.extra = ml_collections.ConfigDict()  # settings 2 and 3: extra classifier images.
-  c.data.extra.layout = 'none'  # 'folders' (ROOT/<class>/*.jpg) | 'list' | 'none'.
+  # 'folders' (ROOT/<class>/*.jpg) | 'list' | 'split' (synthetic: data.extra.split) | 'none'.
+  c.data.extra.layout = 'none'
+  c.data.extra.split = ''  # split: 'single_label' | 'web' (the synthetic dataset's extras).
   c.data.extra.root = ''  # folders: their root; list: the image root.
   c.data.extra.list_file = ''
   c.data.extra.is_noisy_source = False  # web images: labels from search queries.

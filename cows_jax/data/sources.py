@@ -6,7 +6,8 @@ has an all-ignore mask, one without a saliency map a [0, 0] saliency.
 
 Stages ask by role: `load(cfg)['train']` is data.train_split (maps, pseudo labels, the
 segmenter), `load(cfg)['val']` data.eval_split, and `classifier_pool(cfg)` holds
-data.classify_split with the extra images of data.extra mixed in.
+data.classify_split with the extra images of data.extra mixed in: folders or a list file of
+the user's, or (layout 'split') an extra split of the synthetic dataset's own builder.
 """
 
 import os
@@ -16,7 +17,7 @@ import numpy as np
 from cows_jax.data import image_lists, mixing, records, synthetic, voc
 
 DATASETS = ('synthetic', 'voc12', 'image_lists')
-EXTRA_LAYOUTS = ('none', 'folders', 'list')
+EXTRA_LAYOUTS = ('none', 'folders', 'list', 'split')
 
 
 def data_dir(cfg) -> str:
@@ -35,6 +36,9 @@ def synthetic_spec(cfg) -> synthetic.SyntheticSpec:
     val_size=d.val_size,
     seed=d.seed,
     max_objects=d.max_objects,
+    single_label_size=d.single_label_size,
+    web_size=d.web_size,
+    web_noise_rate=d.web_noise_rate,
   )
 
 
@@ -125,7 +129,8 @@ def load(cfg) -> dict:
 
 
 def extra_layout(cfg):
-  """The layout of data.extra (class names those of the dataset), or None."""
+  """The layout of data.extra's folders or list file (class names those of the dataset), or
+  None for the layouts 'none' and 'split'."""
   e = cfg.data.extra
   if e.layout not in EXTRA_LAYOUTS:
     raise ValueError(f'data.extra.layout={e.layout!r}; expected one of {EXTRA_LAYOUTS}')
@@ -136,12 +141,24 @@ def extra_layout(cfg):
   return None
 
 
+def extra_split(cfg):
+  """Layout 'split': the extra split data.extra.split of the synthetic dataset, whole."""
+  name, split = cfg.data.name, cfg.data.extra.split
+  if name != 'synthetic' or split not in synthetic.EXTRA_SPLITS:
+    raise ValueError(
+      f'data.extra.split={split!r} is not an extra split of dataset {name!r}; '
+      f"data.extra.layout='split' reads the synthetic dataset's "
+      f'{" or ".join(synthetic.EXTRA_SPLITS)} (data.name=synthetic)'
+    )
+  return synthetic.load_split(synthetic_spec(cfg), split, data_dir(cfg))
+
+
 def load_extra(cfg) -> dict:
   """{'train': source} of the extra images, whole, or {} without any."""
   layout = extra_layout(cfg)
-  if layout is None:
-    return {}
-  return image_lists.load(layout, data_dir(cfg), cfg.data.max_skipped_fraction)
+  if layout is not None:
+    return image_lists.load(layout, data_dir(cfg), cfg.data.max_skipped_fraction)
+  return {'train': extra_split(cfg)} if cfg.data.extra.layout == 'split' else {}
 
 
 def _classifier_sources(cfg) -> tuple:

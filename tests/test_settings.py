@@ -1,0 +1,152 @@
+"""The paper's data settings in the synthetic world: the extra splits (single-label images,
+web images with wrong labels), the extra layout that reads them, and `ablate --settings`."""
+
+import dataclasses
+import hashlib
+
+import numpy as np
+import pytest
+
+from cows_jax import config
+from cows_jax.data import sources, synthetic
+
+SPEC = synthetic.SyntheticSpec(
+  image_size=48, train_size=32, val_size=8, single_label_size=6, web_size=10
+)
+GEN = synthetic.SyntheticSpec(image_size=48)  # default split sizes, for generate_example
+
+
+def _digest(example: dict) -> str:
+  h = hashlib.sha256()
+  for key in sorted(example):
+    h.update(key.encode())
+    h.update(example[key].tobytes())
+  return h.hexdigest()[:16]
+
+
+def test_train_and_val_unchanged_by_the_extra_splits():
+  """Digests and fingerprints computed before the extra splits existed (commit 5d84648)."""
+  before = {
+    ('train', 0): 'cf5c91ab3e931204',
+    ('train', 1): '0e962809ee5ec269',
+    ('train', 2): 'ba6b1557c201255d',
+    ('val', 0): 'e3a591a596953d23',
+    ('val', 7): '6474c081bfb0654c',
+  }
+  for (split, index), digest in before.items():
+    assert _digest(synthetic.generate_example(SPEC, split, index)) == digest, (split, index)
+  # the train/val build keeps its name, whatever the extra splits' fields
+  assert SPEC.fingerprint() == '098e777d4f2f'
+  assert synthetic.SyntheticSpec().fingerprint() == 'fa470677fec0'
+  # each extra split's build depends on its own fields only
+  other_web = dataclasses.replace(SPEC, web_noise_rate=0.5)
+  assert other_web.fingerprint() == SPEC.fingerprint()
+  assert other_web.fingerprint(('single_label',)) == SPEC.fingerprint(('single_label',))
+  assert other_web.fingerprint(('web',)) != SPEC.fingerprint(('web',))
+
+
+def test_single_label_split_holds_one_object_on_a_plain_background():
+  for i in range(30):
+    example = synthetic.generate_example(GEN, 'single_label', i)
+    classes = set(np.unique(example['mask'])) - {0, 255}
+    assert example['labels'].sum() == 1 and classes == {np.flatnonzero(example['labels'])[0] + 1}
+
+  # plainer: no clutter and a smoother field than train's (mean gradient magnitude)
+  def roughness(split):
+    images = [synthetic.generate_example(GEN, split, i)['image'] for i in range(20)]
+    return np.mean([np.abs(np.diff(im.astype(float), axis=0)).mean() for im in images])
+
+  assert roughness('single_label') < 0.8 * roughness('train')
+
+
+def test_web_split_labels_are_wrong_at_the_stated_rate():
+  spec = synthetic.SyntheticSpec(image_size=32, web_size=200, web_noise_rate=0.3)
+  examples = [synthetic.generate_example(spec, 'web', i) for i in range(200)]
+  wrong = [not np.array_equal(e['labels'], e['true_labels']) for e in examples]
+  assert abs(np.mean(wrong) - 0.3) < 0.1  # 3 standard deviations of a 200-image rate
+  for e, w in zip(examples, wrong):
+    assert e['labels'].sum() == e['true_labels'].sum()  # as many labels as the image holds
+    if w:  # every wrong label names a class the image lacks
+      assert not np.any(e['labels'] & e['true_labels'])
+    assert set(np.unique(e['mask'])) - {0, 255} == set(np.flatnonzero(e['true_labels']) + 1)
+  clean = synthetic.SyntheticSpec(image_size=32, web_size=20, web_noise_rate=0.0)
+  for i in range(20):
+    e = synthetic.generate_example(clean, 'web', i)
+    assert np.array_equal(e['labels'], e['true_labels'])
+
+
+def test_extra_splits_are_deterministic_and_new_images():
+  for split in synthetic.EXTRA_SPLITS:
+    a, b = (synthetic.generate_example(SPEC, split, 3) for _ in range(2))
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+    assert not np.array_equal(a['image'], synthetic.generate_example(SPEC, 'train', 3)['image'])
+  with pytest.raises(IndexError):
+    synthetic.generate_example(SPEC, 'web', SPEC.web_size)
+
+
+@pytest.mark.parametrize(
+  'kwargs, field',
+  [({'web_noise_rate': 1.5}, 'web_noise_rate'), ({'single_label_size': 0}, 'single_label_size')],
+)
+def test_bad_extra_split_fields_raise_naming_them(kwargs, field):
+  with pytest.raises(ValueError, match=field):
+    synthetic.SyntheticSpec(**kwargs)
+
+
+def test_web_split_needs_a_class_each_image_lacks():
+  spec = synthetic.SyntheticSpec(num_classes=3, max_objects=3, image_size=32)
+  with pytest.raises(ValueError, match='num_classes > max_objects'):
+    synthetic.generate_example(spec, 'web', 0)
+
+
+def test_extra_split_builds_alone_and_matches_the_generator(tmp_path):
+  web = synthetic.load_split(SPEC, 'web', str(tmp_path))
+  assert len(web) == SPEC.web_size
+  assert SPEC.fingerprint(('web',)) in web.build_dir
+  for index in (0, SPEC.web_size - 1):
+    expected = synthetic.generate_example(SPEC, 'web', index)
+    record = web[index]
+    assert record['id'] == f'web_{index:06d}'
+    for key in ('image', 'mask', 'saliency', 'labels'):
+      assert np.array_equal(record[key], expected[key]), key
+  assert np.array_equal(web.labels()[0], synthetic.generate_example(SPEC, 'web', 0)['labels'])
+  with pytest.raises(ValueError, match='extra split'):
+    synthetic.load_split(SPEC, 'train', str(tmp_path))
+
+
+def _setting_config(tmp_path, arg):
+  cfg = config.load(f'synthetic:tiny,{arg}')
+  cfg.data.data_dir = str(tmp_path / 'data')
+  cfg.data.single_label_size, cfg.data.web_size = 6, 10
+  return cfg
+
+
+def test_config_arguments_set_the_extra_split():
+  for arg, split, noisy in (('setting2', 'single_label', False), ('setting3', 'web', True)):
+    e = config.load(f'synthetic:{arg}').data.extra
+    assert (e.layout, e.split, e.is_noisy_source, e.mixing) == ('split', split, noisy, 'plain')
+  assert config.load('synthetic:tiny,setting3').data.train_size == 32
+  assert config.load('synthetic').data.extra.layout == 'none'
+
+
+def test_split_layout_joins_the_classifier_pool(tmp_path):
+  cfg = _setting_config(tmp_path, 'setting3')
+  extra = sources.load_extra(cfg)['train']
+  assert len(extra) == 10 and extra[0]['id'] == 'web_000000'
+  pool = sources.classifier_pool(cfg)
+  assert len(pool.source) == cfg.data.train_size + 10
+  assert pool.noisy.sum() == 10 and pool.noisy[-10:].all()
+  assert pool.plan.extra_per_epoch == round(0.25 * cfg.data.train_size)
+  single = sources.load_extra(_setting_config(tmp_path, 'setting2'))['train']
+  assert len(single) == 6 and (single.labels().sum(1) == 1).all()
+
+
+@pytest.mark.parametrize(
+  'name, split', [('synthetic', 'train'), ('synthetic', 'bogus'), ('voc12', 'web')]
+)
+def test_split_layout_rejects_a_split_the_dataset_lacks(tmp_path, name, split):
+  cfg = _setting_config(tmp_path, 'setting3')
+  cfg.data.name, cfg.data.extra.split = name, split
+  with pytest.raises(ValueError, match=f"data.extra.split='{split}'") as error:
+    sources.load_extra(cfg)
+  assert '\n' not in str(error.value)
