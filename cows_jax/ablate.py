@@ -8,16 +8,25 @@ Four variants on one config (paper.md's ablation axes):
 Variants 3 and 4 share one trained classifier. Each variant gets its own workdir under
 DIR/<variant> (maps, pseudo labels) and the classifiers live in DIR/train/<training>; all of
 it resumes like the pipeline does. The table goes to DIR/reports/ablation.{json,md}.
+
+`--settings` (`run_settings`): the paper's three data settings in the synthetic world
+(configs/synthetic.py's setting2 and setting3 arguments) x {variant 1, variant 4}, each run
+through the whole pipeline once per seed in DIR/settings/<setting>/seed<k>/<variant>; the
+table of CAM, pseudo-label and segmentation mIoU (mean and standard deviation over the seeds)
+goes to DIR/reports/settings.{json,md}.
 The stages come in as functions (the CLI's table), so this module imports none of them.
 """
 
 import dataclasses
 import os
-from typing import Callable, Mapping
+from typing import Callable, Mapping, Sequence
 
+import ml_collections
+import numpy as np
 from absl import logging
 
 from cows_jax import config, map_metrics, parallel, run_dir
+from cows_jax.configs import synthetic as synthetic_config
 from cows_jax.data import sources
 
 
@@ -122,3 +131,130 @@ def markdown_table(rows: list[dict]) -> str:
   edge = any(r.get('cam_bg_threshold_at_edge') for r in rows)
   note = '\n(edge): the best threshold is at the end of the sweep; the CAM mIoU may be higher.\n'
   return '\n'.join(lines) + '\n' + (note if edge else '')
+
+
+# ------------------------------------------------------------------- the paper's data settings
+
+
+@dataclasses.dataclass(frozen=True)
+class Setting:
+  name: str
+  slug: str
+  extra: Callable | None  # sets data.extra (a configs/synthetic.py argument); None: no extra
+
+
+SETTINGS = (
+  Setting('1: image-level labels only', 'setting1', None),
+  Setting('2: + single-label images', 'setting2', synthetic_config.setting2),
+  Setting('3: + noisy web images', 'setting3', synthetic_config.setting3),
+)
+# (row name, variant): the CAM baseline (variant 1) and the full method (variant 4).
+SETTING_VARIANTS = (('CAM baseline', VARIANTS[0]), ('full method', VARIANTS[3]))
+# summary.json fields in the table: (key, column title); the CRF column when evaluate.crf.
+SETTING_COLUMNS = (
+  ('cam_miou', 'CAM mIoU % (train)'),
+  ('pseudo_label_miou', 'pseudo-label mIoU % (train)'),
+  ('segmentation_miou', 'segmentation mIoU % (val)'),
+  ('segmentation_miou_crf', '+ CRF % (val)'),
+)
+
+
+def settings_config(cfg, setting: Setting, variant: Variant, seed: int):
+  """The finalized config of one run: `setting`'s data.extra (setting 1: none), `variant`'s
+  overrides, `seed` in seed and localize.seed (the dataset, data.seed, stays), and only the
+  pseudo-label segmenter (the fully supervised one depends on neither axis)."""
+  c = ml_collections.ConfigDict(cfg.to_dict())
+  c.data.extra.layout = 'none'
+  if setting.extra is not None:
+    setting.extra(c)
+  overrides = (('seed', seed), ('localize.seed', seed), ('segment.supervisions', ('pseudo',)))
+  return config.with_overrides(c, overrides + variant.overrides)
+
+
+def run_settings(cfg, workdir: str, stages: Mapping[str, Callable], seeds: Sequence[int]) -> list:
+  """Every setting x (CAM baseline, full method) x seed through `stages` (the pipeline's, in
+  order), in DIR/settings/<setting>/seed<k>/<variant>; a run whose summary.json exists is
+  read, not redone, and a killed one resumes stage by stage. Writes and returns the rows."""
+  if cfg.data.name != 'synthetic':
+    raise ValueError(
+      f"ablate --settings runs the synthetic dataset's settings; data.name={cfg.data.name!r} "
+      '(use --config configs/synthetic.py)'
+    )
+  if not seeds or len(set(seeds)) < len(seeds):
+    raise ValueError(f'--seeds={",".join(map(str, seeds))}: give distinct seeds, e.g. 0,1,2')
+  summaries = {}
+  for seed in seeds:  # seed by seed: a killed run already has every cell of the first seeds
+    for setting in SETTINGS:
+      for row_name, variant in SETTING_VARIANTS:
+        logging.info(
+          '=== ablate --settings: setting %s, %s, seed %d ===', setting.name, row_name, seed
+        )
+        rcfg = settings_config(cfg, setting, variant, seed)
+        rdir = os.path.join(workdir, 'settings', setting.slug, f'seed{seed}', variant.slug)
+        summary = run_dir.RunDir(rdir).summary()
+        if not summary.is_file():
+          for stage in stages.values():
+            stage(rcfg, rdir)
+        summaries.setdefault((setting, row_name), []).append(run_dir.read_json(summary, 'evaluate'))
+  rows = [
+    {
+      'setting': s.name,
+      'setting_slug': s.slug,
+      'variant': v,
+      'seeds': list(seeds),
+      **aggregate(runs),
+    }
+    for (s, v), runs in summaries.items()
+  ]
+  notes = _settings_notes(cfg, seeds)
+  out = run_dir.RunDir(workdir).reports()
+  if parallel.is_writer():
+    run_dir.write_json(out / 'settings.json', {'notes': notes, 'rows': rows})
+    run_dir.write_text(out / 'settings.md', settings_table(rows, notes))
+  parallel.barrier('ablate --settings')
+  logging.info('ablate --settings:\n%s', settings_table(rows, notes))
+  return rows
+
+
+def aggregate(summaries: list[dict]) -> dict:
+  """{key: {'mean', 'std', 'values'}} of each SETTING_COLUMNS key every summary has, and
+  'num_seeds'; std is the sample standard deviation (n - 1), None for one run."""
+  out = {'num_seeds': len(summaries)}
+  for key, _ in SETTING_COLUMNS:
+    values = [float(s[key]) for s in summaries if key in s]
+    if values and len(values) == len(summaries):
+      std = float(np.std(values, ddof=1)) if len(values) > 1 else None
+      out[key] = {'mean': float(np.mean(values)), 'std': std, 'values': values}
+  return out
+
+
+def _settings_notes(cfg, seeds: Sequence[int]) -> list[str]:
+  d = cfg.data
+  ratios = [settings_config(cfg, s, VARIANTS[0], seeds[0]).data.extra.ratio for s in SETTINGS[1:]]
+  return [
+    f'seeds {", ".join(map(str, seeds))} (seed and localize.seed; every run uses the same '
+    f'dataset, data.seed={d.seed}: {d.train_size} train, {d.val_size} val images)',
+    f'setting 2: {d.single_label_size} single-label images; setting 3: {d.web_size} web '
+    f'images, labels wrong at rate {d.web_noise_rate}; extra anchors per epoch per train '
+    f'image (data.extra.ratio): {ratios[0]} and {ratios[1]}',
+  ]
+
+
+def settings_table(rows: list[dict], notes: Sequence[str] = ()) -> str:
+  """Markdown: a row per setting and variant, mean ± std over the seeds of each column that
+  some row has."""
+  columns = [(k, t) for k, t in SETTING_COLUMNS if any(k in r for r in rows)]
+  lines = [
+    '| setting | variant | ' + ' | '.join(t for _, t in columns) + ' | seeds |',
+    '|---|---|' + '---:|' * (len(columns) + 1),
+  ]
+  for r in rows:
+    cells = [_mean_std(r.get(k)) for k, _ in columns]
+    lines.append(f'| {r["setting"]} | {r["variant"]} | {" | ".join(cells)} | {r["num_seeds"]} |')
+  return '\n'.join(lines + [''] + [f'- {n}' for n in notes]) + '\n'
+
+
+def _mean_std(stat: dict | None) -> str:
+  if stat is None:
+    return '–'
+  return f'{stat["mean"]:.1f}' + ('' if stat['std'] is None else f' ± {stat["std"]:.1f}')

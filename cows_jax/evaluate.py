@@ -189,4 +189,4 @@ def _write_reports(cfg, run, summary, columns, results, names, train, val, ids, 
     tensorboard.image(name, rgb)
   tensorboard.scalars(0, {k: v for k, v in summary.items() if k.endswith(('_miou', '_crf'))})
   tensorboard.close()
-  run_dir.write_json(out / 'summary.json', summary)
+  run_dir.write_json(run.summary(), summary)

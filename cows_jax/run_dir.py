@@ -87,6 +87,10 @@ class RunDir:
   def reports(self) -> epath.Path:
     return self.root / 'reports'
 
+  def summary(self) -> epath.Path:
+    """evaluate's numbers, written last: the marker of a finished pipeline."""
+    return self.reports() / 'summary.json'
+
   def log(self, name: str) -> epath.Path:
     """The JSON-lines metric log of one trained model."""
     return self.root / 'logs' / f'{name}.jsonl'
