@@ -30,6 +30,7 @@ from cows_jax import (
   pretrain,
   run_dir,
   segment,
+  synthetic_backbones,
   validation,
 )
 
@@ -267,6 +268,9 @@ def _lock(workdir: str):
   import jax
 
   if jax.process_index():
+    if command in validation.PRETRAINING_COMMANDS and synthetic_backbones.missing(_CONFIG.value):
+      logging.info('=== pretrain (the config names its pretrained backbone; none exists yet) ===')
+      pretrain.run(_CONFIG.value)
     return contextlib.nullcontext()
   return run_dir.Lock(run_dir.RunDir(workdir))
 

@@ -12,6 +12,7 @@ import os
 
 import ml_collections
 
+from cows_jax import synthetic_backbones
 from cows_jax.models import pretrained
 
 
@@ -44,14 +45,16 @@ def load(spec: str) -> ml_collections.ConfigDict:
 
 
 def finalize(cfg) -> ml_collections.FrozenConfigDict:
-  """The config as a run uses it, read-only: the classifier's input mean/std follow the
-  weights in model.init_from; the segmenter's mean/std and ResNet block layout follow
+  """The config as a run uses it, read-only: init_from='pretrain' becomes the directory of the
+  config's pretrained backbone (synthetic_backbones); the classifier's input mean/std follow
+  the weights in model.init_from; the segmenter's mean/std and ResNet block layout follow
   segment.init_from. Idempotent."""
   c = ml_collections.ConfigDict(cfg.to_dict())
-  if c.model.init_from:
+  synthetic_backbones.resolve(c)
+  if c.model.init_from not in ('', synthetic_backbones.PLACEHOLDER):
     convention = pretrained.read_provenance(c.model.init_from)['input']
     c.input.mean, c.input.std = tuple(convention['mean']), tuple(convention['std'])
-  if c.segment.init_from:
+  if c.segment.init_from not in ('', synthetic_backbones.PLACEHOLDER):
     provenance = pretrained.read_provenance(c.segment.init_from)
     c.segment.mean = tuple(provenance['input']['mean'])
     c.segment.std = tuple(provenance['input']['std'])

@@ -15,16 +15,15 @@ ImageNet weights:
   DIR/training/         the classifier's checkpoints (a killed run resumes), its metric log
                         and TensorBoard events
 
-DIR is `weights_dir(cfg)`: DATA_DIR/pretrained/<fingerprint> beside the datasets, the
-fingerprint covering everything that changes the weights (the dataset spec, model.width,
-model.dtype, the pretrain.* training fields, VERSION). The backbone is made once per
-fingerprint and reused; `model.init_from=DIR` and `segment.init_from=DIR` load it.
+DIR is `synthetic_backbones.weights_dir(cfg)`: DATA_DIR/pretrained/<fingerprint> beside the
+datasets, the fingerprint covering everything that changes the weights (the dataset spec,
+model.width, model.dtype, the pretrain.* training fields, a version). The backbone is made
+once per fingerprint and reused; `model.init_from='pretrain'` (or DIR) loads it.
 """
 
 import contextlib
 import dataclasses
 import functools
-import hashlib
 import json
 import os
 import time
@@ -41,30 +40,14 @@ import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
 
-from cows_jax import checkpoints, optim, parallel, run_dir, training
+from cows_jax import checkpoints, optim, parallel, run_dir, synthetic_backbones, training
 from cows_jax.data import input_pipeline, sources, synthetic_pretrain, transforms
 from cows_jax.models import fold, pretrained
 from cows_jax.models.vgg import VGG16LargeFOV
 
-# Bumped whenever the training procedure changes, so that backbones made by older code are
-# not reused.
-VERSION = 1
 # The images are normalized as torchvision's ImageNet models expect (RGB / 255, ImageNet
 # mean and std); provenance.json records it and config.finalize applies it downstream.
 INPUT = pretrained.TORCHVISION_INPUT
-# Fields of pretrain.* that change the weights (the log and checkpoint periods do not).
-TRAINING_FIELDS = (
-  'epochs',
-  'batch_size',
-  'base_lr',
-  'warmup_epochs',
-  'momentum',
-  'nesterov',
-  'weight_decay',
-  'scales',
-  'mirror',
-  'color_jitter',
-)
 
 
 class BackboneClassifier(nn.Module):
@@ -88,45 +71,10 @@ class BackboneClassifier(nn.Module):
 # ----------------------------------------------------------------------------- config
 
 
-def dataset_spec(cfg) -> synthetic_pretrain.PretrainSpec:
-  p = cfg.pretrain
-  return synthetic_pretrain.PretrainSpec(
-    num_classes=p.num_classes,
-    image_size=p.image_size,
-    train_size=p.train_size,
-    val_size=p.val_size,
-    seed=p.seed,
-  )
-
-
-def _training_fields(cfg) -> dict:
-  fields = {f: cfg.pretrain[f] for f in TRAINING_FIELDS}
-  return {k: list(v) if isinstance(v, tuple) else v for k, v in fields.items()}
-
-
-def fingerprint(cfg) -> str:
-  """Short stable hash of everything that changes the backbone."""
-  payload = {
-    'dataset': dataset_spec(cfg).fingerprint(),
-    'seed': cfg.pretrain.seed,
-    'width': cfg.model.width,
-    'dtype': cfg.model.dtype,
-    'training': _training_fields(cfg),
-    'version': VERSION,
-  }
-  return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
-
-
-def weights_dir(cfg) -> str:
-  """Where the config's backbone lives: DATA_DIR/pretrained/<fingerprint> (DATA_DIR as the
-  datasets': data.data_dir, else $COWS_DATA_DIR, else ~/.cache/cows_jax/datasets)."""
-  return os.path.join(sources.data_dir(cfg), 'pretrained', fingerprint(cfg))
-
-
 def output_dir(cfg, out: str | None = None) -> str:
   """The absolute path of `out` (a URL such as gs://... as it is), by default of
   `weights_dir(cfg)`."""
-  out = out or weights_dir(cfg)
+  out = out or synthetic_backbones.weights_dir(cfg)
   return out if '://' in out else os.path.abspath(os.path.expanduser(out))
 
 
@@ -138,7 +86,7 @@ def problems(cfg) -> list[str]:
   """Every problem of the pretrain.* fields, one line each; [] when it can run."""
   p, out = cfg.pretrain, []
   try:
-    dataset_spec(cfg)
+    synthetic_backbones.dataset_spec(cfg)
   except ValueError as e:
     out.append(str(e).replace('PretrainSpec.', 'pretrain.'))
   for field, low, high in (
@@ -256,20 +204,22 @@ def accuracy(model, variables, source, indices, cfg) -> tuple[float, np.ndarray]
 
 
 def run(cfg, out: str | None = None) -> dict:
-  """Makes the backbone of `cfg` in `out` (default `weights_dir(cfg)`), or reuses a complete
+  """Makes the backbone of `cfg` in `out` (default `synthetic_backbones.weights_dir(cfg)`), or reuses a complete
   one; returns its provenance."""
   cfg = ml_collections.FrozenConfigDict(cfg)
   found = problems(cfg)
   if found:
     raise ValueError('; '.join(found))
   out = output_dir(cfg, out)
-  done = _complete(out, fingerprint(cfg))
+  done = _complete(out, synthetic_backbones.fingerprint(cfg))
   if done:
     logging.info('pretrain: reusing the backbone in %s', out)
     return done
   # The directory's lock, held by process 0, as a run directory's.
   with run_dir.Lock(run_dir.RunDir(out)) if parallel.is_writer() else contextlib.nullcontext():
-    done = _complete(out, fingerprint(cfg))  # another job may have finished it meanwhile.
+    done = _complete(
+      out, synthetic_backbones.fingerprint(cfg)
+    )  # another job may have finished it meanwhile.
     return done or _train(cfg, out)
 
 
@@ -290,7 +240,7 @@ def _complete(out: str, fp: str) -> dict | None:
 
 def _train(cfg, out: str) -> dict:
   start_time = time.time()
-  spec = dataset_spec(cfg)
+  spec = synthetic_backbones.dataset_spec(cfg)
   splits = synthetic_pretrain.load_sources(spec, sources.data_dir(cfg))
   spe, p = steps_per_epoch(cfg), cfg.pretrain
   total = spe * p.epochs
@@ -361,12 +311,12 @@ def _finish(cfg, model, spec, splits, work, total: int, out: str, seconds: float
     'input': INPUT,
     'ignored_keys': ['head/kernel', 'head/bias'],
     'pretrain': {
-      'fingerprint': fingerprint(cfg),
-      'version': VERSION,
+      'fingerprint': synthetic_backbones.fingerprint(cfg),
+      'version': synthetic_backbones.VERSION,
       'dataset': {**dataclasses.asdict(spec), 'fingerprint': spec.fingerprint()},
       'dataset_build': splits['train'].build_dir,
       'model': {'width': cfg.model.width, 'dtype': cfg.model.dtype, 'norm_in_training': 'batch'},
-      'training': {**_training_fields(cfg), 'seed': p.seed},
+      'training': {**synthetic_backbones.training_fields(cfg), 'seed': p.seed},
       'steps': total,
       'steps_per_epoch': steps_per_epoch(cfg),
       'batchnorm_folded': True,

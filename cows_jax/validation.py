@@ -8,7 +8,7 @@ run command and exits with status 2 when there are any.
 
 import os
 
-from cows_jax import crf, run_dir, test_time
+from cows_jax import crf, run_dir, synthetic_backbones, test_time
 from cows_jax.data import mixing, sources, voc
 from cows_jax.models import deeplab
 
@@ -166,6 +166,8 @@ def _paths(cfg) -> list[str]:
       out.append(f'{field}={value}: does not exist')
   for field in ('model.init_from', 'segment.init_from'):
     value = _get(cfg, field)
+    if value == synthetic_backbones.PLACEHOLDER:
+      continue  # the config's pretrained backbone: checked by `problems`, per command.
     if value and not os.path.isfile(os.path.join(os.path.expanduser(value), 'provenance.json')):
       out.append(
         f'{field}={value}: no provenance.json there; make it with `cows-jax weights import`'
@@ -181,6 +183,8 @@ def _paths(cfg) -> list[str]:
   return out
 
 
+# The commands that make the config's pretrained backbone first when it is missing.
+PRETRAINING_COMMANDS = ('pipeline', 'ablate')
 # The commands that run the dense CRF when evaluate.crf: only they need the crf extra.
 CRF_COMMANDS = ('evaluate', 'pipeline', 'ablate')
 
@@ -190,6 +194,12 @@ def problems(cfg, command: str = 'pipeline') -> list[str]:
   file the config names to be readable (the CLI runs it before `config.finalize`)."""
   out = _ranges(cfg)
   out += _paths(cfg)
+  if command not in PRETRAINING_COMMANDS and synthetic_backbones.missing(cfg):
+    out.append(
+      f"init_from='{synthetic_backbones.PLACEHOLDER}': this config's pretrained backbone "
+      f'({synthetic_backbones.weights_dir(cfg)}) is not made yet; make it with `cows-jax '
+      'pretrain` and the same --config flags (the pipeline makes it itself)'
+    )
   if cfg.evaluate.crf and command in CRF_COMMANDS:
     try:
       crf.check_available()

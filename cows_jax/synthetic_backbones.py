@@ -1,0 +1,107 @@
+"""The synthetic world's pretrained backbones: what identifies one, where it lives, and the
+name configs give it.
+
+`cows-jax pretrain` (pretrain.py) makes the backbone of a config once, in
+DATA_DIR/pretrained/<fingerprint>; the fingerprint covers everything that changes the weights.
+Backbones of the packaged configs also ship with the package (cows_jax/pretrained/<fingerprint>,
+made by that command: docs/pretrain.md), so that the demo does not spend its time making
+one. `model.init_from='pretrain'` (and `segment.init_from`) names the config's backbone:
+`config.finalize` replaces it with the directory that holds it.
+"""
+
+import hashlib
+import json
+import os
+
+from cows_jax.data import sources, synthetic_pretrain
+
+# `model.init_from` / `segment.init_from`: the backbone `cows-jax pretrain` makes for the config.
+PLACEHOLDER = 'pretrain'
+# Bumped whenever the training procedure changes, so that backbones made by older code are
+# not reused.
+VERSION = 1
+# Fields of pretrain.* that change the weights (the log and checkpoint periods do not).
+TRAINING_FIELDS = (
+  'epochs',
+  'batch_size',
+  'base_lr',
+  'warmup_epochs',
+  'momentum',
+  'nesterov',
+  'weight_decay',
+  'scales',
+  'mirror',
+  'color_jitter',
+)
+# The backbones shipped with the package, one directory per fingerprint.
+SHIPPED_ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'pretrained')
+
+
+def dataset_spec(cfg) -> synthetic_pretrain.PretrainSpec:
+  p = cfg.pretrain
+  return synthetic_pretrain.PretrainSpec(
+    num_classes=p.num_classes,
+    image_size=p.image_size,
+    train_size=p.train_size,
+    val_size=p.val_size,
+    seed=p.seed,
+  )
+
+
+def training_fields(cfg) -> dict:
+  fields = {f: cfg.pretrain[f] for f in TRAINING_FIELDS}
+  return {k: list(v) if isinstance(v, tuple) else v for k, v in fields.items()}
+
+
+def fingerprint(cfg) -> str:
+  """Short stable hash of everything that changes the backbone."""
+  payload = {
+    'dataset': dataset_spec(cfg).fingerprint(),
+    'seed': cfg.pretrain.seed,
+    'width': cfg.model.width,
+    'dtype': cfg.model.dtype,
+    'training': training_fields(cfg),
+    'version': VERSION,
+  }
+  return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def weights_dir(cfg) -> str:
+  """Where `cows-jax pretrain` makes the config's backbone: DATA_DIR/pretrained/<fingerprint>
+  (DATA_DIR as the datasets': data.data_dir, else $COWS_DATA_DIR, else
+  ~/.cache/cows_jax/datasets)."""
+  return os.path.join(sources.data_dir(cfg), 'pretrained', fingerprint(cfg))
+
+
+def _is_complete(directory: str) -> bool:
+  return os.path.isfile(os.path.join(directory, 'provenance.json'))
+
+
+def location(cfg) -> str:
+  """The directory holding the config's backbone: the one made in the data directory, else the
+  one shipped with the package, else (none exists yet) where `cows-jax pretrain` makes it."""
+  made, shipped = weights_dir(cfg), os.path.join(SHIPPED_ROOT, fingerprint(cfg))
+  if not _is_complete(made) and _is_complete(shipped):
+    return shipped
+  return made
+
+
+def uses_placeholder(cfg) -> bool:
+  """Whether the classifier or the segmenter starts from the config's pretrained backbone."""
+  return PLACEHOLDER in (cfg.model.init_from, cfg.segment.init_from)
+
+
+def missing(cfg) -> bool:
+  """Whether the config names its backbone and none has been made or shipped."""
+  return uses_placeholder(cfg) and not _is_complete(location(cfg))
+
+
+def resolve(cfg) -> None:
+  """Replaces the placeholder in model.init_from and segment.init_from of a mutable config
+  with `location(cfg)` once the backbone exists there (before, it stays: `cows-jax config`
+  still prints the config, and the stages' validation names the command that makes it)."""
+  if not _is_complete(location(cfg)):
+    return
+  for node in (cfg.model, cfg.segment):
+    if node.init_from == PLACEHOLDER:
+      node.init_from = location(cfg)
