@@ -1,6 +1,9 @@
 """Shared fixtures: tiny configs that run the real code in seconds."""
 
+import atexit
 import os
+import shutil
+import tempfile
 
 import pytest
 
@@ -13,6 +16,16 @@ FAST_COMPILE_FLAGS = (
 # Tests run on the CPU, also on a machine with an accelerator (`make test` sets it as well).
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 os.environ['XLA_FLAGS'] = f'{os.environ.get("XLA_FLAGS", "")} {FAST_COMPILE_FLAGS}'.strip()
+# One compilation cache for the session, its subprocesses included: many tests run the same
+# tiny stages (the reruns of the chaos, SIGTERM and resume tests, the reference runs of the
+# distributed ones), and each would compile them again. Made fresh per session, so nothing
+# compiled by other code is ever reused.
+if 'JAX_COMPILATION_CACHE_DIR' not in os.environ:
+  _cache = tempfile.mkdtemp(prefix='cows_jax_test_xla_cache_')
+  atexit.register(shutil.rmtree, _cache, ignore_errors=True)
+  os.environ['JAX_COMPILATION_CACHE_DIR'] = _cache
+  os.environ['JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS'] = '0'
+  os.environ['JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES'] = '0'
 
 
 @pytest.fixture
