@@ -49,7 +49,8 @@ RUN_COMMANDS = {
   'segment': 'stage 3: train the DeepLab segmenter on the pseudo labels (and on GT masks)',
   'evaluate': 'stage 4: mIoU of maps, pseudo labels and segmenters -> WORKDIR/reports',
   'pipeline': 'every stage in order; a rerun resumes where a killed run stopped',
-  'ablate': 'the four-variant ablation of the co-attention losses and inference',
+  'ablate': 'the four-variant ablation of the co-attention losses and inference; --settings: '
+  "the paper's data settings 1-3 x {CAM baseline, full method} over --seeds",
   'predict-split': "VOC-format PNGs of a split's predictions -> WORKDIR/predictions/SPLIT",
   'export': 'the trained segmenter (or classifier maps) as a jax.export artifact -> --out DIR',
 }
@@ -109,9 +110,20 @@ _MODEL = flags.DEFINE_enum(
 _EXPORT = flags.DEFINE_string('export', None, 'predict: an export directory (`cows-jax export`).')
 _OVERLAY = flags.DEFINE_bool('overlay', False, 'predict: also write <name>_overlay.png.')
 _CRF = flags.DEFINE_bool('crf', False, 'predict: refine with the dense CRF (extra cows_jax[crf]).')
+_SETTINGS = flags.DEFINE_bool(
+  'settings',
+  False,
+  "ablate: the paper's data settings 1/2/3 (configs/synthetic.py, setting2, setting3) x "
+  '{CAM baseline, full method}, each through the whole pipeline once per seed -> '
+  'WORKDIR/reports/settings.{md,json}',
+)
+_SEEDS = flags.DEFINE_list(
+  'seeds', ['0', '1', '2'], 'ablate --settings: the seeds (seed and localize.seed) of each run.'
+)
 _DISTRIBUTED_FLAGS = ('distributed', 'coordinator_address', 'num_processes', 'process_id')
 _FLAGS_OF = {name: ('config', 'workdir', *_DISTRIBUTED_FLAGS) for name in RUN_COMMANDS}
 _FLAGS_OF['predict-split'] += ('split',)
+_FLAGS_OF['ablate'] += ('settings', 'seeds')
 _FLAGS_OF['export'] += ('out', 'model', 'platforms')
 _FLAGS_OF['predict'] = ('export', 'config', 'workdir', 'out', 'overlay', 'crf')
 _FLAGS_OF.update({name: ('config',) for name in CONFIG_COMMANDS})
@@ -277,7 +289,11 @@ def _lock(workdir: str):
 
 def _run(command: str, cfg) -> None:
   """A run command on a finalized config."""
-  if command == 'ablate':
+  if command == 'ablate' and _SETTINGS.value:
+    ablate.run_settings(cfg, _WORKDIR.value, STAGES, _seeds())
+  elif command == 'ablate':
+    if flags.FLAGS['seeds'].present:
+      raise app.UsageError('--seeds goes with ablate --settings')
     ablate.run(cfg, _WORKDIR.value, STAGES)
   elif command == 'export':
     if _OUT.value is None:
@@ -290,6 +306,15 @@ def _run(command: str, cfg) -> None:
     predict.write_split(cfg, _WORKDIR.value, _SPLIT.value)
   else:
     run_stage(command, cfg, _WORKDIR.value)
+
+
+def _seeds() -> list[int]:
+  try:
+    return [int(seed) for seed in _SEEDS.value]
+  except ValueError:
+    raise ValueError(
+      f'--seeds={",".join(_SEEDS.value)}: expected comma-separated integers, e.g. --seeds=0,1,2'
+    ) from None
 
 
 class _QuietLibraries:

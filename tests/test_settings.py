@@ -3,11 +3,15 @@ web images with wrong labels), the extra layout that reads them, and `ablate --s
 
 import dataclasses
 import hashlib
+import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
-from cows_jax import config
+from cows_jax import ablate, classify, config, run_dir
 from cows_jax.data import sources, synthetic
 
 SPEC = synthetic.SyntheticSpec(
@@ -150,3 +154,114 @@ def test_split_layout_rejects_a_split_the_dataset_lacks(tmp_path, name, split):
   with pytest.raises(ValueError, match=f"data.extra.split='{split}'") as error:
     sources.load_extra(cfg)
   assert '\n' not in str(error.value)
+
+
+def _fake_stages(calls: list):
+  """The pipeline's stages as stubs: evaluate writes a summary.json whose numbers encode the
+  run's setting, variant and seed."""
+
+  def stage(name):
+    def run(cfg, workdir):
+      calls.append((name, workdir))
+      if name == 'evaluate':
+        setting = {'none': 1, 'single_label': 2, 'web': 3}[cfg.data.extra.split or 'none']
+        full = cfg.localize.method == 'coattention'
+        assert cfg.localize.seed == cfg.seed and cfg.segment.supervisions == ('pseudo',)
+        summary = {
+          'cam_miou': 10.0 * setting + cfg.seed,
+          'pseudo_label_miou': 20.0 + full,
+          'segmentation_miou': 30.0 + 2 * cfg.seed,
+        }
+        run_dir.write_json(run_dir.RunDir(workdir).summary(), summary)
+
+    return run
+
+  return {name: stage(name) for name in ('classify', 'localize', 'label', 'segment', 'evaluate')}
+
+
+def test_settings_runs_every_cell_once_and_tables_mean_and_std(tiny_config, tmp_path):
+  calls = []
+  workdir = str(tmp_path / 'ablation')
+  rows = ablate.run_settings(tiny_config, workdir, _fake_stages(calls), seeds=[0, 2])
+  assert len(calls) == 3 * 2 * 2 * 5  # settings x variants x seeds x stages
+  assert os.path.isdir(os.path.join(workdir, 'settings', 'setting3', 'seed2', 'full_method'))
+  assert [(r['setting'][0], r['variant']) for r in rows] == [
+    (s, v) for s in '123' for v in ('CAM baseline', 'full method')
+  ]
+  web_full = rows[5]
+  assert web_full['cam_miou'] == {'mean': 31.0, 'std': pytest.approx(2**0.5), 'values': [30, 32]}
+  assert web_full['pseudo_label_miou']['mean'] == 21.0 and web_full['num_seeds'] == 2
+  assert 'segmentation_miou_crf' not in web_full  # no run reported it: no column
+  table = open(os.path.join(workdir, 'reports', 'settings.md')).read()
+  assert table.splitlines()[0].count('|') == 7 and '+ CRF' not in table
+  assert (
+    '| 3: + noisy web images | full method | 31.0 ± 1.4 | 21.0 ± 0.0 | 32.0 ± 2.8 | 2 |' in table
+  )
+  saved = json.load(open(os.path.join(workdir, 'reports', 'settings.json')))
+  assert saved['rows'] == json.loads(json.dumps(rows)) and 'web images' in saved['notes'][1]
+  # finished runs are read back, not redone; a new seed runs only its own cells
+  ablate.run_settings(tiny_config, workdir, _fake_stages(calls), seeds=[0, 2, 5])
+  assert len(calls) == 60 + 3 * 2 * 5
+
+
+def test_settings_configs_differ_in_extra_images_variant_and_seed(tiny_config):
+  base = config.load('synthetic:tiny,setting2')  # setting 1 drops the config's extra images
+  cfgs = {
+    (s.slug, v.slug): ablate.settings_config(base, s, v, 7)
+    for s in ablate.SETTINGS
+    for _, v in ablate.SETTING_VARIANTS
+  }
+  assert cfgs['setting1', 'baseline_cam'].data.extra.layout == 'none'
+  assert cfgs['setting2', 'full_method'].data.extra.split == 'single_label'
+  web = cfgs['setting3', 'full_method'].data.extra
+  assert (web.layout, web.split, web.is_noisy_source) == ('split', 'web', True)
+  assert cfgs['setting3', 'baseline_cam'].localize.method == 'cam'
+  assert cfgs['setting3', 'baseline_cam'].classify.loss_weight_coattention == 0.0
+  assert all(c.seed == c.localize.seed == 7 and c.data.seed == 0 for c in cfgs.values())
+
+
+def test_settings_table_marks_one_seed_and_a_missing_value():
+  """One seed has no standard deviation; the CRF column is there when some run reported it."""
+  rows = [
+    {'setting': '1', 'variant': 'v', **ablate.aggregate([{'cam_miou': 12.34}])},
+    {'setting': '2', 'variant': 'v', **ablate.aggregate([{'segmentation_miou_crf': 5.0}] * 2)},
+  ]
+  table = ablate.settings_table(rows, ['a note'])
+  assert '+ CRF' in table and 'pseudo-label' not in table
+  assert '| 1 | v | 12.3 | – | 1 |' in table and '| 2 | v | – | 5.0 ± 0.0 | 2 |' in table
+  assert table.endswith('- a note\n')
+
+
+@pytest.mark.parametrize(
+  'seeds, name, message', [([0, 0], 'synthetic', 'distinct'), ([0], 'voc12', 'data.name')]
+)
+def test_settings_rejects_bad_seeds_and_real_datasets(tiny_config, tmp_path, seeds, name, message):
+  tiny_config.data.name = name
+  with pytest.raises(ValueError, match=message):
+    ablate.run_settings(tiny_config, str(tmp_path), _fake_stages([]), seeds)
+
+
+def test_setting3_trains_the_classifier_with_web_images(tmp_path):
+  """One real run of the new data path: the tiny classifier on train + noisy web images."""
+  cfg = _setting_config(tmp_path, 'setting3')
+  cfg.classify.epochs, cfg.classify.lr_decay_epochs, cfg.classify.localize_after_epochs = 1, (), 1
+  _, full = ablate.SETTING_VARIANTS[1]
+  rcfg = ablate.settings_config(cfg, ablate.SETTINGS[2], full, 0)
+  workdir = tmp_path / 'run'
+  classify.train(rcfg, str(workdir))
+  steps = run_dir.read_json(run_dir.RunDir(workdir).classifier_epochs(), 'classify')
+  plan = sources.classifier_plan(rcfg)
+  assert plan.num_extra == 10 and plan.extra_per_epoch == 8
+  # an epoch holds the 32 train anchors and 8 web ones, in batches of 8 pairs
+  assert steps['steps_per_epoch'] == (32 + 8) // rcfg.classify.batch_pairs
+
+
+def test_cli_settings_flags_reject_bad_seeds_in_one_line(tmp_path):
+  exe = os.path.join(os.path.dirname(sys.executable), 'cows-jax')
+  args = ['--config', 'synthetic:tiny', '--workdir', str(tmp_path / 'w'), '--seeds=0,x']
+  done = subprocess.run(
+    [exe, 'ablate', '--settings', *args], capture_output=True, text=True, timeout=120
+  )
+  assert done.returncode == 1 and 'Traceback' not in done.stderr, done.stderr
+  assert '--seeds=0,x: expected comma-separated integers' in done.stderr
+  assert not os.path.exists(tmp_path / 'w' / 'settings')  # nothing ran
