@@ -268,6 +268,9 @@ def main(argv):
   preemption.install()  # after the distributed runtime, which watches SIGTERM on several hosts.
   try:
     _validate(command, _CONFIG.value)  # before finalizing, which reads the weights' files.
+    if command in validation.PRETRAINING_COMMANDS and synthetic_backbones.missing(_CONFIG.value):
+      logging.info('=== pretrain (the config names its pretrained backbone; none exists yet) ===')
+      pretrain.run(_CONFIG.value)
     cfg = config.finalize(_CONFIG.value)
     with _lock(_WORKDIR.value):
       _run(command, cfg)
@@ -280,9 +283,6 @@ def _lock(workdir: str):
   import jax
 
   if jax.process_index():
-    if command in validation.PRETRAINING_COMMANDS and synthetic_backbones.missing(_CONFIG.value):
-      logging.info('=== pretrain (the config names its pretrained backbone; none exists yet) ===')
-      pretrain.run(_CONFIG.value)
     return contextlib.nullcontext()
   return run_dir.Lock(run_dir.RunDir(workdir))
 
