@@ -9,7 +9,7 @@ run command and exits with status 2 when there are any.
 import os
 
 from cows_jax import crf, run_dir, synthetic_backbones, test_time
-from cows_jax.data import mixing, sources, voc
+from cows_jax.data import mixing, sources, synthetic, voc
 from cows_jax.models import deeplab
 
 METHODS = ('coattention', 'cam')  # localize.method
@@ -148,6 +148,13 @@ def _paths(cfg) -> list[str]:
     named += [('data.lists.class_list', d.lists.class_list, True)]
     named += [(f'data.lists.{s}', d.lists[s], False) for s in ('train', 'val', 'test')]
     named += [('data.lists.image_root', d.lists.image_root, True)]
+  if d.extra.layout == 'split' and (
+    d.name != 'synthetic' or d.extra.split not in synthetic.EXTRA_SPLITS
+  ):
+    out.append(
+      f'data.extra.split={d.extra.split!r}: data.extra.layout=split reads an extra split of the '
+      f'synthetic dataset ({", ".join(synthetic.EXTRA_SPLITS)}), data.name={d.name!r}'
+    )
   if d.extra.layout == 'folders':
     named += [('data.extra.root', d.extra.root, True)]
   if d.extra.layout == 'list':

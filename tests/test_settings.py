@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 
-from cows_jax import ablate, classify, config, run_dir
+from cows_jax import ablate, classify, config, run_dir, validation
 from cows_jax.data import sources, synthetic
 
 SPEC = synthetic.SyntheticSpec(
@@ -265,3 +265,11 @@ def test_cli_settings_flags_reject_bad_seeds_in_one_line(tmp_path):
   assert done.returncode == 1 and 'Traceback' not in done.stderr, done.stderr
   assert '--seeds=0,x: expected comma-separated integers' in done.stderr
   assert not os.path.exists(tmp_path / 'w' / 'settings')  # nothing ran
+
+
+def test_validation_names_a_bad_extra_split_before_anything_runs():
+  cfg = config.load('synthetic:tiny,setting3')
+  assert validation.problems(cfg, 'classify') == []
+  cfg.data.extra.split = 'webb'
+  (problem,) = validation.problems(cfg, 'classify')
+  assert problem.startswith("data.extra.split='webb'") and 'single_label, web' in problem
