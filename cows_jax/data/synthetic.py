@@ -564,65 +564,45 @@ def generate_example(spec: SyntheticSpec, split: str, index: int) -> dict:
 # ----------------------------------------------------------------------------- TFDS storage
 
 
-@dataclasses.dataclass(eq=False)
-class SpecConfig(tfds.core.BuilderConfig):
-  """Builder config carrying the spec and the splits to build; it travels with the builder
-  when pickled (grain workers)."""
-
-  spec: SyntheticSpec = SyntheticSpec()
-  splits: tuple[str, ...] = DATASET_SPLITS
-
-
-class CowsSynthetic(tfds.core.GeneratorBasedBuilder):
+class CowsSynthetic(builds.SpecBuilder):
   """TFDS builder of some splits of one SyntheticSpec; the config name is their fingerprint."""
 
-  VERSION = tfds.core.Version('1.0.0')
+  DESCRIPTION = 'CoWS synthetic weakly supervised segmentation data'
 
-  @property
-  def _spec(self) -> SyntheticSpec:
-    return self.builder_config.spec
-
-  def _info(self) -> tfds.core.DatasetInfo:
-    c = self._spec.num_classes
+  def features(self) -> dict:
+    c = self.spec.num_classes
     features = {
       'image': tfds.features.Tensor(shape=(), dtype=np.object_),
       'mask': tfds.features.Tensor(shape=(), dtype=np.object_),
       'saliency': tfds.features.Tensor(shape=(), dtype=np.object_),
       'labels': tfds.features.Tensor(shape=(c,), dtype=np.uint8),
-      'id': tfds.features.Tensor(shape=(), dtype=np.object_),
     }
     if 'web' in self.builder_config.splits:
       features['true_labels'] = tfds.features.Tensor(shape=(c,), dtype=np.uint8)
-    return tfds.core.DatasetInfo(
-      builder=self,
-      description=f'CoWS synthetic weakly supervised segmentation data, {self._spec}',
-      features=tfds.features.FeaturesDict(features),
-      disable_shuffling=True,  # record i is example i, so sources match generate_example
-    )
+    return features
 
-  def _split_generators(self, dl_manager):
-    return {split: self._generate_examples(split) for split in self.builder_config.splits}
-
-  def _generate_examples(self, split: str):
-    for index in range(self._spec.split_size(split)):
-      example = generate_example(self._spec, split, index)
-      record = {
-        'image': records.encode_png(example['image']),
-        'mask': records.encode_png(example['mask']),
-        'saliency': records.encode_png(example['saliency']),
-        'labels': example['labels'],
-        'id': f'{split}_{index:06d}'.encode(),
-      }
-      if 'true_labels' in example:
-        record['true_labels'] = example['true_labels']
-      yield index, record
+  def record(self, split: str, index: int) -> dict:
+    example = generate_example(self.spec, split, index)
+    for field in ('image', 'mask', 'saliency'):
+      example[field] = records.encode_png(example[field])
+    return example
 
 
-def _builder(spec: SyntheticSpec, data_dir: str, splits: tuple[str, ...]) -> CowsSynthetic:
-  config = SpecConfig(
-    name=spec.fingerprint(splits), description=repr(spec), spec=spec, splits=splits
+def _prepared(
+  spec: SyntheticSpec, data_dir: str, splits: tuple[str, ...] = DATASET_SPLITS
+) -> CowsSynthetic:
+  return builds.prepared_spec(
+    CowsSynthetic,
+    spec,
+    splits,
+    data_dir,
+    spec.fingerprint(splits),
+    f'synthetic dataset {spec}, {"/".join(splits)}',
   )
-  return CowsSynthetic(config=config, data_dir=data_dir, file_format='array_record')
+
+
+def _record_source(source, build_dir: str) -> records.RecordSource:
+  return records.RecordSource(source, {}, build_dir)
 
 
 def build(spec: SyntheticSpec, data_dir: str) -> str:
@@ -631,27 +611,13 @@ def build(spec: SyntheticSpec, data_dir: str) -> str:
   return str(_prepared(spec, data_dir).data_dir)
 
 
-def _prepared(
-  spec: SyntheticSpec, data_dir: str, splits: tuple[str, ...] = DATASET_SPLITS
-) -> CowsSynthetic:
-  return builds.prepared(
-    lambda: _builder(spec, data_dir, splits), f'synthetic dataset {spec}, {"/".join(splits)}'
-  )
-
-
 def load_sources(spec: SyntheticSpec, data_dir: str) -> dict[str, records.RecordSource]:
   """Builds if needed, then returns {'train': source, 'val': source} of decoded records."""
-  builder = _prepared(spec, data_dir)
-  sources = builder.as_data_source()
-  return {
-    split: records.RecordSource(sources[split], {}, str(builder.data_dir))
-    for split in DATASET_SPLITS
-  }
+  return builds.split_sources(_prepared(spec, data_dir), _record_source)
 
 
 def load_split(spec: SyntheticSpec, split: str, data_dir: str) -> records.RecordSource:
   """The extra split `split` (EXTRA_SPLITS), built alone if needed, as decoded records."""
   if split not in EXTRA_SPLITS:
     raise ValueError(f'{split!r} is not an extra split of the synthetic dataset ({EXTRA_SPLITS})')
-  builder = _prepared(spec, data_dir, (split,))
-  return records.RecordSource(builder.as_data_source()[split], {}, str(builder.data_dir))
+  return builds.split_sources(_prepared(spec, data_dir, (split,)), _record_source)[split]

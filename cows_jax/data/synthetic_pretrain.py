@@ -126,50 +126,20 @@ def generate_example(spec: PretrainSpec, split: str, index: int) -> dict:
 # ----------------------------------------------------------------------------- TFDS storage
 
 
-@dataclasses.dataclass(eq=False)
-class SpecConfig(tfds.core.BuilderConfig):
-  """Builder config carrying the spec; it travels with the builder when pickled (grain workers)."""
-
-  spec: PretrainSpec = PretrainSpec()
-
-
-class CowsSyntheticPretrain(tfds.core.GeneratorBasedBuilder):
+class CowsSyntheticPretrain(builds.SpecBuilder):
   """TFDS builder of one PretrainSpec; the config name is the spec fingerprint."""
 
-  VERSION = tfds.core.Version('1.0.0')
+  DESCRIPTION = 'CoWS synthetic pretraining (ImageNet stand-in) classification data'
 
-  @property
-  def _spec(self) -> PretrainSpec:
-    return self.builder_config.spec
+  def features(self) -> dict:
+    return {
+      'image': tfds.features.Tensor(shape=(), dtype=np.object_),
+      'label': tfds.features.Tensor(shape=(), dtype=np.int64),
+    }
 
-  def _info(self) -> tfds.core.DatasetInfo:
-    return tfds.core.DatasetInfo(
-      builder=self,
-      description=f'CoWS synthetic pretraining (ImageNet stand-in) classification data, {self._spec}',
-      features=tfds.features.FeaturesDict(
-        {
-          'image': tfds.features.Tensor(shape=(), dtype=np.object_),
-          'label': tfds.features.Tensor(shape=(), dtype=np.int64),
-          'id': tfds.features.Tensor(shape=(), dtype=np.object_),
-        }
-      ),
-      disable_shuffling=True,  # record i is example i, so sources match generate_example
-    )
-
-  def _split_generators(self, dl_manager):
-    return {split: self._generate_examples(split) for split in SPLITS}
-
-  def _generate_examples(self, split: str):
-    for index in range(self._spec.split_size(split)):
-      example = generate_example(self._spec, split, index)
-      yield (
-        index,
-        {
-          'image': records.encode_png(example['image']),
-          'label': example['label'],
-          'id': f'{split}_{index:06d}'.encode(),
-        },
-      )
+  def record(self, split: str, index: int) -> dict:
+    example = generate_example(self.spec, split, index)
+    return {'image': records.encode_png(example['image']), 'label': example['label']}
 
 
 class Source:
@@ -197,13 +167,15 @@ class Source:
     return f'synthetic_pretrain.Source({self.build_dir}, {len(self)} records)'
 
 
-def _builder(spec: PretrainSpec, data_dir: str) -> CowsSyntheticPretrain:
-  config = SpecConfig(name=spec.fingerprint(), description=repr(spec), spec=spec)
-  return CowsSyntheticPretrain(config=config, data_dir=data_dir, file_format='array_record')
-
-
 def _prepared(spec: PretrainSpec, data_dir: str) -> CowsSyntheticPretrain:
-  return builds.prepared(lambda: _builder(spec, data_dir), f'synthetic pretraining dataset {spec}')
+  return builds.prepared_spec(
+    CowsSyntheticPretrain,
+    spec,
+    SPLITS,
+    data_dir,
+    spec.fingerprint(),
+    f'synthetic pretraining dataset {spec}',
+  )
 
 
 def build(spec: PretrainSpec, data_dir: str) -> str:
@@ -214,6 +186,4 @@ def build(spec: PretrainSpec, data_dir: str) -> str:
 
 def load_sources(spec: PretrainSpec, data_dir: str) -> dict[str, Source]:
   """Builds if needed, then returns {'train': source, 'val': source} of decoded records."""
-  builder = _prepared(spec, data_dir)
-  sources = builder.as_data_source()
-  return {split: Source(sources[split], str(builder.data_dir)) for split in SPLITS}
+  return builds.split_sources(_prepared(spec, data_dir), Source)
