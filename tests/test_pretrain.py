@@ -300,3 +300,21 @@ def test_a_missing_backbone_is_one_line_for_a_stage_and_made_by_the_pipeline(tmp
   found = validation.problems(cfg, 'classify')
   assert len(found) == 1 and "init_from='pretrain'" in found[0] and 'cows-jax pretrain' in found[0]
   assert validation.problems(cfg, 'pipeline') == []
+
+
+def test_the_demo_recipe_runs_end_to_end_from_the_shipped_backbone(tmp_path):
+  """configs/synthetic.py's recipe (no BatchNorm, self-pairs, the paper's multipliers, VGG16
+  segmenter at batch 1 x 10) at the tiny size, through every stage from the shipped backbone."""
+  from cows_jax import cli, run_dir
+
+  cfg = config.load('synthetic:tiny_pretrained')
+  cfg.data.data_dir = str(tmp_path / 'data')
+  cfg.segment.iterations = 2
+  final = config.finalize(cfg)
+  assert final.model.norm == 'none' and final.classify.self_views == ('flip', 0.75, 2.0)
+  assert final.model.init_from.startswith(synthetic_backbones.SHIPPED_ROOT)
+  cli.run_stage('pipeline', final, str(tmp_path / 'run'))
+  summary = json.loads(
+    (run_dir.RunDir(str(tmp_path / 'run')).reports() / 'summary.json').read_text()
+  )
+  assert 0 <= summary['segmentation_miou'] <= 100 and 0 <= summary['cam_miou'] <= 100
