@@ -231,9 +231,12 @@ def aggregate(summaries: list[dict]) -> dict:
 def _settings_notes(cfg, seeds: Sequence[int]) -> list[str]:
   d = cfg.data
   ratios = [settings_config(cfg, s, VARIANTS[0], seeds[0]).data.extra.ratio for s in SETTINGS[1:]]
+  train, val = (
+    min(n, d.max_per_split) if d.max_per_split else n for n in (d.train_size, d.val_size)
+  )
   return [
     f'seeds {", ".join(map(str, seeds))} (seed and localize.seed; every run uses the same '
-    f'dataset, data.seed={d.seed}: {d.train_size} train, {d.val_size} val images)',
+    f'dataset, data.seed={d.seed}: {train} train, {val} val images)',
     f'setting 2: {d.single_label_size} single-label images; setting 3: {d.web_size} web '
     f'images, labels wrong at rate {d.web_noise_rate}; extra anchors per epoch per train '
     f'image (data.extra.ratio): {ratios[0]} and {ratios[1]}',

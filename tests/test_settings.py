@@ -273,3 +273,10 @@ def test_validation_names_a_bad_extra_split_before_anything_runs():
   cfg.data.extra.split = 'webb'
   (problem,) = validation.problems(cfg, 'classify')
   assert problem.startswith("data.extra.split='webb'") and 'single_label, web' in problem
+
+
+def test_the_table_notes_count_the_images_the_runs_read():
+  cfg = config.load('synthetic:tiny')
+  assert '32 train, 8 val images' in ablate._settings_notes(cfg, [0])[0]
+  cfg.data.max_per_split = 5  # an evenly spaced sample of each split.
+  assert '5 train, 5 val images' in ablate._settings_notes(cfg, [0])[0]
