@@ -532,12 +532,7 @@ def _image_size(text: str) -> tuple[int, int]:
 
 
 def _inference_config(args):
-  cfg = _segment_config(args)
-  if args.window is not None:
-    cfg.inference.window = args.window
-  if args.scales:
-    cfg.inference.scales = tuple(float(x) for x in args.scales.split(','))
-  return cfg
+  return bench_test_time.with_inference_args(_segment_config(args), args)
 
 
 def _jax_inference(args) -> dict:
