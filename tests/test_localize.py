@@ -20,14 +20,19 @@ def test_aggregate_rule():
   np.testing.assert_allclose(out, expected, rtol=1e-6)
 
 
-def test_feature_reuse_equals_naive_pair_forwards():
+def _tiny_classifier(num_images: int):
+  """(model, random images, its variables, the localize config) of the tests below."""
   model = CoAttentionNet(num_classes=4, width=0.125)
-  rng = np.random.default_rng(0)
-  images = rng.normal(size=(5, 32, 32, 3)).astype(np.float32)
+  images = np.random.default_rng(0).normal(size=(num_images, 32, 32, 3)).astype(np.float32)
   variables = model.init(jax.random.key(1), images[:1], images[:1])
   cfg = ml_collections.ConfigDict(
     {'localize': {'num_related': 2, 'gate': 0.1}, 'data': {'num_classes': 4}}
   )
+  return model, images, variables, cfg
+
+
+def test_feature_reuse_equals_naive_pair_forwards():
+  model, images, variables, cfg = _tiny_classifier(5)
   self_views = ('flip', 0.75, 2.0)
   computer = localize.MapComputer(model, variables)
   queries = [0, 3]
@@ -153,13 +158,7 @@ def test_batched_resize_to_image_sizes_equals_the_host_resize():
 def test_a_batch_is_one_device_call_with_any_number_of_classes():
   """image_maps: one jitted call for the whole batch (no call per image or class), images
   with 0, 1 or 3 classes, each image's maps those of the same image alone."""
-  model = CoAttentionNet(num_classes=4, width=0.125)
-  rng = np.random.default_rng(0)
-  images = rng.normal(size=(4, 32, 32, 3)).astype(np.float32)
-  variables = model.init(jax.random.key(1), images[:1], images[:1])
-  cfg = ml_collections.ConfigDict(
-    {'localize': {'num_related': 2, 'gate': 0.1}, 'data': {'num_classes': 4}}
-  )
+  model, images, variables, cfg = _tiny_classifier(4)
   computer = localize.MapComputer(model, variables)
   feats = computer.features(images)
   view_feats = {'flip': computer.features(np.asarray(views.make_view(images[:3], 'flip')))}
