@@ -100,8 +100,9 @@ def resolve(cfg) -> None:
   """Replaces the placeholder in model.init_from and segment.init_from of a mutable config
   with `location(cfg)` once the backbone exists there (before, it stays: `cows-jax config`
   still prints the config, and the stages' validation names the command that makes it)."""
-  if not _is_complete(location(cfg)):
+  where = location(cfg)
+  if not _is_complete(where):
     return
   for node in (cfg.model, cfg.segment):
     if node.init_from == PLACEHOLDER:
-      node.init_from = location(cfg)
+      node.init_from = where
