@@ -36,7 +36,7 @@ from cows_jax import (
 )
 from cows_jax.data import sources, transforms
 from cows_jax.data.pairs import ClassIndex
-from cows_jax.models import from_config
+from cows_jax.models import from_config, per_image
 
 
 def related_images(class_index: ClassIndex, m: int, c: int, cfg) -> list[int]:
@@ -85,7 +85,12 @@ class MapComputer:
   def __init__(self, model, variables, mesh=None):
     self._mesh = mesh or parallel.local_mesh()
     self._variables = jax.device_put(variables, parallel.replicated(self._mesh))
-    self._f = jax.jit(lambda v, x: model.apply(v, x, method=model.features))
+    devices = self._mesh.devices.size
+    self._f = jax.jit(
+      lambda v, x: per_image.on_cpu(
+        lambda xs: model.apply(v, xs, method=model.features), x, devices
+      )
+    )
     self._p = jax.jit(lambda v, a, b: model.apply(v, a, b, method=model.pair_maps))
     self._c = jax.jit(lambda v, f: model.apply(v, f, method=model.cam))
     self._maps = jax.jit(
@@ -277,9 +282,9 @@ class RelatedFeatures:
   """Backbone features of the related images. When the whole training set's features fit in
   localize.feature_memory_mib they are computed once, in fixed slices of the split, and kept
   (each image once per run, as fast as it gets); otherwise each batch computes the ones it
-  needs and nothing is kept (memory flat in the dataset size, more backbone work). Either way
-  an image's features come from the same computation in every run, so resumed and
-  distributed runs write the same maps."""
+  needs that are not among its own queries and nothing is kept (memory flat in the dataset
+  size, more backbone work). Either way an image's features come from the same computation
+  in every run, so resumed and distributed runs write the same maps."""
 
   def __init__(self, computer: MapComputer, train, cfg):
     self.computer, self.train, self.cfg = computer, train, cfg
@@ -310,11 +315,18 @@ class RelatedFeatures:
       return self.store[np.asarray(batch)]
     return self.computer.features(images)
 
-  def __call__(self, indices: list[int]) -> np.ndarray:
+  def __call__(self, indices: list[int], batch: list[int], batch_feats: np.ndarray) -> np.ndarray:
+    """Features of the related images `indices`: the kept ones; else those among the batch's
+    queries `batch` are taken from their features `batch_feats` (`of_queries`) and the others
+    computed, `localize.batch_size` at a time."""
     if self.store is not None:
       return self.store[np.asarray(indices)]
+    at = {i: j for j, i in enumerate(batch)}
+    rest = [i for i in indices if i not in at]
     bs = self.cfg.localize.batch_size
-    return np.concatenate([self._batch(indices[s : s + bs]) for s in range(0, len(indices), bs)])
+    computed = [self._batch(rest[s : s + bs]) for s in range(0, len(rest), bs)]
+    computed = dict(zip(rest, np.concatenate(computed))) if rest else {}
+    return np.stack([batch_feats[at[i]] if i in at else computed[i] for i in indices])
 
 
 def _write_maps(
@@ -357,10 +369,11 @@ def _write_maps(
       partners = sorted({n for per_image in related for ks in per_image for n in ks})
       at = {n: j for j, n in enumerate(partners)}
       related = [[[at[n] for n in ks] for ks in per_image] for per_image in related]
+      feats = related_features.of_queries(batch, images)
       small = image_maps(
         computer,
-        related_features.of_queries(batch, images),
-        related_features(partners) if partners else None,
+        feats,
+        related_features(partners, batch, feats) if partners else None,
         view_feats,
         related,
         classes,

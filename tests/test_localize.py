@@ -106,7 +106,8 @@ def test_map_back_is_pytorch_bicubic():
 
 def test_kept_and_per_batch_related_features_give_the_same_maps(tiny_run, tmp_path):
   """localize.feature_memory_mib=0 (features per batch, flat memory) writes the maps of the
-  default (the training set's features kept)."""
+  default (the training set's features kept), to the bit: on the CPU each image's features
+  are computed alone (models/per_image.py), whatever batch it is computed in."""
   import shutil
 
   from cows_jax import config, run_dir
@@ -122,7 +123,7 @@ def test_kept_and_per_batch_related_features_give_the_same_maps(tiny_run, tmp_pa
     a = run_dir.load_maps(run_dir.RunDir(original).map_file(i))
     b = run_dir.load_maps(run.map_file(i))
     np.testing.assert_array_equal(a[1], b[1])
-    np.testing.assert_allclose(a[0], b[0], rtol=1e-4, atol=0.05)  # float16 maps, 0..255.
+    np.testing.assert_array_equal(a[0], b[0])
 
 
 def _numpy_to_image_size(small, size, quantize):

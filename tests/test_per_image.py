@@ -1,0 +1,36 @@
+"""models.per_image: on the CPU a batched network run one image (per device) at a time gives the
+batched outputs, in the batch's order; GPUs and TPUs keep the batch."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import export as jax_export
+from jax import lax
+
+from cows_jax.models import per_image
+
+
+def _net(x):
+  """Two convolutions with a ReLU: each image's output depends on its own pixels only."""
+  w1 = jnp.linspace(-1.0, 1.0, 3 * 3 * 3 * 4).reshape(3, 3, 3, 4)
+  w2 = jnp.linspace(1.0, -0.5, 3 * 3 * 4 * 2).reshape(3, 3, 4, 2)
+  conv = lambda x, w: lax.conv_general_dilated(
+    x, w, (1, 1), 'SAME', dimension_numbers=('NHWC', 'HWIO', 'NHWC')
+  )
+  return conv(jax.nn.relu(conv(x, w1) + 0.1), w2)
+
+
+@pytest.mark.parametrize('batch,devices', [(4, 1), (4, 2), (6, 3), (3, 2)])
+def test_one_image_at_a_time_equals_the_batch(batch, devices):
+  x = jnp.asarray(np.random.default_rng(batch).normal(size=(batch, 8, 8, 3)), jnp.float32)
+  got = jax.jit(lambda x: per_image.on_cpu(_net, x, devices))(x)
+  np.testing.assert_allclose(got, _net(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize('platform,scans', [('cpu', True), ('cuda', False), ('tpu', False)])
+def test_only_the_cpu_scans(platform, scans):
+  x = jax.ShapeDtypeStruct((4, 8, 8, 3), jnp.float32)
+  fn = jax.jit(lambda x: per_image.on_cpu(_net, x, 2))
+  text = jax_export.export(fn, platforms=[platform])(x).mlir_module()
+  assert ('while' in text) == scans
