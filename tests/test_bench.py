@@ -109,6 +109,16 @@ def test_localize_bench_counts_the_flops_of_each_procedure(capsys, tmp_path):
   assert flops[0] < flops[1]  # features once per image: less work than a pair forward each.
 
 
+def test_features_bench_counts_the_scan_as_the_batch(capsys, tmp_path):
+  """One image at a time is the batch's work: the same FLOPs per image (XLA alone would count
+  the scan's body once)."""
+  out, report = _run(capsys, tmp_path, f'features --batch 3 --size 32 --steps 1 {TINY}')
+  names = ['jax, one image at a time', 'jax, whole batch']
+  _check_rows(out, report, names + ['torch, whole batch'] * HAS_TORCH, 'image')
+  flops = [row['flops_per_image'] for row in report['rows']]
+  assert flops[0] == flops[1]
+
+
 def test_input_bench_prints_the_pipeline_next_to_the_train_step(capsys, tmp_path):
   args = '--images 6 --jpeg 50x40 --size 32 --batch 2 --batches 2 --steps 1 --views pair'
   out, report = _run(capsys, tmp_path, f'input {args} {TINY}')

@@ -1,4 +1,4 @@
-"""`cows-jax bench train-step|segment-step|localize|inference|input|localize-memory|export`
+"""`cows-jax bench train-step|segment-step|localize|features|inference|input|localize-memory|export`
 (and conv, test-time: tools/bench_conv.py, tools/bench_test_time.py):
 our jitted code against the reference's procedure (and, where torch is importable, the PyTorch
 reference of cows_jax/tools/torch_reference.py) on random images and randomly initialised
@@ -49,7 +49,7 @@ from cows_jax import (
 )
 from cows_jax.configs.defaults import paper_defaults
 from cows_jax.data import input_pipeline, sources
-from cows_jax.models import from_config
+from cows_jax.models import from_config, per_image
 from cows_jax.tools import bench_conv, bench_test_time
 
 SELF_VIEWS = {'pair': (), 'full': ('flip', 0.75, 2.0)}
@@ -177,11 +177,17 @@ class FlopCounter:
   def __init__(self):
     self.flops, self.known, self._compiled = 0.0, True, {}
 
-  def wrap(self, jitted):
+  def wrap(self, jitted, count_as=None):
+    """`count_as`: a jitted function of the same work whose FLOPs XLA can count (XLA counts
+    a scan's body once: models/per_image.py's scan is counted as the batched network)."""
+
     def call(*args):
       key = (id(jitted), _signature(args))
       if key not in self._compiled:
-        self._compiled[key] = compile_with_flops(jitted, *args)
+        compiled, flops = compile_with_flops(jitted, *args)
+        if count_as is not None:
+          flops = compile_with_flops(count_as, *args)[1]
+        self._compiled[key] = compiled, flops
       compiled, flops = self._compiled[key]
       if flops is None:
         self.known = False
@@ -734,11 +740,14 @@ def _padded(indices, size):
 
 
 def _jax_localize_ours(model, variables, cfg, images, classes, related, counter):
-  """localize.run's procedure: per batch of queries, features once per query, view and
-  related image the batch needs, the head per pairing; nothing kept across batches."""
+  """localize.run's procedure in its per-batch mode: per batch of queries, features once per
+  query and view, and of each related image the batch needs that is not one of its queries;
+  the head per pairing; nothing kept across batches."""
   computer = localize.MapComputer(model, variables)
   # Its jitted pieces, counted (and compiled ahead of time) by `counter`.
-  computer._f, computer._p, computer._c = map(counter.wrap, (computer._f, computer._p, computer._c))
+  batched = jax.jit(lambda v, x: model.apply(v, x, method=model.features))
+  computer._f = counter.wrap(computer._f, count_as=batched)
+  computer._p, computer._c = map(counter.wrap, (computer._p, computer._c))
   bs = min(len(images), cfg.localize.batch_size)
 
   def features(indices):
@@ -758,12 +767,15 @@ def _jax_localize_ours(model, variables, cfg, images, classes, related, counter)
         v: computer.features(np.asarray(views.make_view(images[batch], v)))
         for v in cfg.localize.self_views
       }
+      feats_m = computer.features(images[batch])
       partners = sorted({n for i in batch for ks in related[i] for n in ks})
+      rest = [n for n in partners if n not in batch]
+      known = {**dict(zip(batch, feats_m)), **dict(zip(rest, features(rest) if rest else []))}
       at = {n: j for j, n in enumerate(partners)}
       out += localize.image_maps(
         computer,
-        computer.features(images[batch]),
-        features(partners),
+        feats_m,
+        np.stack([known[n] for n in partners]),
         view_feats,
         [[[at[n] for n in ks] for ks in related[i]] for i in batch],
         [classes[i] for i in batch],
@@ -877,6 +889,79 @@ def localize_bench(args) -> None:
     f'bench localize: size {args.size}, {args.images} images x {CLASSES_PER_IMAGE} classes, '
     f'{args.related} related per class, views {"/".join(map(str, self_views))} '
     f'({pairings} pairings per image), width {args.width}, classes {args.classes}, {args.dtype}'
+  )
+  _report(args, title, rows, 's/image', 'images', 1)
+
+
+# --- features -------------------------------------------------------------------------------
+
+
+def _jax_features(args, one_at_a_time: bool) -> dict:
+  """The classifier's backbone on a batch, as localize runs it (models/per_image.py: one
+  image at a time on the CPU) or the whole batch at once."""
+  cfg = _config(args)
+  model = from_config.classifier(cfg)
+  variables = {'params': random_params(model, args.size, 0)}
+  apply = lambda v, x: model.apply(v, x, method=model.features)
+  fn = jax.jit(lambda v, x: per_image.on_cpu(functools.partial(apply, v), x))
+  images = np.random.default_rng(0).normal(size=(args.batch, args.size, args.size, 3))
+  x = jnp.asarray(images, jnp.float32)
+  batched = jax.jit(apply)
+  result = _time_jitted(
+    fn if one_at_a_time else batched, (variables, x), args.steps, lambda out: (variables, x)
+  )
+  result['seconds'] /= args.batch
+  # XLA counts a scan's body once: the batched program's count is the work of either.
+  flops = compile_with_flops(batched, variables, x)[1]
+  result['flops'] = None if flops is None else flops / args.batch
+  return {**result, **_jax_device(args.dtype)}
+
+
+def _torch_features(args) -> dict:
+  _cpu_only_jax()
+  import torch
+
+  from cows_jax.tools import torch_reference as ref
+
+  device, kind = _torch_device()
+  model = ref.CoAttentionClassifier(args.classes, args.width).to(device).eval()
+  rng = np.random.default_rng(0)
+  x = ref.nchw(rng.normal(size=(args.batch, args.size, args.size, 3)).astype(np.float32))
+  x = x.to(device)
+
+  def run():
+    with torch.no_grad(), _torch_autocast(device, args.dtype):
+      out = model.features(x)
+    if device == 'cuda':
+      torch.cuda.synchronize()
+    return out
+
+  start = time.perf_counter()
+  run()
+  first = time.perf_counter() - start
+  start = time.perf_counter()
+  for _ in range(args.steps):
+    run()
+  seconds = (time.perf_counter() - start) / args.steps / args.batch
+  flops = _torch_flops(run) / args.batch
+  return {
+    'first': first,
+    'seconds': seconds,
+    'flops': flops,
+    **_torch_result(device, kind, args.dtype),
+  }
+
+
+def features_bench(args) -> None:
+  rows = [
+    ('jax, one image at a time', _isolated(_jax_features, args, True)),
+    ('jax, whole batch', _isolated(_jax_features, args, False)),
+  ]
+  if importlib.util.find_spec('torch'):
+    rows.append(('torch, whole batch', _isolated(_torch_features, args)))
+  title = (
+    f"bench features: the classifier's backbone, batch {args.batch} at {args.size} px, "
+    f'width {args.width}, {args.dtype}'
   )
   _report(args, title, rows, 's/image', 'images', 1)
 
@@ -1068,6 +1153,7 @@ def _parser() -> argparse.ArgumentParser:
   step = sub.add_parser('train-step', help='one classifier SGD step')
   seg = sub.add_parser('segment-step', help='one segmenter micro-step (PyTorch reference too)')
   loc = sub.add_parser('localize', help='localization maps of query images')
+  feat = sub.add_parser('features', help="the classifier's backbone, per image and batched")
   inf = sub.add_parser('inference', help="images/s of the segmenter's test-time procedure")
   inp = sub.add_parser('input', help="the input pipeline's pairs/s next to the train step's")
   for p in (step, inp):
@@ -1083,6 +1169,8 @@ def _parser() -> argparse.ArgumentParser:
   seg.add_argument('--batch', type=int, default=1, help='crops per micro-step')
   seg.add_argument('--steps', type=int, default=5, help='timed steps after the first')
   loc.add_argument('--images', type=int, required=True, help='query images')
+  feat.add_argument('--batch', type=int, default=16, help='images (localize.batch_size: 16)')
+  feat.add_argument('--steps', type=int, default=2, help='timed calls after the first')
   loc.add_argument('--related', type=int, default=3, help='related images per class (K)')
   inf.add_argument('--images', type=int, default=2, help='timed images (after a first one)')
   inf.add_argument('--image', default='500x375', help='image size, width x height')
@@ -1115,7 +1203,7 @@ def _parser() -> argparse.ArgumentParser:
   exp.add_argument('--backbone', choices=('resnet101', 'vgg16'), default='resnet101')
   exp.add_argument('--head', choices=('largefov', 'aspp'), default='largefov')
   exp.add_argument('--platforms', default='cpu,cuda,tpu', help='comma list, one export each')
-  for p, size in {step: None, loc: None, seg: 321, inp: 256, exp: None}.items():
+  for p, size in {step: None, loc: None, feat: 256, seg: 321, inp: 256, exp: None}.items():
     p.add_argument(
       '--size',
       type=int,
@@ -1123,10 +1211,10 @@ def _parser() -> argparse.ArgumentParser:
       default=size,
       help='square input size in pixels' + (' (the crop)' if p is seg else ''),
     )
-  for p in (step, loc, seg, inf, inp, exp):
+  for p in (step, loc, feat, seg, inf, inp, exp):
     p.add_argument('--width', type=float, default=1.0, help='channel multiplier (1.0: paper)')
     p.add_argument('--classes', type=int, default=20, help='number of (object) classes')
-  for p in (step, seg, loc, inf, inp):
+  for p in (step, seg, loc, feat, inf, inp):
     p.add_argument(
       '--dtype',
       choices=('float32', 'bfloat16'),
@@ -1149,6 +1237,7 @@ def main(argv) -> int:
     'train-step': train_step_bench,
     'segment-step': segment_step_bench,
     'localize': localize_bench,
+    'features': features_bench,
     'inference': inference_bench,
     'input': input_bench,
     'localize-memory': localize_memory_bench,
