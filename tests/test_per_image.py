@@ -34,3 +34,16 @@ def test_only_the_cpu_scans(platform, scans):
   fn = jax.jit(lambda x: per_image.on_cpu(_net, x, 2))
   text = jax_export.export(fn, platforms=[platform])(x).mlir_module()
   assert ('while' in text) == scans
+
+
+def test_an_export_for_every_platform_takes_any_batch():
+  """Exports have a symbolic batch and may name several platforms (cows-jax export
+  --platforms cpu,cuda,tpu): the scan lowers for each, and the CPU one runs any batch."""
+  shape = jax_export.symbolic_shape('b, 8, 8, 3')
+  fn = jax.jit(lambda x: per_image.on_cpu(_net, x))
+  exported = jax_export.export(fn, platforms=['cpu', 'cuda', 'tpu'])(
+    jax.ShapeDtypeStruct(shape, jnp.float32)
+  )
+  for batch in (1, 3):
+    x = jnp.asarray(np.random.default_rng(batch).normal(size=(batch, 8, 8, 3)), jnp.float32)
+    np.testing.assert_allclose(exported.call(x), _net(x), rtol=1e-5, atol=1e-5)

@@ -17,8 +17,8 @@ def on_cpu(fn, x, devices: int = 1):
   `devices`, in the order of the shards; one at a time where B does not divide)."""
 
   def scanned(x):
-    b = x.shape[0]
-    groups = devices if b % devices == 0 else 1
+    b = x.shape[0]  # may be symbolic (an export's batch): then devices is 1.
+    groups = devices if devices > 1 and b % devices == 0 else 1
     # [B] -> [groups, B/groups] keeps each device's shard in its row; scan over the columns.
     steps = x.reshape(groups, b // groups, *x.shape[1:]).swapaxes(0, 1)
     out = lax.map(fn, steps)
