@@ -552,8 +552,11 @@ def _jax_inference(args) -> dict:
   probs = inference.window_probabilities(
     model, settings.flip_windows, cfg.segment.upsample_align_corners
   )
+  batched = inference.window_probabilities(
+    model, settings.flip_windows, cfg.segment.upsample_align_corners, one_at_a_time=False
+  )
   counter = FlopCounter()
-  counted = counter.wrap(probs)
+  counted = counter.wrap(probs, count_as=batched)
   h, w = _image_size(args.image)
   images = np.random.default_rng(0).integers(0, 256, (args.images + 1, h, w, 3), np.uint8)
 
