@@ -939,20 +939,9 @@ def _torch_features(args) -> dict:
       torch.cuda.synchronize()
     return out
 
-  start = time.perf_counter()
-  run()
-  first = time.perf_counter() - start
-  start = time.perf_counter()
-  for _ in range(args.steps):
-    run()
-  seconds = (time.perf_counter() - start) / args.steps / args.batch
-  flops = _torch_flops(run) / args.batch
-  return {
-    'first': first,
-    'seconds': seconds,
-    'flops': flops,
-    **_torch_result(device, kind, args.dtype),
-  }
+  result = _torch_timed(run, args.steps)
+  per_image = {k: result[k] / args.batch for k in ('seconds', 'flops')}
+  return {**result, **per_image, **_torch_result(device, kind, args.dtype)}
 
 
 def features_bench(args) -> None:
