@@ -86,10 +86,11 @@ def window_probabilities(
 ) -> Callable:
   """jit: (variables, windows [N,h,w,3]) -> softmax [N,h,w,C] at window resolution (the
   logits upsampled x8 as in training), averaged with the mirrored window's (mirrored back)
-  when `flip`. The network runs one window at a time on the CPU (models/per_image.py; the
-  paper's test time of a 500x375 image with ResNet-101 LargeFOV: 1.5x faster, a sixth of the
-  memory, `cows-jax bench inference`); `one_at_a_time=False`: the whole batch in one call
-  everywhere (whose FLOPs XLA counts in full)."""
+  when `flip`. The network runs one window at a time on the CPU for windows of 256x256 px or
+  more (models/per_image.py; the paper's test time of a 500x375 image with ResNet-101
+  LargeFOV: 1.5x faster, a sixth of the memory, `cows-jax bench inference`);
+  `one_at_a_time=False`: the whole batch in one call everywhere (whose FLOPs XLA counts in
+  full)."""
 
   @jax.jit
   def probs(variables, x):

@@ -126,9 +126,12 @@ def test_flip_averages_the_mirrored_prediction(tiny_model):
   np.testing.assert_allclose(both, (plain + mirrored[:, :, ::-1]) / 2, atol=1e-5)
 
 
-def test_one_window_at_a_time_equals_the_batch(tiny_model):
-  """The CPU's scan over windows (models/per_image.py) gives the batched call's
-  probabilities, flipped windows included."""
+def test_one_window_at_a_time_equals_the_batch(tiny_model, monkeypatch):
+  """The CPU's scan over windows (models/per_image.py, here for small windows too) gives the
+  batched call's probabilities, flipped windows included."""
+  from cows_jax.models import per_image
+
+  monkeypatch.setattr(per_image, 'MIN_PIXELS', 1)
   model, variables = tiny_model
   x = transforms.normalize(np.stack([_image(32, 40, seed) for seed in (1, 2, 3)]), MEAN, STD)
   scanned = inference.window_probabilities(model, True, True)(variables, x)

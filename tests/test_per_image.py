@@ -1,5 +1,5 @@
 """models.per_image: on the CPU a batched network run one image (per device) at a time gives the
-batched outputs, in the batch's order; GPUs and TPUs keep the batch."""
+batched outputs, in the batch's order; small images and GPUs and TPUs keep the batch."""
 
 import jax
 import jax.numpy as jnp
@@ -21,22 +21,36 @@ def _net(x):
   return conv(jax.nn.relu(conv(x, w1) + 0.1), w2)
 
 
+@pytest.fixture
+def scan_tiny_images(monkeypatch):
+  """Scan the tests' 8x8 images as the CPU scans large ones."""
+  monkeypatch.setattr(per_image, 'MIN_PIXELS', 1)
+
+
 @pytest.mark.parametrize('batch,devices', [(4, 1), (4, 2), (6, 3), (3, 2)])
-def test_one_image_at_a_time_equals_the_batch(batch, devices):
+def test_one_image_at_a_time_equals_the_batch(batch, devices, scan_tiny_images):
   x = jnp.asarray(np.random.default_rng(batch).normal(size=(batch, 8, 8, 3)), jnp.float32)
   got = jax.jit(lambda x: per_image.on_cpu(_net, x, devices))(x)
   np.testing.assert_allclose(got, _net(x), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize('platform,scans', [('cpu', True), ('cuda', False), ('tpu', False)])
-def test_only_the_cpu_scans(platform, scans):
+def test_only_the_cpu_scans(platform, scans, scan_tiny_images):
   x = jax.ShapeDtypeStruct((4, 8, 8, 3), jnp.float32)
   fn = jax.jit(lambda x: per_image.on_cpu(_net, x, 2))
   text = jax_export.export(fn, platforms=[platform])(x).mlir_module()
   assert ('while' in text) == scans
 
 
-def test_an_export_for_every_platform_takes_any_batch():
+def test_images_below_the_size_keep_the_batch():
+  small = jax.ShapeDtypeStruct((4, 16, 16, 3), jnp.float32)
+  fn = jax.jit(lambda x: per_image.on_cpu(_net, x))
+  assert 'while' not in jax_export.export(fn, platforms=['cpu'])(small).mlir_module()
+  assert per_image.scans(256, 256) and not per_image.scans(192, 192)
+  assert per_image.scans(*jax_export.symbolic_shape('h, w'))
+
+
+def test_an_export_for_every_platform_takes_any_batch(scan_tiny_images):
   """Exports have a symbolic batch and may name several platforms (cows-jax export
   --platforms cpu,cuda,tpu): the scan lowers for each, and the CPU one runs any batch."""
   shape = jax_export.symbolic_shape('b, 8, 8, 3')
