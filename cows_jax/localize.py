@@ -321,12 +321,20 @@ class RelatedFeatures:
     computed, `localize.batch_size` at a time."""
     if self.store is not None:
       return self.store[np.asarray(indices)]
-    at = {i: j for j, i in enumerate(batch)}
-    rest = [i for i in indices if i not in at]
     bs = self.cfg.localize.batch_size
-    computed = [self._batch(rest[s : s + bs]) for s in range(0, len(rest), bs)]
-    computed = dict(zip(rest, np.concatenate(computed))) if rest else {}
-    return np.stack([batch_feats[at[i]] if i in at else computed[i] for i in indices])
+    compute = lambda rest: np.concatenate(
+      [self._batch(rest[s : s + bs]) for s in range(0, len(rest), bs)]
+    )
+    return reuse_queries(indices, batch, batch_feats, compute)
+
+
+def reuse_queries(indices: list[int], batch: list[int], batch_feats, compute) -> np.ndarray:
+  """Features of the images `indices`: those among the queries `batch` taken from their
+  features `batch_feats`, the others from `compute(others)` (one call)."""
+  at = {i: j for j, i in enumerate(batch)}
+  rest = [i for i in indices if i not in at]
+  computed = dict(zip(rest, compute(rest))) if rest else {}
+  return np.stack([batch_feats[at[i]] if i in at else computed[i] for i in indices])
 
 
 def _write_maps(

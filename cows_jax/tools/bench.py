@@ -772,13 +772,11 @@ def _jax_localize_ours(model, variables, cfg, images, classes, related, counter)
       }
       feats_m = computer.features(images[batch])
       partners = sorted({n for i in batch for ks in related[i] for n in ks})
-      rest = [n for n in partners if n not in batch]
-      known = {**dict(zip(batch, feats_m)), **dict(zip(rest, features(rest) if rest else []))}
       at = {n: j for j, n in enumerate(partners)}
       out += localize.image_maps(
         computer,
         feats_m,
-        np.stack([known[n] for n in partners]),
+        localize.reuse_queries(partners, batch, feats_m, features),
         view_feats,
         [[[at[n] for n in ks] for ks in related[i]] for i in batch],
         [classes[i] for i in batch],
