@@ -1,13 +1,18 @@
 #!/usr/bin/env bash
 # The worker side of launch/tpu_vm.sh: runs on every worker of a Cloud TPU VM, over ssh.
 # usage: tpu_worker.sh setup ARGS_FILE [--replace] | start ARGS_FILE | poll | stop | tail [N] | logs
-# ARGS_FILE (written by tpu_vm.sh) sets `job` and `args`, the cows-jax arguments, each quoted
-# with printf %q, so that every override arrives verbatim.
+# ARGS_FILE (written by tpu_vm.sh) sets `job`, `workdir`, `sync` (seconds) and `args`, the
+# cows-jax arguments, each quoted with printf %q, so that every override arrives verbatim.
 # Layout, in ~/cows_jax (the boot disk of each worker):
 #   src/            the shipped source, replaced on every launch
 #   venv/           Python >= 3.11 from uv (stock TPU images have 3.10), the project editable
-#   jobs/JOB/       args.sh, worker-N.log, worker-N.pid (the job's process group), worker-N.rc
+#   jobs/JOB/       args.sh, worker-N.log, worker-N.pid (the job's process group), worker-N.rc,
+#                   tmp/ (the stage's TMPDIR, removed when it exits 0), worker-N.sync.log
 #   current         -> jobs/JOB, the last job started
+# While the stage runs, and when it ends, the log goes to WORKDIR/logs/worker-N.log and, for a
+# gs:// WORKDIR, the TensorBoard event files still open to WORKDIR/tensorboard/live/ (sync_job):
+# every `sync` seconds (set by tpu_vm.sh --sync; 0: never), each copy within
+# COWS_TPU_SYNC_TIMEOUT seconds (default 30, less than the SIGTERM grace).
 set -euo pipefail
 root=$HOME/cows_jax
 venv=$root/venv
@@ -19,6 +24,7 @@ lockfile=${COWS_TPU_LOCKFILE:-/tmp/libtpu_lockfile}
 tpu_devices=${COWS_TPU_DEVICES-/dev/accel* /dev/vfio/[0-9]*}
 # SIGTERM first: cows-jax checkpoints and exits 75 (preemption.py); SIGKILL after this long.
 grace=${COWS_TPU_STOP_GRACE:-60}
+sync_timeout=${COWS_TPU_SYNC_TIMEOUT:-30}
 
 say() { echo "cows_jax worker=$worker $*"; }
 
@@ -125,7 +131,7 @@ python_ok() {
 
 # Runs after tpu_vm.sh unpacked the new source into src.new.
 setup() {
-  local args_file=$1 replace=${2:-} job args
+  local args_file=$1 replace=${2:-} job args workdir sync
   # shellcheck disable=SC1090
   source "$args_file"
   if job_running && [[ $replace != --replace ]]; then
@@ -144,7 +150,7 @@ setup() {
 
 # Starts the job detached (setsid, nohup): it survives the end of the ssh session.
 start() {
-  local args_file=$1 job args dir log i
+  local args_file=$1 job args workdir sync dir log i
   # shellcheck disable=SC1090
   source "$args_file"
   dir=$root/jobs/$job
@@ -167,25 +173,124 @@ start() {
   say "state=started job=$job log=$log"
 }
 
+# put FILE TARGET: FILE into WORKDIR, on gs:// (gcloud storage, with the worker's service
+# account) or at a path (a share every worker mounts), never half written.
+put() {
+  local file=$1 target=$2
+  if [[ $target == gs://* ]]; then
+    gcloud storage cp --quiet "$file" "$target"
+  else
+    mkdir -p "$(dirname "$target")" && cp "$file" "$target.tmp.$worker" &&
+      mv -f "$target.tmp.$worker" "$target"
+  fi
+}
+
+# What WORKDIR keeps of the job while it runs: this worker's log, and for a gs:// WORKDIR the
+# TensorBoard event files that summaries.py writes to TMPDIR (the job's tmp/) and copies to
+# WORKDIR/tensorboard/NAME/ only when their writer closes. Until then they go to
+# WORKDIR/tensorboard/live/cows_tensorboard.XXXX/; once closed, that copy is removed. gcloud's
+# output goes to worker-N.sync.log.
+sync_job() {
+  local dir=$1 job args workdir sync d f name live failed=0
+  # shellcheck disable=SC1091
+  source "$dir/args.sh"
+  if [[ $workdir == *://* && $workdir != gs://* ]]; then
+    return 0 # other object stores: not copied.
+  fi
+  exec >>"$dir/worker-$worker.sync.log" 2>&1
+  echo "$(date -u +%FT%TZ) sync to $workdir"
+  put "$dir/worker-$worker.log" "$workdir/logs/worker-$worker.log" || failed=1
+  [[ $workdir == gs://* ]] || return "$failed" # elsewhere the stage writes its events there.
+  live=$dir/tensorboard.live
+  touch "$live"
+  for d in "$dir"/tmp/cows_tensorboard.*/; do
+    [[ -d $d ]] || continue
+    name=$(basename "$d")
+    grep -qxF "$name" "$live" || echo "$name" >>"$live"
+    for f in "$d"events.out.tfevents.*; do
+      if [[ -f $f ]]; then
+        put "$f" "$workdir/tensorboard/live/$name/$(basename "$f")" || failed=1
+      fi
+    done
+  done
+  while IFS= read -r name; do
+    if [[ -d $dir/tmp/$name ]] ||
+      ! gcloud storage rm --recursive --quiet "$workdir/tensorboard/live/$name"; then
+      echo "$name" # still open, or its live copy is still there.
+    fi
+  done <"$live" >"$live.new"
+  mv "$live.new" "$live"
+  return "$failed"
+}
+
+# One sync, within sync_timeout; in the background (its own process group, as `timeout` makes
+# it) when called with a second argument, the pid of which is then in `syncing`.
+sync_now() {
+  local dir=$1
+  if [[ -n ${2:-} ]]; then
+    timeout "$sync_timeout" bash "$root/src/launch/tpu_worker.sh" _sync "$dir" &
+    syncing=$!
+  elif ! timeout "$sync_timeout" bash "$root/src/launch/tpu_worker.sh" _sync "$dir"; then
+    echo "cows_jax: worker $worker: copying the log or events to the workdir failed or took" \
+      "over ${sync_timeout}s (worker-$worker.sync.log)"
+  fi
+}
+
+stop_sync_loop() {
+  if [[ -n $sleeper ]]; then kill "$sleeper" 2>/dev/null || true; fi
+  if [[ -n $syncing ]]; then kill -TERM -- "-$syncing" "$syncing" 2>/dev/null || true; fi
+  exit 0
+}
+
+# Every `period` seconds while the job's shell lives; SIGTERM ends it, and the sync in flight.
+sync_loop() {
+  local dir=$1 period=$2 main=$$ sleeper='' syncing=''
+  trap 'stop_sync_loop' TERM
+  while kill -0 "$main" 2>/dev/null; do
+    sleep "$period" &
+    sleeper=$!
+    wait "$sleeper" || true
+    sync_now "$dir" background
+    if ! wait "$syncing"; then
+      echo "cows_jax: worker $worker: copying the log or events to the workdir failed or took" \
+        "over ${sync_timeout}s (worker-$worker.sync.log)"
+    fi
+    syncing=''
+  done
+}
+
 # The job itself: the stage, then its exit status in worker-N.rc.
 run_job() {
-  local dir=$1 job args rc
+  local dir=$1 job args workdir='' sync=0 rc syncer=''
   echo $$ >"$dir/worker-$worker.pid" # the process group of the job: setsid made it leader.
   # shellcheck disable=SC1091
   source "$dir/args.sh"
   # A trap (not the default action) keeps this shell alive to record the stage's exit status;
   # the stage gets the same SIGTERM and checkpoints.
   trap 'echo "cows_jax: worker $worker: SIGTERM, waiting for the stage to stop"' TERM
-  export PYTHONUNBUFFERED=1
+  export PYTHONUNBUFFERED=1 COWS_TPU_WORKER=$worker TMPDIR=$dir/tmp
+  mkdir -p "$TMPDIR"
   echo "cows_jax: job $job, worker $worker, $(hostname), $(date -u +%FT%TZ)"
   echo "cows_jax: cows-jax$(printf ' %q' "${args[@]}")"
   cd "$root/src"
+  if [[ -n $workdir && ! $sync =~ ^0*([.]0*)?$ ]]; then
+    sync_loop "$dir" "$sync" &
+    syncer=$!
+  fi
   set +e
   "$venv/bin/cows-jax" "${args[@]}"
   rc=$?
+  echo "cows_jax: worker $worker: exit status $rc, $(date -u +%FT%TZ)"
+  if [[ -n $syncer ]]; then
+    kill "$syncer" 2>/dev/null
+    wait "$syncer" 2>/dev/null
+    sync_now "$dir" # the end of the log, the last events: before poll sees the status.
+  fi
+  if ((rc == 0)); then
+    rm -rf "$TMPDIR"
+  fi
   echo "$rc" >"$dir/worker-$worker.rc.tmp"
   mv "$dir/worker-$worker.rc.tmp" "$dir/worker-$worker.rc" # poll never reads a partial status.
-  echo "cows_jax: worker $worker: exit status $rc, $(date -u +%FT%TZ)"
   exit "$rc"
 }
 
@@ -209,6 +314,7 @@ case $command in
   setup) setup "$@" ;;
   start) start "$@" ;;
   _job) run_job "$@" ;;
+  _sync) sync_job "$@" ;;
   poll) poll ;;
   stop)
     stop_job
