@@ -101,8 +101,11 @@ _OUT = flags.DEFINE_string(
 )
 _PLATFORMS = flags.DEFINE_string(
   'platforms',
-  'cpu',
-  f'export: comma list of platforms to lower for ({", ".join(export.PLATFORMS)}).',
+  None,
+  f'export: comma list of platforms to lower for ({", ".join(export.PLATFORMS)}; gpu is cuda, '
+  "or rocm on an AMD machine, as jax.export names them). Default: this machine's platform "
+  'only; list the others an export should run on, e.g. --platforms=cpu,cuda for CPUs and '
+  'NVIDIA GPUs.',
 )
 _MODEL = flags.DEFINE_enum(
   'model', 'segmenter', ['segmenter', 'classifier'], 'export: which trained model.'
@@ -206,11 +209,13 @@ def _predict(paths: list[str]) -> None:
     )
   try:
     if _EXPORT.value:
+      # Images of one size go through the exported network together.
       probabilities, meta = inference.load_export(_EXPORT.value)
       crf_params = ml_collections.ConfigDict(meta['crf']) if _CRF.value else None
     elif _CONFIG.value is not None and _WORKDIR.value is not None:
       cfg = config.finalize(_CONFIG.value)
-      probabilities = inference.load_predictor(cfg, _WORKDIR.value)
+      one = inference.load_predictor(cfg, _WORKDIR.value)
+      probabilities = lambda images: [one(image) for image in images]
       crf_params = cfg.crf if _CRF.value else None
     else:
       raise app.UsageError('predict needs --export E, or --config and --workdir')
@@ -298,7 +303,9 @@ def _run(command: str, cfg) -> None:
   elif command == 'export':
     if _OUT.value is None:
       raise app.UsageError(f'export needs --out DIR\n{USAGE}')
-    platforms = export.parse_platforms(_PLATFORMS.value)
+    platforms = (
+      export.parse_platforms(_PLATFORMS.value) if _PLATFORMS.value else export.default_platforms()
+    )
     write = export.export_segmenter if _MODEL.value == 'segmenter' else export.export_classifier
     write(cfg, _WORKDIR.value, _OUT.value, platforms=platforms)
     logging.info('export: -> %s (%s)', _OUT.value, ', '.join(platforms))

@@ -7,9 +7,11 @@ The segmenter (default, `--model segmenter`):
                     width symbolic; lowered for every requested platform
     E/meta.json     what a user of the export needs to know (format_version, input layout,
                     mean/std, classes and palette, symbolic dimensions, test-time settings,
-                    platforms, source checkpoint, sha256 of model.jax, versions)
+                    platforms, source checkpoint, sha256 of model.jax, versions, the jax
+                    versions that load it and the pip line of a loader without cows_jax)
     E/test_time.py  the numpy driver of the paper's test-time procedure (scales, sliding
-                    windows, averaged softmax), a copy of cows_jax/test_time.py
+                    windows, averaged softmax) and the export's Python API (`load`: one
+                    export, many images), a copy of cows_jax/test_time.py
 
 The network runs inside the export and the procedure around it as the numpy driver: the
 number and size of windows depend on each image's size, which the export's symbolic shapes
@@ -32,16 +34,50 @@ from cows_jax import checkpoints, config, inference, maps, run_dir, test_time, v
 from cows_jax.data import sources
 from cows_jax.models import from_config
 
-PLATFORMS = ('cpu', 'cuda', 'tpu')
+PLATFORMS = ('cpu', 'cuda', 'rocm', 'tpu')  # jax.export's names ('gpu' is canonicalized).
 
 
 def parse_platforms(text: str) -> tuple[str, ...]:
-  """'cpu,cuda' -> ('cpu', 'cuda'), each checked."""
-  platforms = tuple(p.strip() for p in text.split(',') if p.strip())
+  """'cpu,gpu' -> ('cpu', 'cuda'): each canonicalized as jax.export does (gpu -> cuda, or
+  rocm on an AMD machine) and checked, duplicates dropped."""
+  platforms = tuple(
+    dict.fromkeys(test_time.canonical_platform(p) for p in text.split(',') if p.strip())
+  )
   bad = [p for p in platforms if p not in PLATFORMS]
   if not platforms or bad:
-    raise ValueError(f'--platforms={text!r}: expected a comma list of {", ".join(PLATFORMS)}')
+    raise ValueError(
+      f'--platforms={text!r}: expected a comma list of {", ".join(PLATFORMS)} (gpu: cuda)'
+    )
   return platforms
+
+
+def default_platforms() -> tuple[str, ...]:
+  """This machine's platform, as jax.export names it (jax.default_backend() 'gpu' -> 'cuda')."""
+  return (test_time.machine_platform(),)
+
+
+def load_with(exported: jax_export.Exported) -> dict:
+  """meta.json's `load_with`: the jax versions that load the export, by jax.export's
+  compatibility window, and the pip lines of a loader without cows_jax (test_time.check_jax
+  checks the window when the export is loaded).
+
+  jax.export promises that an artifact loads with a jax up to 6 months newer than the one that
+  made it, and up to 3 weeks older, and may stop reading a calling convention 6 months old.
+  So: the exporting jax or newer, as long as its jax.export reads the export's calling
+  convention."""
+  version, convention = jax.__version__, exported.calling_convention_version
+  return {
+    'jax': f'>={version}',
+    'exported_with_jax': version,
+    'calling_convention_version': convention,
+    'window': f'jax {version} or newer whose jax.export reads calling convention {convention} '
+    '(jax.export.minimum_supported_calling_convention_version <= '
+    f'{convention} <= jax.export.maximum_supported_calling_convention_version): jax.export '
+    'promises 6 months of backward compatibility; an older jax is refused (jax.export promises '
+    '3 weeks of forward compatibility, which no version number expresses)',
+    'pip': test_time.PIP_CPU.format(jax=version),
+    'pip_cuda': test_time.PIP_CUDA.format(jax=version),
+  }
 
 
 def segmenter_function(
@@ -57,11 +93,12 @@ def segmenter_function(
 
 
 def export_segmenter(
-  cfg, workdir: str, out: str, platforms=('cpu',), supervision: str = 'pseudo'
+  cfg, workdir: str, out: str, platforms=None, supervision: str = 'pseudo'
 ) -> dict:
-  """Writes E/model.jax, E/meta.json and E/test_time.py for the run's trained segmenter;
-  returns the metadata."""
+  """Writes E/model.jax, E/meta.json and E/test_time.py for the run's trained segmenter, lowered
+  for `platforms` (default: this machine's); returns the metadata."""
   cfg = config.finalize(cfg)
+  platforms = parse_platforms(','.join(platforms)) if platforms else default_platforms()
   settings = inference.Settings.from_config(cfg)
   model = from_config.segmenter(cfg)
   like = from_config.abstract_variables(model, cfg)
@@ -99,6 +136,7 @@ def export_segmenter(
     'crf': cfg.crf.to_dict(),  # the dense CRF's parameters, for `cows-jax predict --crf`.
     'source': {'checkpoint_dir': str(directory), 'step': int(step), 'supervision': supervision},
     'versions': _versions(),
+    'load_with': load_with(exported),
   }
   driver = epath.Path(test_time.__file__).read_bytes()
   run_dir.write_export(run_dir.ExportDir(out), exported.serialize(), meta, driver)
@@ -123,10 +161,12 @@ def classifier_function(model, variables, cfg, platforms) -> jax_export.Exported
   return jax_export.export(jax.jit(fn), platforms=platforms)(query, related, *given)
 
 
-def export_classifier(cfg, workdir: str, out: str, platforms=('cpu',)) -> dict:
+def export_classifier(cfg, workdir: str, out: str, platforms=None) -> dict:
   """Writes E/model.jax and E/meta.json for the classifier checkpoint `localize` uses (end of
-  after classify.localize_after_epochs epochs): localization maps outside the project."""
+  after classify.localize_after_epochs epochs): localization maps outside the project. Lowered
+  for `platforms` (default: this machine's)."""
   cfg = config.finalize(cfg)
+  platforms = parse_platforms(','.join(platforms)) if platforms else default_platforms()
   run = run_dir.RunDir(workdir)
   step = run_dir.classifier_epoch_step(run, cfg.classify.localize_after_epochs)
   model = from_config.classifier(cfg)
@@ -162,6 +202,7 @@ def export_classifier(cfg, workdir: str, out: str, platforms=('cpu',)) -> dict:
     'platforms': list(platforms),
     'source': {'checkpoint_dir': str(run.classifier()), 'step': int(step)},
     'versions': _versions(),
+    'load_with': load_with(exported),
   }
   run_dir.write_export(run_dir.ExportDir(out), exported.serialize(), meta)
   return meta

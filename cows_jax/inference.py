@@ -9,7 +9,7 @@ the probabilities and the average on the device (the in-process predictor's; equ
 test_time.predict within float32 rounding, tested). All windows of an image, at every scale,
 go to the device in one call (padded to a few batch sizes, so few compilations).
 `load_predictor` gives a run directory's trained segmenter as a function image ->
-probabilities.
+probabilities, `load_export` an export as `test_time.Export`.
 """
 
 import dataclasses
@@ -19,7 +19,6 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax import export as jax_export
 from jax import lax
 
 from cows_jax import checkpoints, crf, losses, maps, parallel, run_dir, test_time
@@ -260,27 +259,27 @@ def predict_on_device(
   return np.asarray(_combine(chunks, tuple(slots), layout=tuple(layout)))[:h, :w]
 
 
-def load_export(export_dir: str) -> tuple[Callable, dict]:
-  """An export (`cows-jax export`) as the same kind of predictor as `load_predictor`, and its
-  metadata; an export for another platform is an error naming the fix."""
+def load_export(export_dir: str) -> tuple[test_time.Export, dict]:
+  """An export (`cows-jax export`) as `test_time.Export` (the Python API exports ship: a
+  predictor of one image or of a list, same-size images in one call of the network), and its
+  metadata. An export of a newer format, a changed model.jax, one lowered for another platform
+  (platform names as jax.export canonicalizes them: 'gpu' is 'cuda'), or one this jax cannot
+  load is a one-line error naming the fix."""
   data, meta = run_dir.read_export(run_dir.ExportDir(export_dir))
-  platform = jax.default_backend()
-  if platform not in meta['platforms']:
-    raise ValueError(
-      f'{export_dir} was exported for {", ".join(meta["platforms"])} and this machine runs '
-      f'{platform}; export it again with --platforms={platform}'
-    )
-  exported = jax_export.deserialize(bytearray(data))
-  return lambda image: test_time.predict(image, exported.call, **meta['test_time']), meta
+  return test_time.from_bytes(data, meta, str(export_dir)), meta
 
 
 def label_maps(image: np.ndarray, probabilities: Callable, crf_params=None):
   """(argmax label map, argmax after the dense CRF or None), uint8 [H, W]."""
-  p = probabilities(image)
-  plain = np.argmax(p, -1).astype(np.uint8)
+  return labels_of(image, probabilities(image), crf_params)
+
+
+def labels_of(image: np.ndarray, probs: np.ndarray, crf_params=None):
+  """`label_maps` of the image's probabilities [H, W, C]."""
+  plain = np.argmax(probs, -1).astype(np.uint8)
   if crf_params is None:
     return plain, None
-  return plain, np.argmax(crf.refine(image, p, crf_params), -1).astype(np.uint8)
+  return plain, np.argmax(crf.refine(image, probs, crf_params), -1).astype(np.uint8)
 
 
 def predict_source(source, probabilities: Callable, crf_params=None):

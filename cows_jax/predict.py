@@ -76,31 +76,69 @@ def read_image(path: epath.Path) -> np.ndarray | None:
     return None
 
 
+def image_size(path: epath.Path) -> tuple[int, int] | None:
+  """(width, height) from the file's header, or None for a file that is not an image."""
+  try:
+    with path.open('rb') as f, Image.open(f) as im:
+      return im.size
+  except (UnidentifiedImageError, OSError, ValueError):
+    return None
+
+
+BATCH_IMAGES = 4  # images of one size per call of `probabilities` (cows-jax predict).
+
+
 def write_files(
-  probabilities, paths: list[str], out: str, overlay: bool = False, crf_params=None
+  probabilities,
+  paths: list[str],
+  out: str,
+  overlay: bool = False,
+  crf_params=None,
+  batch: int = BATCH_IMAGES,
 ) -> dict:
   """A palette PNG of class indices per image (and an overlay PNG of its colours over the
   image) in `out`; files that are not readable images are skipped and counted. Returns
-  {'written': n, 'skipped': [paths]}."""
+  {'written': n, 'skipped': [paths]}.
+
+  `probabilities`: a list of uint8 images -> their probabilities [H, W, C] (an export's
+  `test_time.Export`, which runs images of one size in one call of the network). The files
+  are grouped by image size (read from their headers), `batch` images of one size a call."""
   if crf_params is not None:
     crf.check_available()
   files, directory, skipped = image_files(paths), run_dir.path(out), []
   counter = progress.Progress('predict', len(files))
-  for f in files:
+
+  def skip(i):
+    logging.warning('predict: %s is not a readable image, skipped', files[i])
+    skipped.append(i)
     counter.update()
-    image = read_image(f)
-    if image is None:
-      logging.warning('predict: %s is not a readable image, skipped', f)
-      skipped.append(str(f))
-      continue
-    plain, refined = inference.label_maps(image, probabilities, crf_params)
-    label = plain if refined is None else refined
-    run_dir.save_label_png(directory / f'{f.stem}.png', label)
-    if overlay:
-      blend = 0.5 * image + 0.5 * visualize.colorize(label)
-      run_dir.save_png(directory / f'{f.stem}_overlay.png', blend.round().astype(np.uint8))
-    preemption.check('predict')
+
+  same_size = {}
+  for i, f in enumerate(files):
+    size = image_size(f)
+    if size is None:
+      skip(i)
+    else:
+      same_size.setdefault(size, []).append(i)
+  for indices in same_size.values():
+    for start in range(0, len(indices), batch):
+      read = [(i, read_image(files[i])) for i in indices[start : start + batch]]
+      for i in [i for i, image in read if image is None]:
+        skip(i)
+      read = [(i, image) for i, image in read if image is not None]
+      probs = probabilities([image for _, image in read]) if read else []
+      for (i, image), p in zip(read, probs):
+        plain, refined = inference.labels_of(image, p, crf_params)
+        label = plain if refined is None else refined
+        run_dir.save_label_png(directory / f'{files[i].stem}.png', label)
+        if overlay:
+          blend = 0.5 * image + 0.5 * visualize.colorize(label)
+          run_dir.save_png(
+            directory / f'{files[i].stem}_overlay.png', blend.round().astype(np.uint8)
+          )
+        counter.update()
+      preemption.check('predict')
   counter.close()
   written = len(files) - len(skipped)
   logging.info('predict: %d label maps -> %s, %d files skipped', written, directory, len(skipped))
-  return {'written': written, 'skipped': skipped}
+  return {'written': written, 'skipped': [str(files[i]) for i in sorted(skipped)]}
