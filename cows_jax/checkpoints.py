@@ -21,11 +21,16 @@ class CorruptCheckpoint(ValueError):
 
 def set_aside(directory: epath.Path, step: int, error: Exception) -> epath.Path:
   """Rename an unreadable checkpoint to <step>.corrupt (orbax ignores it from then on, and a
-  rerun can save that step again); returns the new path."""
+  rerun can save that step again); returns the new path. Every process calls it: process 0
+  renames, the others wait for it at a barrier (each renaming would race)."""
+  parallel.barrier(f'set aside {directory}/{step}')  # every process names the same target.
   target, n = directory / f'{step}.corrupt', 1
   while target.exists():
     target, n = directory / f'{step}.corrupt{n}', n + 1
-  (directory / str(step)).rename(target)
+  parallel.barrier(f'set aside {directory}/{step}: named')
+  if parallel.is_writer():
+    (directory / str(step)).rename(target)
+  parallel.barrier(f'set aside {directory}/{step}: renamed')
   logging.warning(
     'checkpoint %s/%d is unreadable (%s: %s); set aside as %s',
     directory,

@@ -16,6 +16,7 @@ from cows_jax import (
   map_metrics,
   metrics,
   parallel,
+  preemption,
   progress,
   run_dir,
   summaries,
@@ -58,6 +59,7 @@ def evaluate_segmenters(cfg, val, workdir):
         if pred is not None and i in shown:
           grid[suffix][i] = pred
       counter.update(int(i in share))
+      preemption.check('evaluate')
     counter.close()
     for suffix, extra in (('', ''), ('_crf', ' + CRF')):
       if suffix == '' or crf_params is not None:

@@ -4,11 +4,19 @@ Params are replicated, batches sharded on their leading axis; XLA all-reduces gr
 inside the jitted step. The same code runs on 1 device, N devices or several hosts.
 """
 
+import itertools
+import time
+
 import jax
 import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
+
+from cows_jax import coordination, preemption
+
+BARRIER_POLL_SECONDS = 0.05
+_BARRIERS = itertools.count()
 
 
 def data_mesh(devices=None) -> Mesh:
@@ -33,7 +41,17 @@ def shard_batch(batch, mesh: Mesh):
 
 
 def replicate(tree, mesh: Mesh):
-  return jax.device_put(tree, replicated(mesh))
+  """Replicated global arrays from host-local values that every process holds alike (the same
+  weights file, checkpoint or seed): each process puts its copy on its own devices, so no
+  array crosses hosts (backends without cross-host transfers refuse `jax.device_put` of a
+  one-device array onto another host's devices)."""
+  sharding = replicated(mesh)
+
+  def put(x):
+    local = np.asarray(jax.device_get(x))
+    return jax.make_array_from_callback(local.shape, sharding, lambda index: local[index])
+
+  return jax.tree.map(put, tree)
 
 
 def process_zero_first(fn, name: str):
@@ -60,15 +78,28 @@ def is_writer() -> bool:
 
 
 def barrier(name: str) -> None:
-  """Wait until every process gets here (one process: nothing to wait for)."""
-  if jax.process_count() > 1:
-    multihost_utils.sync_global_devices(f'cows_jax: {name}')
+  """Wait until every process gets here (one process: nothing to wait for). Waiting in the
+  coordination service's store, not in a device collective: a stop request seen meanwhile
+  raises preemption.Preempted, so no process waits for one that stopped."""
+  if jax.process_count() == 1:
+    return
+  key = f'cows_jax/barrier/{next(_BARRIERS)}'  # every process passes its barriers in one order.
+  coordination.set_value(f'{key}/{jax.process_index()}', name)
+  while True:
+    arrived = coordination.values_under(key)
+    if len(arrived) == jax.process_count():
+      if len(set(arrived.values())) > 1:
+        raise RuntimeError(f'processes met at different barriers: {sorted(set(arrived.values()))}')
+      return
+    preemption.check(name)
+    time.sleep(BARRIER_POLL_SECONDS)
 
 
 def sum_over_processes(x: np.ndarray) -> np.ndarray:
   """The sum of each process's `x` (e.g. confusion matrices), on every process."""
   if jax.process_count() == 1:
     return x
+  barrier('sum over processes')  # all here: none stops between this and the collective.
   return np.asarray(multihost_utils.process_allgather(x)).sum(0).astype(x.dtype)
 
 

@@ -1,20 +1,31 @@
 """Stopping cleanly when the job is told to stop (SIGTERM: how Cloud TPU spot and preemptible
-VMs and batch schedulers end a job).
+VMs and batch schedulers end a job), on any number of processes.
 
 The handler only records the request; the loops check it at safe points (after a training
 step, after an image's outputs are written) and raise `Preempted`: a trainer first saves a
-checkpoint at that step. On several processes the request is agreed on through JAX's
-preemption sync point (orbax's `reached_preemption`), so every host stops at the same step.
-The command line exits with EXIT_CODE, which asks a scheduler to run the job again.
+checkpoint at that step. The command line exits with EXIT_CODE, which asks a scheduler to run
+the job again.
+
+Several processes: every process installs the handler (replacing the one of JAX's preemption
+notifier, which only a training loop would ask). A process that got the signal says so in the
+coordination service's key-value store, so every process stops even where only one was
+signalled. Trainers agree on the step through the step itself (training.fit), and barriers
+(parallel.barrier) give up when a stop is requested, so no process waits for one that stopped.
 """
 
 import signal
 import threading
+import time
 
 import jax
 
+from cows_jax import coordination
+
 EXIT_CODE = 75  # EX_TEMPFAIL: a temporary failure, rerun to resume.
+STOP_KEY = 'cows_jax/stop'  # in the coordination service: the process that was told to stop.
+POLL_SECONDS = 1.0  # how often a process asks the store whether another one was told to stop.
 _requested = threading.Event()
+_shared = {'said': False, 'asked_at': float('-inf')}
 
 
 class Preempted(Exception):
@@ -22,20 +33,27 @@ class Preempted(Exception):
 
 
 def install() -> None:
-  """Record SIGTERM instead of dying on it (one process; with several, JAX's distributed
-  runtime watches for it and `requested` asks the sync point)."""
-  if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
+  """Record SIGTERM instead of dying on it (after jax.distributed.initialize on several
+  processes: the last handler installed wins)."""
+  if threading.current_thread() is threading.main_thread():
     signal.signal(signal.SIGTERM, lambda signum, frame: _requested.set())
 
 
-def requested(mngr=None, step: int | None = None) -> bool:
-  """Whether to stop now. With a checkpoint manager and a step, on several processes: whether
-  all processes reached the preemption sync point at this step."""
+def requested() -> bool:
+  """Whether to stop now: this process was told to, or (several processes) another one was."""
+  if jax.process_count() == 1:
+    return _requested.is_set()
   if _requested.is_set():
+    if not _shared['said']:
+      coordination.set_value(STOP_KEY, str(jax.process_index()))
+      _shared['said'] = True
     return True
-  if mngr is not None and jax.process_count() > 1:
-    return bool(mngr.reached_preemption(step))
-  return False
+  now = time.monotonic()
+  if now - _shared['asked_at'] >= POLL_SECONDS:
+    _shared['asked_at'] = now
+    if coordination.get_value(STOP_KEY) is not None:
+      _requested.set()
+  return _requested.is_set()
 
 
 def check(what: str) -> None:

@@ -62,6 +62,14 @@ def train_step(state: TrainState, batch, *args, loss_fn: Callable, tx):
   return new, {'loss': loss, **terms}
 
 
+def train_step_agreeing_to_stop(state: TrainState, batch, stop, *args, loss_fn: Callable, tx):
+  """`train_step`, and whether any process asked to stop (`stop`: one flag per device, each
+  process's own on its devices): reduced over the devices with the step's gradients, so
+  every process reads the same answer and all stop after the same step."""
+  state, scalars = train_step(state, batch, *args, loss_fn=loss_fn, tx=tx)
+  return state, scalars, jnp.any(stop)
+
+
 @dataclasses.dataclass(frozen=True)
 class Task:
   """What one trained model brings to `fit`."""
@@ -164,7 +172,12 @@ def fit(task: Task) -> None:
     break
 
   # The loop: one jitted step; logs every `log_every` steps; checkpoints only checked steps.
-  step_fn = jax.jit(functools.partial(train_step, loss_fn=task.loss_fn, tx=tx), donate_argnums=(0,))
+  step_fn = jax.jit(
+    functools.partial(train_step_agreeing_to_stop, loss_fn=task.loss_fn, tx=tx),
+    donate_argnums=(0,),
+  )
+  local_devices = len(set(mesh.devices.flat) & set(jax.local_devices()))
+  stop_flags = lambda: parallel.shard_batch(np.full(local_devices, preemption.requested()), mesh)
   # The next batches go to the devices while a step runs (depth: input.prefetch, from iterate).
   host_batches = task.batches(start)
   batches = input_pipeline.DevicePrefetch(
@@ -177,14 +190,20 @@ def fit(task: Task) -> None:
     '%s: steps %d..%d, %d devices', task.name, start, task.total_steps, mesh.devices.size
   )
   unlogged, unchecked = [], 0
+  # The agreed stop request of the step before: read one step late, so the host does not wait
+  # for each step to finish before it issues the next.
+  stop_before = jnp.asarray(False)
   try:
     for step in range(start, task.total_steps):
-      state, scalars = step_fn(state, next(batches), *task.step_args(step))
+      state, scalars, stop_asked = step_fn(
+        state, next(batches), stop_flags(), *task.step_args(step)
+      )
       unlogged.append(scalars)
       done = step + 1
       last = done == task.total_steps
       save = last or done % task.keep_period == 0 or done % task.checkpoint_every == 0
-      stop = not last and preemption.requested(mngr, done)
+      stop = not last and bool(stop_before)
+      stop_before = stop_asked
       if save or stop or done % task.log_every == 0:  # nothing unchecked is ever saved.
         check_finite(task, done - len(unlogged) + 1 + unchecked, unlogged[unchecked:])
         unchecked = len(unlogged)
