@@ -34,7 +34,7 @@ class Progress:
     left = (self.total - self.done) / rate if rate > 0 else float('inf')
     return (
       f'{self.what}: {self.done}/{self.total}, {rate:.3g} images/s, '
-      f'{_duration(elapsed)} elapsed, {_duration(left)} left'
+      f'{duration(elapsed)} elapsed, {duration(left)} left'
     )
 
   def close(self) -> None:
@@ -42,7 +42,8 @@ class Progress:
       self._bar.close()
 
 
-def _duration(seconds: float) -> str:
+def duration(seconds: float) -> str:
+  """H:MM:SS, or '?' for an unknown (infinite) time."""
   if seconds == float('inf'):
     return '?'
   h, rest = divmod(int(seconds), 3600)

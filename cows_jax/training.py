@@ -22,7 +22,7 @@ import optax
 from absl import logging
 from etils import epath
 
-from cows_jax import checkpoints, parallel, preemption, run_dir, summaries
+from cows_jax import checkpoints, parallel, preemption, progress, run_dir, summaries
 from cows_jax.data import input_pipeline
 
 
@@ -97,12 +97,13 @@ class NonFiniteLoss(ValueError):
 
 
 class MetricLog:
-  """Appends {'step', **scalars} lines to a .jsonl file, logs them with throughput, and writes
-  them to TensorBoard."""
+  """Appends {'step', **scalars} lines to a .jsonl file, logs them with throughput and the time
+  left (at the rate since the first logged step, which leaves compilation out), and writes them
+  to TensorBoard."""
 
   def __init__(self, target: epath.Path, total_steps: int, tensorboard: epath.Path):
     self.target, self.total = target, total_steps
-    self._last_time, self._last_step = time.time(), None
+    self._last_time, self._last_step, self._first = time.time(), None, None
     self._tb = summaries.Writer(tensorboard)
 
   def write(self, step: int, scalars: dict) -> None:
@@ -115,7 +116,10 @@ class MetricLog:
       run_dir.append_line(self.target, json.dumps({'step': step, **scalars}))
     self._tb.scalars(step, scalars)
     text = ', '.join(f'{k}={v:.4g}' for k, v in sorted(scalars.items()))
-    logging.info('[%d/%d] %s', step, self.total, text)
+    self._first = self._first or (now, step)
+    rate = (step - self._first[1]) / max(now - self._first[0], 1e-9)
+    left = progress.duration((self.total - step) / rate if rate > 0 else float('inf'))
+    logging.info('[%d/%d] %s, %s left', step, self.total, text, left)
 
   def close(self) -> None:
     self._tb.close()

@@ -2,6 +2,7 @@
 good checkpoint."""
 
 import copy
+import types
 
 import pytest
 
@@ -25,3 +26,17 @@ def test_nan_learning_rate_stops_with_the_step_and_keeps_good_checkpoints(tiny_c
     int(p.name) for p in run_dir.RunDir(workdir).classifier().iterdir() if p.name.isdigit()
   )
   assert steps == [spe]
+
+
+def test_the_training_log_line_gives_the_time_left(tmp_path, monkeypatch):
+  """At the rate since the first logged step: 2 steps in 10 s, 6 steps to go -> 30 s left."""
+  clock = iter([0.0, 100.0, 110.0])
+  monkeypatch.setattr(training, 'time', types.SimpleNamespace(time=lambda: next(clock)))
+  lines = []
+  monkeypatch.setattr(training.logging, 'info', lambda fmt, *args: lines.append(fmt % args))
+  log = training.MetricLog(tmp_path / 'log.jsonl', 10, tmp_path / 'tb')
+  log.write(2, {'loss': 1.0})
+  log.write(4, {'loss': 0.5})
+  log.close()
+  assert lines[0].startswith('[2/10] loss=1, ') and lines[0].endswith(', ? left')
+  assert lines[1].endswith(', 0:00:30 left'), lines[1]
