@@ -196,3 +196,37 @@ def test_voc12_runlocal_pipeline_with_the_papers_5_pairs_on_8_devices(tmp_path):
   assert '8 devices' in done.stderr
   summary = json.loads((tmp_path / 'run' / 'reports' / 'summary.json').read_text())
   assert 0 <= summary['segmentation_miou'] <= 100
+
+
+def test_two_processes_localize_with_the_authors_imported_classifier(tmp_path):
+  """`cows-jax weights import` of the reference's trained classifier (a .pth made here with
+  random weights in its layout), then localize on 2 processes x 2 devices from that run
+  directory and its imported-weights directory (model.init_from): the maps of one process."""
+  torch = pytest.importorskip('torch', reason='torch is not installed: .ci/run installs it')
+  import authors_models as am
+
+  from cows_jax.tools import weights_import
+
+  src = str(tmp_path / 'c.pth')
+  torch.save(
+    am.training_checkpoint(am.random_coattention(8, 64, 10), epoch=1, global_counter=8), src
+  )
+  one, two = str(tmp_path / 'one'), str(tmp_path / 'two')
+  fields = {}
+  for workdir in (one, two):
+    trained = weights_import.import_trained('coattention_vgg16', src, workdir)['trained_model']
+    fields[workdir] = {'model.init_from': trained['init_from'], **trained['config']}
+  cfg = config.load('synthetic:tiny')
+  cfg.data.data_dir = str(tmp_path / 'data')
+  for field, value in fields[one].items():
+    section, name = field.split('.')
+    cfg[section][name] = value
+  cli.run_stage('localize', cfg, one)
+  args = ('--config', 'synthetic:tiny', *(f'--config.{k}={v}' for k, v in fields[two].items()))
+  _finish(_start('localize', two, tmp_path / 'data', *args))
+  a, b = run_dir.RunDir(one), run_dir.RunDir(two)
+  ids = run_dir.read_json(a.maps_index(), 'localize')['ids']
+  assert run_dir.read_json(b.maps_index(), 'localize')['ids'] == ids and len(ids) == 32
+  for i in ids:
+    for x, y in zip(run_dir.load_maps(a.map_file(i)), run_dir.load_maps(b.map_file(i))):
+      np.testing.assert_allclose(x, y, atol=MAP_ATOL, rtol=0)
