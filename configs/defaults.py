@@ -165,6 +165,11 @@ def paper_defaults() -> ml_collections.ConfigDict:
   c.segment.mirror = True
   c.segment.batch_size = 1
   c.segment.accumulation_steps = 10
+  # Fold the accumulation steps into the devices where they divide the update (1 x 10 on 8
+  # devices: 2 micro-steps of 8 + 2 crops, not 10 of 1 crop + 7 padding): the same gradient
+  # average per update (update_plan.py; BatchNorm statistics, where a backbone trains them,
+  # are taken over a micro-step's crops). False: the reference's micro-steps as written.
+  c.segment.fold_accumulation = True
   c.segment.iterations = 16000
   c.segment.base_lr = 1e-3
   c.segment.lr_power = 0.9

@@ -9,13 +9,15 @@ import numpy as np
 import optax
 from absl import logging
 
-from cows_jax import config, losses, optim, run_dir, training
+from cows_jax import config, losses, optim, run_dir, training, update_plan
 from cows_jax.data import input_pipeline, sources
 from cows_jax.models import from_config
 from cows_jax.models.deeplab import PRETRAINED_GROUPS
 
 
-def make_optimizer(cfg, params):
+def make_optimizer(cfg, params, micro_steps_per_update: int | None = None):
+  """SGD applied once per update of `micro_steps_per_update` micro-steps (default: the
+  recipe's segment.accumulation_steps, unfolded)."""
   s = cfg.segment
   mults = optim.lr_multipliers(
     params,
@@ -28,20 +30,35 @@ def make_optimizer(cfg, params):
   inner = optim.sgd(
     optim.poly(s.base_lr, s.iterations, s.lr_power), s.momentum, False, s.weight_decay, mults
   )
-  return optax.MultiSteps(inner, every_k_schedule=s.accumulation_steps)
+  return optax.MultiSteps(inner, every_k_schedule=micro_steps_per_update or s.accumulation_steps)
 
 
-def image_mean_cross_entropy(logits, labels, ignore_index, weights=None):
+def image_mean_cross_entropy(logits, labels, ignore_index, weights=None, normalizer=None):
   """Mean over images of each image's pixel loss: the reference's batch of 1 with gradients
   accumulated over k steps, so batch size, accumulation and device count are interchangeable.
-  `weights` [B]: 0 for the padding of a batch, which then does not count."""
+  `weights` [B]: 0 for the padding of a batch, which then does not count. `normalizer`: the
+  sum over images is divided by it instead of their count (update_plan: a folded update's
+  micro-steps hold different numbers of real images)."""
   per_image = jax.vmap(lambda z, y: losses.pixel_cross_entropy(z[None], y[None], ignore_index))
+  terms = per_image(logits, labels)
+  if weights is not None:
+    terms = terms * weights
+  if normalizer is not None:
+    return jnp.sum(terms) / normalizer
   if weights is None:
-    return jnp.mean(per_image(logits, labels))
-  return jnp.sum(per_image(logits, labels) * weights) / jnp.maximum(jnp.sum(weights), 1e-9)
+    return jnp.mean(terms)
+  return jnp.sum(terms) / jnp.maximum(jnp.sum(weights), 1e-9)
 
 
-def loss_fn(params, collections, batch, *, model, ignore_index, align_corners):
+def update_plan_of(cfg) -> update_plan.UpdatePlan:
+  """The segmenter's update on this job's devices (segment.fold_accumulation)."""
+  s = cfg.segment
+  return update_plan.plan(
+    s.batch_size, s.accumulation_steps, jax.device_count(), s.fold_accumulation
+  )
+
+
+def loss_fn(params, collections, batch, *, model, ignore_index, align_corners, normalizer=None):
   """One micro-batch's loss; gradients accumulate in MultiSteps, applied every k calls."""
   weights = batch.get('weight')  # a padded batch: 0 for padding (loss, BatchNorm statistics).
   logits, collections = model.apply(
@@ -52,7 +69,7 @@ def loss_fn(params, collections, batch, *, model, ignore_index, align_corners):
     **({} if weights is None else {'mask': weights > 0}),
   )
   logits = losses.upsample_logits(logits, batch['label'].shape[1:3], align_corners)
-  loss = image_mean_cross_entropy(logits, batch['label'], ignore_index, weights)
+  loss = image_mean_cross_entropy(logits, batch['label'], ignore_index, weights, normalizer)
   return loss, ({}, dict(collections))
 
 
@@ -89,7 +106,8 @@ def train(cfg, workdir: str) -> None:
 
 def _train(cfg, run: run_dir.RunDir, supervision: str) -> None:
   s = cfg.segment
-  micro_steps = s.iterations * s.accumulation_steps
+  plan = update_plan_of(cfg)
+  micro_steps = s.iterations * plan.micro_steps
   if supervision == 'pseudo':
     # Before the data: a missing stage input is named first.
     ids = run_dir.read_json(run.labels_index(), 'label')['ids']
@@ -99,10 +117,22 @@ def _train(cfg, run: run_dir.RunDir, supervision: str) -> None:
   model = from_config.segmenter(cfg)
   name = 'segment' if supervision == 'pseudo' else f'segment_{supervision}'
   logging.info(
-    'segment (%s labels): %d iterations x %d accumulation steps',
+    'segment (%s labels): %d iterations of %d x %d accumulation steps',
     supervision,
     s.iterations,
+    s.batch_size,
     s.accumulation_steps,
+  )
+  update_plan.log(
+    name,
+    plan,
+    {
+      'segment.batch_size': "more crops per micro-step (a larger update than the paper's)",
+      'segment.accumulation_steps': 'more crops per update, folded into the devices '
+      "(a larger update than the paper's)",
+      'segment.fold_accumulation': 'True folds the accumulation steps into the devices '
+      '(same update)',
+    },
   )
   training.fit(
     training.Task(
@@ -112,16 +142,17 @@ def _train(cfg, run: run_dir.RunDir, supervision: str) -> None:
       tensorboard=run.tensorboard(name),
       total_steps=micro_steps,
       init_variables=lambda: from_config.init_variables(model, cfg, jax.random.key(cfg.seed + 1)),
-      optimizer=lambda params: make_optimizer(cfg, params),
+      optimizer=lambda params: make_optimizer(cfg, params, plan.micro_steps),
       loss_fn=functools.partial(
         loss_fn,
         model=model,
         ignore_index=s.ignore_index,
         align_corners=s.upsample_align_corners,
+        normalizer=plan.normalizer,
       ),
       batches=lambda start: input_pipeline.iterate(
         input_pipeline.segment_dataset(
-          sources.load(cfg)['train'], labels_for, cfg, micro_steps, s.batch_size, seed=cfg.seed + 1
+          sources.load(cfg)['train'], labels_for, cfg, s.iterations, plan, seed=cfg.seed + 1
         ),
         start,
         cfg,
@@ -130,7 +161,7 @@ def _train(cfg, run: run_dir.RunDir, supervision: str) -> None:
       checkpoint_every=s.checkpoint_every_steps,
       keep_period=micro_steps,
       learning_rate=lambda step: float(
-        optim.poly(s.base_lr, s.iterations, s.lr_power)(step // s.accumulation_steps)
+        optim.poly(s.base_lr, s.iterations, s.lr_power)(step // plan.micro_steps)
       ),
     )
   )

@@ -13,7 +13,7 @@ import optax
 import pytest
 from etils import epath
 
-from cows_jax import config, training
+from cows_jax import config, training, update_plan
 from cows_jax.data import input_pipeline, sources
 from cows_jax.tools import bench
 
@@ -195,7 +195,12 @@ def test_worker_processes_make_the_batches_of_the_main_process(tiny_config):
   assert len(plain) == len(pairs) - 1 and 'view_x0.75' in plain[0]
   _assert_same_batches(plain, _read_all(pairs, 1, cfg, 2))
   crops = input_pipeline.segment_dataset(
-    sources.load(cfg)['train'], lambda i, r: r['mask'], cfg, 5, 3, seed=1
+    sources.load(cfg)['train'],
+    lambda i, r: r['mask'],
+    cfg,
+    5,
+    update_plan.plan(3, 1, 1, True),
+    seed=1,
   )
   _assert_same_batches(_read_all(crops, 2, cfg, 0), _read_all(crops, 2, cfg, 2))
 

@@ -105,9 +105,12 @@ def pair_dataset(
   return _batches(ds.random_map(make_pair, seed=seed), global_batch, epoch_len, keep)
 
 
-def segment_dataset(source, labels_for, cfg, num_steps: int, global_batch: int, seed: int):
-  """MapDataset of batches {'image','label'}: random scale/mirror/crop of each training image
-  with its pseudo label (`labels_for(index, record)` -> uint8 HxW)."""
+def segment_dataset(source, labels_for, cfg, num_updates: int, plan, seed: int):
+  """MapDataset of micro-batches {'image','label'}: random scale/mirror/crop of each training
+  image with its pseudo label (`labels_for(index, record)` -> uint8 HxW). The crops come in
+  one order whatever the plan (update_plan: `plan.examples` per update, cut into
+  `plan.micro_steps` micro-batches of up to `plan.slots`), so a folded update trains on the
+  crops of the update it replaces."""
   seg = cfg.segment
 
   def make_example(index, rng):
@@ -127,9 +130,10 @@ def segment_dataset(source, labels_for, cfg, num_steps: int, global_batch: int, 
       'label': label.astype(np.int32),
     }
 
-  epochs = -(-num_steps * global_batch // len(source))
+  epochs = -(-num_updates * plan.examples // len(source))
   ds = grain.MapDataset.range(len(source)).shuffle(seed=seed).repeat(epochs)
-  return _batches(ds.random_map(make_example, seed=seed), global_batch)
+  crops = ds.random_map(make_example, seed=seed)
+  return _batches(crops, plan.micro_batch, plan.examples, keep_partial=True)
 
 
 DEFAULT_DEVICE_PREFETCH = 2

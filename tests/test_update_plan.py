@@ -1,0 +1,98 @@
+"""Accumulation folded into the devices: the segmenter's paper update (1 crop x 10 accumulation
+steps) on 2, 4 and 8 devices runs fewer, fuller micro-steps and trains the parameters of the
+1-device run; the plan's arithmetic and its log line."""
+
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from cows_jax import checkpoints, config, run_dir, update_plan
+from cows_jax.models import from_config
+
+EXE = os.path.join(os.path.dirname(sys.executable), 'cows-jax')
+FIELDS = {
+  'segment.supervisions': ('ground_truth',),  # no earlier stage needed.
+  'segment.iterations': 2,
+  'segment.crop_size': 32,
+  'segment.base_lr': 0.05,  # the parameters move well clear of float32 rounding.
+}
+# float32 gradients summed in another order (the devices' shares, then over devices): each
+# sum of up to 10 crops x 32 x 32 pixels carries a relative error of about sqrt(1e4) * 6e-8
+# (1e-5) of its terms' magnitudes; two momentum steps carry it into the parameters' change.
+# The bound leaves 100x for cancellation; a wrongly weighted micro-step (8 crops counted as
+# much as 2) moves the result by tens of percent of that change.
+RELATIVE_TO_CHANGE = 1e-3
+
+
+@pytest.mark.parametrize(
+  'batch, accumulation, devices, fold, micro_steps, real',
+  [
+    (1, 10, 1, True, 10, [1] * 10),
+    (1, 10, 8, True, 2, [8, 2]),
+    (1, 10, 4, True, 3, [4, 4, 2]),
+    (1, 10, 2, True, 5, [2] * 5),
+    (1, 10, 16, True, 1, [10]),
+    (1, 10, 8, False, 10, [1] * 10),
+    (5, 1, 8, True, 1, [5]),
+    (128, 1, 8, True, 1, [128]),
+    (3, 4, 2, True, 3, [4, 4, 4]),
+  ],
+)
+def test_the_plan_keeps_the_update_and_pads_only_its_last_micro_step(
+  batch, accumulation, devices, fold, micro_steps, real
+):
+  plan = update_plan.plan(batch, accumulation, devices, fold)
+  assert plan.micro_steps == micro_steps and plan.real_per_micro_step() == real
+  assert sum(real) == plan.examples == batch * accumulation
+  assert plan.slots % devices == 0 and max(real) <= plan.slots
+  assert plan.slots <= -(-batch // devices) * devices  # no device holds more than the recipe's.
+  assert plan.real_fraction == pytest.approx(plan.examples / (micro_steps * plan.slots))
+  assert plan.normalizer * plan.micro_steps == plan.examples
+
+
+def _train(workdir: str, data_dir: str, devices: int) -> str:
+  flags = f'{os.environ.get("XLA_FLAGS", "")} --xla_force_host_platform_device_count={devices}'
+  env = dict(os.environ, XLA_FLAGS=flags, JAX_PLATFORMS='cpu')
+  cmd = [EXE, 'segment', '--config', 'synthetic:tiny_pretrained', '--workdir', workdir]
+  cmd += [f'--config.data.data_dir={data_dir}'] + [f'--config.{k}={v}' for k, v in FIELDS.items()]
+  done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+  assert done.returncode == 0, done.stderr[-3000:]
+  return done.stderr
+
+
+def test_the_papers_update_folded_into_2_4_8_devices_trains_the_one_device_parameters(
+  tmp_path,
+):
+  cfg = config.load('synthetic:tiny_pretrained')
+  cfg.data.data_dir = str(tmp_path / 'data')
+  for field, value in FIELDS.items():
+    section, name = field.split('.')
+    cfg[section][name] = value
+  cfg = config.finalize(cfg)
+  model = from_config.segmenter(cfg)
+  like = from_config.abstract_variables(model, cfg)
+  initial = jax.device_get(from_config.init_variables(model, cfg, jax.random.key(cfg.seed + 1)))
+
+  trained, logs = {}, {}
+  for devices in (1, 2, 4, 8):
+    workdir = str(tmp_path / f'run{devices}')
+    logs[devices] = _train(workdir, cfg.data.data_dir, devices)
+    directory = run_dir.RunDir(workdir).segmenter('ground_truth')
+    trained[devices], _ = checkpoints.restore_variables(directory, None, like, 'segment')
+  assert 'segment_ground_truth: 10 examples per update, 2 micro-steps per update' in logs[8]
+  assert 'device slots real: 62%' in logs[8] and 'device slots real: 100%' in logs[2]
+
+  flat = lambda v: dict(jax.tree_util.tree_leaves_with_path(jax.device_get(v['params'])))
+  one, start = flat(trained[1]), flat(initial)
+  for devices in (2, 4, 8):
+    other = flat(trained[devices])
+    for key, value in one.items():
+      change = np.abs(value - start[key]).max()
+      assert change > 0, key
+      np.testing.assert_allclose(
+        other[key], value, rtol=0, atol=RELATIVE_TO_CHANGE * change, err_msg=f'{devices} {key}'
+      )
