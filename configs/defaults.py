@@ -87,6 +87,13 @@ def paper_defaults() -> ml_collections.ConfigDict:
   c.classify = ml_collections.ConfigDict()
   c.classify.epochs = 15
   c.classify.batch_pairs = 5
+  # 0: the paper's batch_pairs on any device count. N > 0 (the `:pod` preset): a batch of N
+  # pairs per device (N x the device count) and base_lr scaled by the linear rule (x that
+  # batch / batch_pairs): a departure from the paper.
+  c.classify.pairs_per_device = 0
+  # Linear warmup from 0 over these epochs (the paper: none); the `:pod` preset's large
+  # batches start with one.
+  c.classify.warmup_epochs = 0.0
   c.classify.base_lr = 1e-3
   c.classify.momentum = 0.9
   c.classify.nesterov = True

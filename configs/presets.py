@@ -93,27 +93,40 @@ def tpu(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   return accelerator(c, 16)
 
 
+def pod(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """`:pod`: a classifier batch that fills a pod slice, departing from the paper. The paper's
+  5 pairs leave most of a slice's devices padding (5 real of 8 slots, 5 of 32); with `:pod`
+  each device takes 1 pair (8 pairs on 8 devices, 256 on 256), the learning rates scale by
+  the linear rule (x batch / 5) and rise linearly over the first epoch. The segmenter's
+  update stays the paper's: its accumulation steps fold into the devices
+  (segment.fold_accumulation) without changing it."""
+  c.classify.pairs_per_device = 1
+  c.classify.warmup_epochs = 1.0
+  return c
+
+
 # Every config takes these besides its own arguments, alone or after them (`runlocal,gpu`).
 ACCELERATORS = {'gpu': gpu, 'tpu': tpu}
+SHARED = {**ACCELERATORS, 'pod': pod}
 
 
 def with_arg(c: ml_collections.ConfigDict, arg: str | None, name: str, **presets: Callable):
   """Applies the config argument (`NAME:ARG`) to `c`: one or more comma-separated arguments
   (`runlocal,gpu`), applied in order, each one of `presets` (functions that change `c` in
-  place) or of ACCELERATORS (gpu, tpu: at most one); no argument leaves `c` as it is.
+  place) or of SHARED (gpu, tpu: at most one; pod); no argument leaves `c` as it is.
   Anything else is a one-line error naming the config and the arguments it knows."""
   if not arg:
     return c
   args = [a.strip() for a in arg.split(',')]
   for a in args:
-    if a not in presets and a not in ACCELERATORS:
+    if a not in presets and a not in SHARED:
       known = ', '.join(presets) or 'none'
       raise ValueError(
-        f'{name}: unknown config argument {a!r} (known: {known}); gpu and tpu go alone or '
-        f'after a comma ({name}:{next(iter(presets), "ARG")},gpu)'
+        f'{name}: unknown config argument {a!r} (known: {known}); gpu, tpu and pod go alone '
+        f'or after a comma ({name}:{next(iter(presets), "ARG")},gpu)'
       )
   if len([a for a in args if a in ACCELERATORS]) > 1 or len(set(args)) < len(args):
     raise ValueError(f'{name}: config argument {arg!r} names an argument twice or both gpu and tpu')
   for a in args:
-    (presets[a] if a in presets else ACCELERATORS[a])(c)
+    (presets[a] if a in presets else SHARED[a])(c)
   return c

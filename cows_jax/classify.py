@@ -6,7 +6,17 @@ import jax
 import jax.numpy as jnp
 from absl import logging
 
-from cows_jax import checkpoints, config, losses, optim, parallel, run_dir, training, views
+from cows_jax import (
+  checkpoints,
+  config,
+  losses,
+  optim,
+  parallel,
+  run_dir,
+  training,
+  update_plan,
+  views,
+)
 from cows_jax.data import input_pipeline, sources
 from cows_jax.models import from_config
 from cows_jax.models.coattention import PRETRAINED_GROUPS
@@ -24,6 +34,39 @@ def steps_per_epoch(cfg, num_train: int) -> int:
   return spe
 
 
+def on_devices(cfg, devices: int):
+  """The config the classifier trains with on `devices` devices: the config's batch (the
+  paper's 5 pairs) on any count, unless classify.pairs_per_device asks for that many pairs per
+  device (the `:pod` preset), with base_lr scaled by the linear rule."""
+  c = cfg.classify
+  if not c.pairs_per_device:
+    return cfg
+  batch = c.pairs_per_device * devices
+  scaled = config.with_overrides(
+    cfg, (('classify.batch_pairs', batch), ('classify.base_lr', c.base_lr * batch / c.batch_pairs))
+  )
+  logging.info(
+    'classify: %d pairs per device on %d devices: batch %d pairs (config: %d), base_lr %.3g '
+    '(linear rule; config: %.3g), warmup %.3g epochs',
+    c.pairs_per_device,
+    devices,
+    batch,
+    c.batch_pairs,
+    scaled.classify.base_lr,
+    c.base_lr,
+    c.warmup_epochs,
+  )
+  return scaled
+
+
+def schedule(cfg, spe: int):
+  """The paper's step decay, after a linear warmup over classify.warmup_epochs (none in the
+  paper)."""
+  c = cfg.classify
+  decay = optim.step_decay(c.base_lr, spe, c.lr_decay_epochs, c.lr_decay_factor)
+  return optim.with_warmup(decay, int(c.warmup_epochs * spe))
+
+
 def make_optimizer(cfg, params, spe: int):
   c = cfg.classify
   mults = optim.lr_multipliers(
@@ -34,8 +77,7 @@ def make_optimizer(cfg, params, spe: int):
     c.lr_mult_new_weight,
     c.lr_mult_new_bias,
   )
-  schedule = optim.step_decay(c.base_lr, spe, c.lr_decay_epochs, c.lr_decay_factor)
-  return optim.sgd(schedule, c.momentum, c.nesterov, c.weight_decay, mults)
+  return optim.sgd(schedule(cfg, spe), c.momentum, c.nesterov, c.weight_decay, mults)
 
 
 def loss_fn(params, collections, batch, use_contrastive, *, model, weights, self_views=()):
@@ -75,7 +117,7 @@ def loss_weights(cfg) -> dict:
 
 def train(cfg, workdir: str) -> None:
   """Train (or resume) the classifier; skips when the last epoch's checkpoint exists."""
-  cfg = config.finalize(cfg)
+  cfg = on_devices(config.finalize(cfg), jax.device_count())
   run = run_dir.RunDir(workdir)
   pool = sources.classifier_pool(cfg)
   spe = steps_per_epoch(cfg, pool.plan.epoch_length)
@@ -85,6 +127,15 @@ def train(cfg, workdir: str) -> None:
     run_dir.write_classifier_epochs(run, spe, cfg.classify.epochs)
   model = from_config.classifier(cfg)
   logging.info('classify: %d epochs x %d steps', cfg.classify.epochs, spe)
+  update_plan.log(
+    'classify',
+    update_plan.plan(cfg.classify.batch_pairs, 1, jax.device_count(), fold=True),
+    {
+      'classify.batch_pairs': "more pairs per step (a larger batch than the paper's 5)",
+      'classify.pairs_per_device': 'N pairs per device, base_lr by the linear rule (the :pod '
+      'preset; departs from the paper)',
+    },
+  )
   training.fit(
     training.Task(
       name='classify',
@@ -116,11 +167,7 @@ def train(cfg, workdir: str) -> None:
       log_every=cfg.classify.log_every_steps,
       checkpoint_every=cfg.classify.checkpoint_every_steps,
       keep_period=spe,
-      learning_rate=lambda step: float(
-        optim.step_decay(
-          cfg.classify.base_lr, spe, cfg.classify.lr_decay_epochs, cfg.classify.lr_decay_factor
-        )(step)
-      ),
+      learning_rate=lambda step: float(schedule(cfg, spe)(step)),
       step_args=lambda step: (jnp.asarray(step // spe >= cfg.classify.contrastive_from_epoch),),
     )
   )

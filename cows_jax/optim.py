@@ -4,6 +4,7 @@ a global schedule, and a per-parameter learning-rate multiplier (PyTorch param g
 from typing import Callable
 
 import jax
+import jax.numpy as jnp
 import optax
 from flax import traverse_util
 
@@ -53,6 +54,14 @@ def step_decay(base_lr, steps_per_epoch, decay_epochs, factor):
   """lr x factor at the start of each epoch in decay_epochs."""
   boundaries = {int(e * steps_per_epoch): factor for e in decay_epochs}
   return optax.piecewise_constant_schedule(base_lr, boundaries)
+
+
+def with_warmup(schedule, warmup_steps: int):
+  """`schedule`, scaled by a linear ramp from 1/warmup_steps to 1 over the first
+  `warmup_steps` steps (none when 0)."""
+  if warmup_steps <= 0:
+    return schedule
+  return lambda step: schedule(step) * jnp.minimum(1.0, (step + 1) / warmup_steps)
 
 
 def poly(base_lr, total_steps, power):

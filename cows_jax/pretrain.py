@@ -40,7 +40,15 @@ import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
 
-from cows_jax import checkpoints, optim, parallel, run_dir, synthetic_backbones, training
+from cows_jax import (
+  checkpoints,
+  optim,
+  parallel,
+  run_dir,
+  synthetic_backbones,
+  training,
+  update_plan,
+)
 from cows_jax.data import input_pipeline, sources, synthetic_pretrain, transforms
 from cows_jax.models import fold, pretrained
 from cows_jax.models.vgg import VGG16LargeFOV
@@ -260,6 +268,11 @@ def _train(cfg, out: str) -> dict:
     spe,
     p.batch_size,
     out,
+  )
+  update_plan.log(
+    'pretrain',
+    update_plan.plan(p.batch_size, 1, jax.device_count(), fold=True),
+    {'pretrain.batch_size': 'more images per step'},
   )
   training.fit(
     training.Task(

@@ -38,6 +38,8 @@ RANGES = (
   ('model.width', 1e-3, None),
   ('classify.epochs', 1, None),
   ('classify.batch_pairs', 1, None),
+  ('classify.pairs_per_device', 0, None),
+  ('classify.warmup_epochs', 0, None),
   ('classify.base_lr', 1e-12, None),
   ('classify.momentum', 0, 1),
   ('classify.weight_decay', 0, None),

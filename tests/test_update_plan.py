@@ -96,3 +96,40 @@ def test_the_papers_update_folded_into_2_4_8_devices_trains_the_one_device_param
       np.testing.assert_allclose(
         other[key], value, rtol=0, atol=RELATIVE_TO_CHANGE * change, err_msg=f'{devices} {key}'
       )
+
+
+def test_the_pod_preset_fills_the_devices_with_pairs_and_scales_the_learning_rate():
+  from cows_jax import classify
+
+  paper = config.finalize(config.load('voc12:tpu'))
+  assert classify.on_devices(paper, 8) is paper  # the paper's 5 pairs on any device count.
+  pod = config.finalize(config.load('voc12:tpu,pod'))
+  on_8 = classify.on_devices(pod, 8)
+  assert on_8.classify.batch_pairs == 8
+  assert on_8.classify.base_lr == pytest.approx(paper.classify.base_lr * 8 / 5)
+  assert on_8.model.dtype == 'bfloat16'  # combined with :tpu.
+  assert update_plan.plan(8, 1, 8, True).real_fraction == 1
+  assert update_plan.plan(5, 1, 8, True).real_fraction == 5 / 8
+
+  # One warmup epoch (10 steps here), then the paper's step decay.
+  lr = classify.schedule(on_8, 10)
+  base = on_8.classify.base_lr
+  assert float(lr(0)) == pytest.approx(base / 10) and float(lr(4)) == pytest.approx(base / 2)
+  assert float(lr(9)) == pytest.approx(base) and float(lr(49)) == pytest.approx(base)
+  assert float(lr(50)) == pytest.approx(base * 0.1)  # lr_decay_epochs (5, 10).
+  assert float(classify.schedule(paper, 10)(0)) == pytest.approx(paper.classify.base_lr)
+
+
+def test_a_plan_under_half_real_warns_and_names_the_fields(monkeypatch):
+  lines = {'info': [], 'warning': []}
+  for level in lines:
+    monkeypatch.setattr(
+      update_plan.logging, level, lambda fmt, *a, level=level: lines[level].append(fmt % a)
+    )
+  fields = {'classify.batch_pairs': 'more pairs per step'}
+  update_plan.log('classify', update_plan.plan(5, 1, 8, True), fields)
+  assert lines['info'][-1].startswith('classify: 5 examples per update, 1 micro-steps')
+  assert 'device slots real: 62%' in lines['info'][-1] and not lines['warning']
+  update_plan.log('classify', update_plan.plan(5, 1, 16, True), fields)
+  assert 'device slots real: 31%' in lines['info'][-1]
+  assert 'classify.batch_pairs: more pairs per step' in lines['warning'][-1]
