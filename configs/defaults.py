@@ -13,6 +13,11 @@ def paper_defaults() -> ml_collections.ConfigDict:
   """Paper defaults for all stages (VOC 2012, setting 1)."""
   c = ml_collections.ConfigDict()
   c.seed = 0
+  # Not a hyperparameter: worker processes for the dense CRF and threads that encode and write
+  # the files of localize, label, evaluate and predict-split, busy while the device works on
+  # the next images (host_pool.py). 0 = every core of the host; 1 = serial. The outputs are
+  # the same, byte for byte.
+  c.host_workers = 0
 
   c.data = ml_collections.ConfigDict()
   c.data.name = 'synthetic'

@@ -4,12 +4,34 @@ inference with a Gaussian (position) and a bilateral (position and colour) Potts
 Needs the optional extra `cows_jax[crf]`: pydensecrf2, built from source (a C++ compiler).
 """
 
+import dataclasses
+
 import numpy as np
 
 INSTALL_HINT = (
   "pip install 'cows_jax[crf]' (pydensecrf2; needs a C++ compiler), or turn the "
   'CRF off with --config.evaluate.crf=False'
 )
+
+
+@dataclasses.dataclass(frozen=True)
+class Params:
+  """The `crf` config section as a plain value: what a CRF worker process gets (host_pool),
+  without the config library."""
+
+  iterations: int
+  unary_floor: float
+  gaussian_sxy: float
+  gaussian_compat: float
+  bilateral_sxy: float
+  bilateral_srgb: float
+  bilateral_compat: float
+
+  @classmethod
+  def from_config(cls, section) -> 'Params':
+    if isinstance(section, cls):
+      return section
+    return cls(**{f.name: section[f.name] for f in dataclasses.fields(cls)})
 
 
 def _densecrf():
@@ -54,3 +76,9 @@ def refine(image: np.ndarray, probs: np.ndarray, params) -> np.ndarray:
   )
   q = np.asarray(crf.inference(params.iterations), np.float32)
   return q.reshape(c, h, w).transpose(1, 2, 0)
+
+
+def labels(image: np.ndarray, probs: np.ndarray, params) -> np.ndarray:
+  """uint8 [H, W] argmax of `refine`: the label map after the CRF (runs in host_pool's
+  worker processes)."""
+  return np.argmax(refine(image, probs, params), -1).astype(np.uint8)

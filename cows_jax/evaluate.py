@@ -6,17 +6,19 @@
     ground-truth masks (the fully supervised upper bound) and an all-background floor.
 """
 
+import functools
+
 import numpy as np
 from absl import logging
 
 from cows_jax import (
   config,
   crf,
+  host_pool,
   inference,
   map_metrics,
   metrics,
   parallel,
-  preemption,
   progress,
   run_dir,
   summaries,
@@ -36,36 +38,43 @@ def evaluate_segmenters(cfg, val, workdir):
   shows, column title)} of every trained segmenter (segment.supervisions), each also with the
   dense CRF ('_crf') when evaluate.crf; and the probabilities function of the first segmenter
   (for the train grid). Each process predicts its share of the images; the confusion matrices
-  are summed over processes; process 0 also predicts the images the grid shows."""
+  are summed over processes; process 0 also predicts the images the grid shows. The CRF runs
+  in `host_workers` processes while the device predicts the next images (host_pool)."""
   n = cfg.data.num_classes + 1
-  crf_params = cfg.crf if cfg.evaluate.crf else None
+  crf_params = crf.Params.from_config(cfg.crf) if cfg.evaluate.crf else None
   share = parallel.process_share(len(val))
   shown = range(min(cfg.evaluate.num_visualize, len(val))) if parallel.is_writer() else ()
   results, first = {}, None
-  for supervision in run_dir.supervisions(cfg):
-    probabilities = inference.load_predictor(cfg, workdir, supervision)
-    first = first or probabilities
-    key, title = OUTPUTS[supervision]
-    accs = {'': metrics.ConfusionAccumulator(n), '_crf': metrics.ConfusionAccumulator(n)}
-    grid = {'': {}, '_crf': {}}
-    counter = progress.Progress(f'evaluate: {title} segmenter', len(share))
-    for i in sorted(set(share) | set(shown)):
-      preds = dict(
-        zip(('', '_crf'), inference.label_maps(val[i]['image'], probabilities, crf_params))
-      )
-      for suffix, pred in preds.items():
-        if pred is not None and i in share:
-          accs[suffix].add(pred, val[i]['mask'])
-        if pred is not None and i in shown:
-          grid[suffix][i] = pred
-      counter.update(int(i in share))
-      preemption.check('evaluate')
-    counter.close()
-    for suffix, extra in (('', ''), ('_crf', ' + CRF')):
-      if suffix == '' or crf_params is not None:
-        accs[suffix].matrix = parallel.sum_over_processes(accs[suffix].matrix)
-        results[key + suffix] = (accs[suffix], grid[suffix], f'{title}{extra} (val)')
+  workers = host_pool.workers(cfg) if crf_params is not None else 1
+  with host_pool.HostPool(workers, 'evaluate') as pool:
+    for supervision in run_dir.supervisions(cfg):
+      probabilities = inference.load_predictor(cfg, workdir, supervision)
+      first = first or probabilities
+      key, title = OUTPUTS[supervision]
+      accs = {'': metrics.ConfusionAccumulator(n), '_crf': metrics.ConfusionAccumulator(n)}
+      grid = {'': {}, '_crf': {}}
+      counter = progress.Progress(f'evaluate: {title} segmenter', len(share))
+      for i in sorted(set(share) | set(shown)):
+        preds = inference.label_maps_pooled(val[i]['image'], probabilities, crf_params, pool)
+        pool.then(functools.partial(_score, i, val, share, shown, accs, grid, counter), *preds)
+      pool.drain()
+      counter.close()
+      for suffix, extra in (('', ''), ('_crf', ' + CRF')):
+        if suffix == '' or crf_params is not None:
+          accs[suffix].matrix = parallel.sum_over_processes(accs[suffix].matrix)
+          results[key + suffix] = (accs[suffix], grid[suffix], f'{title}{extra} (val)')
   return results, first
+
+
+def _score(i, val, share, shown, accs, grid, counter, plain, refined) -> None:
+  """Image i's label maps (after the CRF: None without it) into the confusion matrices (its
+  process's share) and the grid (the images it shows)."""
+  for suffix, pred in (('', plain), ('_crf', refined)):
+    if pred is not None and i in share:
+      accs[suffix].add(pred, val[i]['mask'])
+    if pred is not None and i in shown:
+      grid[suffix][i] = pred
+  counter.update(int(i in share))
 
 
 def all_background(cfg, val):

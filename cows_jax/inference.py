@@ -279,7 +279,18 @@ def labels_of(image: np.ndarray, probs: np.ndarray, crf_params=None):
   plain = np.argmax(probs, -1).astype(np.uint8)
   if crf_params is None:
     return plain, None
-  return plain, np.argmax(crf.refine(image, probs, crf_params), -1).astype(np.uint8)
+  return plain, crf.labels(image, probs, crf_params)
+
+
+def label_maps_pooled(image: np.ndarray, probabilities: Callable, crf_params, pool):
+  """`label_maps` with the CRF in a worker of `pool` (a host_pool.HostPool): the
+  probabilities on this thread (the device call), then (argmax label map, a future of the map
+  after the CRF, or None) at once, so the next image's device call overlaps this CRF."""
+  probs = probabilities(image)
+  plain = np.argmax(probs, -1).astype(np.uint8)
+  if crf_params is None:
+    return plain, None
+  return plain, pool.process(crf.labels, image, probs, crf.Params.from_config(crf_params))
 
 
 def predict_source(source, probabilities: Callable, crf_params=None):

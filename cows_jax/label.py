@@ -8,7 +8,7 @@ written by process 0 after every process is done, marks the stage complete.
 
 from absl import logging
 
-from cows_jax import config, map_metrics, parallel, preemption, progress, pseudo_labels, run_dir
+from cows_jax import config, host_pool, map_metrics, parallel, progress, pseudo_labels, run_dir
 from cows_jax.data import sources
 
 
@@ -73,26 +73,30 @@ def run(cfg, workdir: str) -> None:
     )
   ]
   label_rules = rules(cfg) if cfg.label.use_saliency else saliency_free_rules(cfg, train, ids, run)
-  written = all_ignore = 0
+  all_ignore = 0
   counter = progress.Progress('label', len(share))
-  for i in share:
-    image_id = ids[i]
-    maps, classes = run_dir.load_maps(run.map_file(image_id))
-    saliency = train[i]['saliency']
-    if cfg.label.use_saliency and not saliency.size:
-      raise ValueError(
-        f'label: image {image_id} has no saliency map; give the maps with '
-        '--config.data.saliency_dir=DIR (<id>.png) or use the saliency-free '
-        'mode with --config.label.use_saliency=False'
+  # Both PNGs of an image are encoded and written by host_workers threads while this thread
+  # makes the next labels (host_pool); an image is done, and a stop may come, once both are.
+  with host_pool.HostPool(host_pool.workers(cfg), 'label', processes=False) as pool:
+    for i in share:
+      image_id = ids[i]
+      maps, classes = run_dir.load_maps(run.map_file(image_id))
+      saliency = train[i]['saliency']
+      if cfg.label.use_saliency and not saliency.size:
+        raise ValueError(
+          f'label: image {image_id} has no saliency map; give the maps with '
+          '--config.data.saliency_dir=DIR (<id>.png) or use the saliency-free '
+          'mode with --config.label.use_saliency=False'
+        )
+      label = make_label(maps, classes, saliency, cfg, label_rules)
+      all_ignore += int((label == cfg.segment.ignore_index).all())
+      palette = pool.thread(
+        run_dir.save_label_png, run.label_file(image_id, 'palette'), label, True
       )
-    label = make_label(maps, classes, saliency, cfg, label_rules)
-    all_ignore += int((label == cfg.segment.ignore_index).all())
-    run_dir.save_label_png(run.label_file(image_id, 'palette'), label, palette=True)
-    run_dir.save_label_png(run.label_file(image_id), label, palette=False)
-    written += 1
-    counter.update()
-    preemption.check('label')
+      index = pool.thread(run_dir.save_label_png, run.label_file(image_id), label, False)
+      pool.then(lambda *_: counter.update(), palette, index)
   counter.close()
+  written = counter.done
   logging.info(
     'label: wrote %d pseudo labels (%d all-ignore: too little foreground), mode=%s',
     written,

@@ -26,9 +26,9 @@ from absl import logging
 from cows_jax import (
   checkpoints,
   config,
+  host_pool,
   maps,
   parallel,
-  preemption,
   progress,
   run_dir,
   validation,
@@ -358,43 +358,50 @@ def _write_maps(
   related_features = (
     RelatedFeatures(computer, train, cfg) if method == 'coattention' and starts else None
   )
-  for s in starts:
-    chunk = list(range(s, min(s + bs, len(train))))
-    batch = _padded(chunk, bs)
-    classes = [class_index.classes_of(i) for i in batch]
-    if method == 'cam':
-      images = _input_batch(train, batch, cfg)
-      small = cam_maps(computer, computer.features(images), classes, on_device=True)
-    else:
-      images = _input_batch(train, batch, cfg)
-      view_feats = {
-        v: computer.features(_view_batch(train, batch, images, v, cfg))
-        for v in cfg.localize.self_views
-      }
-      related = [
-        [related_images(class_index, i, int(c), cfg) for c in cls] for i, cls in zip(batch, classes)
-      ]
-      partners = sorted({n for per_image in related for ks in per_image for n in ks})
-      at = {n: j for j, n in enumerate(partners)}
-      related = [[[at[n] for n in ks] for ks in per_image] for per_image in related]
-      feats = related_features.of_queries(batch, images)
-      small = image_maps(
-        computer,
-        feats,
-        related_features(partners, batch, feats) if partners else None,
-        view_feats,
-        related,
-        classes,
-        cfg,
-        on_device=True,
-      )
-    # Every map of the batch at its image's size: one device call, one transfer.
-    sizes = [train[i]['image'].shape[:2] for i in chunk]
-    full = maps.resize_to_images(small[0][: len(chunk)], sizes, cfg.localize.quantize_maps)
-    for j, i in enumerate(chunk):
-      if i in todo:
-        (h, w), k = sizes[j], small[1][j]
-        run_dir.save_maps(run.map_file(ids[i]), full[j, :k, :h, :w], classes[j])
-        counter.update()
-    preemption.check('localize')
+  # Each map file is compressed and written by one of host_workers threads while the device
+  # computes the next batch (host_pool); an image is done, and a stop may come, once its file
+  # is written.
+  workers = host_pool.workers(cfg)
+  with host_pool.HostPool(workers, 'localize', processes=False, depth=2 * max(bs, workers)) as pool:
+    for s in starts:
+      chunk = list(range(s, min(s + bs, len(train))))
+      batch = _padded(chunk, bs)
+      classes = [class_index.classes_of(i) for i in batch]
+      if method == 'cam':
+        images = _input_batch(train, batch, cfg)
+        small = cam_maps(computer, computer.features(images), classes, on_device=True)
+      else:
+        images = _input_batch(train, batch, cfg)
+        view_feats = {
+          v: computer.features(_view_batch(train, batch, images, v, cfg))
+          for v in cfg.localize.self_views
+        }
+        related = [
+          [related_images(class_index, i, int(c), cfg) for c in cls]
+          for i, cls in zip(batch, classes)
+        ]
+        partners = sorted({n for per_image in related for ks in per_image for n in ks})
+        at = {n: j for j, n in enumerate(partners)}
+        related = [[[at[n] for n in ks] for ks in per_image] for per_image in related]
+        feats = related_features.of_queries(batch, images)
+        small = image_maps(
+          computer,
+          feats,
+          related_features(partners, batch, feats) if partners else None,
+          view_feats,
+          related,
+          classes,
+          cfg,
+          on_device=True,
+        )
+      # Every map of the batch at its image's size: one device call, one transfer.
+      sizes = [train[i]['image'].shape[:2] for i in chunk]
+      full = maps.resize_to_images(small[0][: len(chunk)], sizes, cfg.localize.quantize_maps)
+      for j, i in enumerate(chunk):
+        if i in todo:
+          (h, w), k = sizes[j], small[1][j]
+          written = pool.thread(
+            run_dir.save_maps, run.map_file(ids[i]), full[j, :k, :h, :w], classes[j]
+          )
+          pool.then(lambda _: counter.update(), written)
   counter.close()

@@ -9,7 +9,17 @@ from absl import logging
 from etils import epath
 from PIL import Image, UnidentifiedImageError
 
-from cows_jax import config, crf, inference, parallel, preemption, progress, run_dir, visualize
+from cows_jax import (
+  config,
+  crf,
+  host_pool,
+  inference,
+  parallel,
+  preemption,
+  progress,
+  run_dir,
+  visualize,
+)
 from cows_jax.data import sources
 
 IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.bmp', '.webp')
@@ -24,21 +34,16 @@ def write_split(cfg, workdir: str, split: str, supervision: str = 'pseudo') -> s
     raise ValueError(
       f'--split={split!r} is not a split of dataset {cfg.data.name!r} (splits: {", ".join(splits)})'
     )
-  crf_params = cfg.crf if cfg.evaluate.crf else None
+  crf_params = crf.Params.from_config(cfg.crf) if cfg.evaluate.crf else None
   if crf_params is not None:
     crf.check_available()
   probabilities = inference.load_predictor(cfg, workdir, supervision)
   source = splits[split]
   out = run_dir.RunDir(workdir).predictions(split, supervision)
   share = parallel.process_share(len(source))
-  counter = progress.Progress('predict-split', len(share))
-  for i in share:
-    record = source[i]
-    plain, refined = inference.label_maps(record['image'], probabilities, crf_params)
-    run_dir.save_label_png(out / f'{record["id"]}.png', plain if refined is None else refined)
-    counter.update()
-    preemption.check('predict-split')
-  counter.close()
+  workers = host_pool.workers(cfg)
+  with host_pool.HostPool(workers, 'predict-split', processes=crf_params is not None) as pool:
+    write_labels((source[i] for i in share), len(share), probabilities, crf_params, out, pool)
   parallel.barrier('predict-split')
   logging.info(
     'predict-split: %d label maps of %r (%s) -> %s',
@@ -48,6 +53,22 @@ def write_split(cfg, workdir: str, split: str, supervision: str = 'pseudo') -> s
     out,
   )
   return str(out)
+
+
+def write_labels(records, total: int, probabilities, crf_params, out, pool) -> None:
+  """<id>.png (index PNG, after the CRF unless `crf_params` is None) in `out` for each of the
+  `total` {'id', 'image'} records: the device call of a record on this thread, then its CRF in
+  a worker process of `pool` (host_pool.HostPool) and its PNG encoded and written by a worker
+  thread while the next records' device calls run. Returns when every file is written; a
+  stop request stops after a written file (preemption)."""
+  counter = progress.Progress('predict-split', total)
+  for record in records:
+    plain, refined = inference.label_maps_pooled(record['image'], probabilities, crf_params, pool)
+    label = plain if refined is None else refined
+    written = pool.thread(run_dir.save_label_png, out / f'{record["id"]}.png', label)
+    pool.then(lambda _: counter.update(), written)
+  pool.drain()
+  counter.close()
 
 
 def image_files(paths: list[str]) -> list[epath.Path]:

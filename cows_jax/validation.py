@@ -32,6 +32,7 @@ CHOICES = {
 }
 # (field, low, high): low <= value <= high; None leaves a side open.
 RANGES = (
+  ('host_workers', 0, None),
   ('data.num_classes', 1, 254),
   ('data.max_skipped_fraction', 0, 1),
   ('input.size', 16, None),
