@@ -54,11 +54,12 @@ def test_the_plan_keeps_the_update_and_pads_only_its_last_micro_step(
   assert plan.normalizer * plan.micro_steps == plan.examples
 
 
-def _train(workdir: str, data_dir: str, devices: int) -> str:
+def _train(workdir: str, data_dir: str, devices: int, name='synthetic:tiny_pretrained', **more):
   flags = f'{os.environ.get("XLA_FLAGS", "")} --xla_force_host_platform_device_count={devices}'
   env = dict(os.environ, XLA_FLAGS=flags, JAX_PLATFORMS='cpu')
-  cmd = [EXE, 'segment', '--config', 'synthetic:tiny_pretrained', '--workdir', workdir]
-  cmd += [f'--config.data.data_dir={data_dir}'] + [f'--config.{k}={v}' for k, v in FIELDS.items()]
+  cmd = [EXE, 'segment', '--config', name, '--workdir', workdir]
+  fields = {**FIELDS, **{k.replace('__', '.'): v for k, v in more.items()}}
+  cmd += [f'--config.data.data_dir={data_dir}'] + [f'--config.{k}={v}' for k, v in fields.items()]
   done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
   assert done.returncode == 0, done.stderr[-3000:]
   return done.stderr
@@ -133,3 +134,45 @@ def test_a_plan_under_half_real_warns_and_names_the_fields(monkeypatch):
   update_plan.log('classify', update_plan.plan(5, 1, 16, True), fields)
   assert 'device slots real: 31%' in lines['info'][-1]
   assert 'classify.batch_pairs: more pairs per step' in lines['warning'][-1]
+
+
+def test_with_batchnorm_a_folded_micro_step_normalizes_over_its_crops(tmp_path):
+  """What folding changes where the backbone trains BatchNorm statistics (synthetic:tiny, a
+  VGG with BatchNorm): 1 x 4 folded on 2 devices is 2 crops x 2 accumulation steps on one
+  device, statistics over 2 crops a micro-step included, not 1 x 4 as written."""
+  cfg = config.load('synthetic:tiny')
+  cfg.data.data_dir = str(tmp_path / 'data')
+  for field, value in FIELDS.items():
+    section, name = field.split('.')
+    cfg[section][name] = value
+  cfg = config.finalize(cfg)
+  assert cfg.model.norm == 'batch' and cfg.segment.backbone == 'vgg16'
+  model = from_config.segmenter(cfg)
+  like = from_config.abstract_variables(model, cfg)
+  runs = {
+    'folded': (2, dict(segment__batch_size=1, segment__accumulation_steps=4)),
+    'two_by_two': (1, dict(segment__batch_size=2, segment__accumulation_steps=2)),
+    'as_written': (1, dict(segment__batch_size=1, segment__accumulation_steps=4)),
+  }
+  trained = {}
+  for name, (devices, fields) in runs.items():
+    workdir = str(tmp_path / name)
+    _train(workdir, cfg.data.data_dir, devices, 'synthetic:tiny', **fields)
+    directory = run_dir.RunDir(workdir).segmenter('ground_truth')
+    variables, _ = checkpoints.restore_variables(directory, None, like, 'segment')
+    trained[name] = dict(jax.tree_util.tree_leaves_with_path(jax.device_get(variables)))
+  stats = [k for k in trained['folded'] if 'batch_stats' in jax.tree_util.keystr(k)]
+  assert stats
+  for key, value in trained['two_by_two'].items():
+    # Biases in front of a BatchNorm get no gradient in exact arithmetic and hold rounding
+    # noise (1e-9): each leaf is compared at 1e-4 of its magnitude, and at least of 1e-2.
+    scale = max(np.abs(value).max(), 1e-2)
+    np.testing.assert_allclose(
+      trained['folded'][key], value, rtol=0, atol=1e-4 * scale, err_msg=jax.tree_util.keystr(key)
+    )
+  # As written, each micro-step's statistics come from 1 crop: other running statistics.
+  assert any(
+    np.abs(trained['as_written'][k] - trained['folded'][k]).max()
+    > 1e-2 * np.abs(trained['folded'][k]).max()
+    for k in stats
+  )
