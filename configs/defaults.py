@@ -135,7 +135,9 @@ def paper_defaults() -> ml_collections.ConfigDict:
   # to the image size, saturated to 0..255. False: float maps, the same cubic.
   c.localize.quantize_maps = True
   # 'coattention': the paper's maps (co-attention with related images and self views);
-  # 'cam': plain single-image CAMs of the classifier (the ablation's baseline inference).
+  # 'cam': plain single-image CAMs of the classifier (the ablation's baseline inference);
+  # 'cam_views': CAMs of the image and of each of localize.self_views, mapped back and
+  # aggregated by the paper's rule (the ablation's control for the multi-view average).
   c.localize.method = 'coattention'
   c.localize.batch_size = 16
   # Not a hyperparameter: host memory for the related images' features. The whole training

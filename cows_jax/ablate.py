@@ -1,11 +1,16 @@
 """`cows-jax ablate`: what each part of the method buys, everything else equal.
 
-Four variants on one config (paper.md's ablation axes):
+The variants on one config (paper.md's ablation axes), and two controls:
   1. baseline CAM: single-image loss only, plain CAM inference;
+     control baseline_views: its CAMs of the image and of each self view, mapped back and
+     aggregated by the paper's rule (the multi-view average, no cross-image context);
   2. + co-attention loss;
   3. + contrastive co-attention loss (the full training), still plain CAMs;
-  4. + co-attention inference with cross-image context: the full method.
-Variants 3 and 4 share one trained classifier. Each variant gets its own workdir under
+     control full_views: the full classifier's CAMs over the self views;
+  4. + co-attention inference with cross-image context: the full method;
+     control related_only: co-attention with the related images only, no self views (the
+     cross-image context alone).
+Variant 3, 4 and their controls share one trained classifier, as 1 and baseline_views do. Each variant gets its own workdir under
 DIR/<variant> (maps, pseudo labels) and the classifiers live in DIR/train/<training>; all of
 it resumes like the pipeline does. The table goes to DIR/reports/ablation.{json,md}.
 
@@ -44,7 +49,9 @@ _NO_COATTENTION = (
 )
 _NO_CONTRASTIVE = (('classify.loss_weight_contrastive', 0.0),)
 _CAM = (('localize.method', 'cam'),)
+_CAM_VIEWS = (('localize.method', 'cam_views'),)
 _COATTENTION = (('localize.method', 'coattention'),)
+_RELATED_ONLY = _COATTENTION + (('localize.self_views', ()),)
 
 VARIANTS = (
   Variant(
@@ -53,15 +60,33 @@ VARIANTS = (
     'single',
     _NO_COATTENTION + _CAM,
   ),
+  Variant(
+    'control: baseline CAMs over the self views (multi-view average)',
+    'baseline_views',
+    'single',
+    _NO_COATTENTION + _CAM_VIEWS,
+  ),
   Variant('+ co-attention loss', 'coattention_loss', 'coattention', _NO_CONTRASTIVE + _CAM),
   Variant('+ contrastive co-attention loss', 'contrastive_loss', 'full', _CAM),
+  Variant('control: full classifier, CAMs over the self views', 'full_views', 'full', _CAM_VIEWS),
   Variant(
     '+ co-attention inference with cross-image context (full method)',
     'full_method',
     'full',
     _COATTENTION,
   ),
+  Variant(
+    'control: full classifier, co-attention with the related images only',
+    'related_only',
+    'full',
+    _RELATED_ONLY,
+  ),
 )
+
+
+def variant(slug: str) -> Variant:
+  """The variant named `slug` (baseline_cam, full_method, ...)."""
+  return next(v for v in VARIANTS if v.slug == slug)
 
 
 def variant_config(cfg, variant: Variant):
@@ -149,7 +174,10 @@ SETTINGS = (
   Setting('3: + noisy web images', 'setting3', synthetic_config.setting3),
 )
 # (row name, variant): the CAM baseline (variant 1) and the full method (variant 4).
-SETTING_VARIANTS = (('CAM baseline', VARIANTS[0]), ('full method', VARIANTS[3]))
+SETTING_VARIANTS = (
+  ('CAM baseline', variant('baseline_cam')),
+  ('full method', variant('full_method')),
+)
 # summary.json fields in the table: (key, column title); the CRF column when evaluate.crf.
 SETTING_COLUMNS = (
   ('cam_miou', 'CAM mIoU % (train)'),
@@ -230,7 +258,10 @@ def aggregate(summaries: list[dict]) -> dict:
 
 def _settings_notes(cfg, seeds: Sequence[int]) -> list[str]:
   d = cfg.data
-  ratios = [settings_config(cfg, s, VARIANTS[0], seeds[0]).data.extra.ratio for s in SETTINGS[1:]]
+  ratios = [
+    settings_config(cfg, s, variant('baseline_cam'), seeds[0]).data.extra.ratio
+    for s in SETTINGS[1:]
+  ]
   train, val = (
     min(n, d.max_per_split) if d.max_per_split else n for n in (d.train_size, d.val_size)
   )

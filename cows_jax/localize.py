@@ -96,7 +96,9 @@ class MapComputer:
     self._maps = jax.jit(
       functools.partial(_batch_maps, model), static_argnames=('view_list', 'gate')
     )
-    self._cam_maps = jax.jit(functools.partial(_cam_maps, model))
+    self._cam_maps = jax.jit(
+      functools.partial(_cam_maps, model), static_argnames=('view_list', 'gate')
+    )
 
   def _put(self, x):
     return parallel.to_local_devices(np.asarray(x), self._mesh)
@@ -122,8 +124,17 @@ class MapComputer:
       gate=float(gate),
     )
 
-  def batch_cam_maps(self, feats, class_ids):
-    return self._cam_maps(self._variables, self._put(feats), self._put(class_ids))
+  def batch_cam_maps(self, feats, class_ids, view_feats: dict | None = None, gate: float = 0.0):
+    """Aggregated CAMs [B, J, h, w] on the device (`_cam_maps`)."""
+    view_feats = view_feats or {}
+    return self._cam_maps(
+      self._variables,
+      self._put(feats),
+      self._put(class_ids),
+      tuple(self._put(f) for f in view_feats.values()),
+      view_list=tuple(view_feats),
+      gate=float(gate),
+    )
 
 
 def _batch_maps(
@@ -160,10 +171,15 @@ def _batch_maps(
   return maps.aggregate_batch(jnp.stack(stack), gate)
 
 
-def _cam_maps(model, variables, feats, class_ids):
-  """[B, J, h, w]: each image's class maps alone (the aggregation rule over one map)."""
-  cams = model.apply(variables, feats, method=model.cam)
-  return maps.aggregate_batch(maps.select_classes(cams, class_ids)[None], 0.0)
+def _cam_maps(model, variables, feats, class_ids, view_feats=(), *, view_list=(), gate=0.0):
+  """[B, J, h, w]: each image's class maps, then each view's mapped back, aggregated by the
+  paper's rule (over one map when there are no views)."""
+  cam = lambda f: model.apply(variables, f, method=model.cam)
+  h, w = feats.shape[1:3]
+  stack = [maps.select_classes(cam(feats), class_ids)]
+  for view, f_v in zip(view_list, view_feats):
+    stack.append(maps.select_classes(views.map_back(cam(f_v), view, (h, w)), class_ids))
+  return maps.aggregate_batch(jnp.stack(stack), gate)
 
 
 class _Layout(NamedTuple):
@@ -236,13 +252,20 @@ def image_maps(
 
 
 def cam_maps(
-  computer: MapComputer, feats: np.ndarray, classes: list[np.ndarray], on_device: bool = False
+  computer: MapComputer,
+  feats: np.ndarray,
+  classes: list[np.ndarray],
+  on_device: bool = False,
+  view_feats: dict | None = None,
+  gate: float = 0.0,
 ):
-  """Plain single-image CAMs (the ablation's baseline inference): the classifier's class
-  maps of each image alone, ReLU and scaled to 0..255 by their max (the aggregation rule
-  over one map)."""
+  """Single-image CAMs (the ablation's baseline inference): the classifier's class maps of
+  each image alone, ReLU and scaled to 0..255 by their max (the aggregation rule over one
+  map). With `view_feats` ({view: [B,hv,wv,D]}, localize.method='cam_views'), each view's
+  CAMs mapped back join the image's, aggregated by the paper's rule with `gate`: the
+  multi-view average without cross-image context."""
   class_ids, counts = _class_slots(classes)
-  out = computer.batch_cam_maps(feats, class_ids)
+  out = computer.batch_cam_maps(feats, class_ids, view_feats, gate)
   return (out, counts) if on_device else _per_image(out, counts)
 
 
@@ -367,15 +390,16 @@ def _write_maps(
       chunk = list(range(s, min(s + bs, len(train))))
       batch = _padded(chunk, bs)
       classes = [class_index.classes_of(i) for i in batch]
-      if method == 'cam':
-        images = _input_batch(train, batch, cfg)
-        small = cam_maps(computer, computer.features(images), classes, on_device=True)
+      images = _input_batch(train, batch, cfg)
+      view_feats = {
+        v: computer.features(_view_batch(train, batch, images, v, cfg))
+        for v in (cfg.localize.self_views if method != 'cam' else ())
+      }
+      if method in ('cam', 'cam_views'):
+        feats = computer.features(images)
+        gate = cfg.localize.gate
+        small = cam_maps(computer, feats, classes, True, view_feats, gate)
       else:
-        images = _input_batch(train, batch, cfg)
-        view_feats = {
-          v: computer.features(_view_batch(train, batch, images, v, cfg))
-          for v in cfg.localize.self_views
-        }
         related = [
           [related_images(class_index, i, int(c), cfg) for c in cls]
           for i, cls in zip(batch, classes)

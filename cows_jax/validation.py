@@ -12,7 +12,7 @@ from cows_jax import crf, run_dir, synthetic_backbones, test_time
 from cows_jax.data import mixing, sources, synthetic, voc
 from cows_jax.models import deeplab
 
-METHODS = ('coattention', 'cam')  # localize.method
+METHODS = ('coattention', 'cam', 'cam_views')  # localize.method
 CHOICES = {
   'data.name': sources.DATASETS,
   'data.extra.layout': sources.EXTRA_LAYOUTS,

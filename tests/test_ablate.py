@@ -9,13 +9,28 @@ from cows_jax.models import from_config
 
 
 def test_variants_change_only_their_axis(tiny_config):
+  slugs = [v.slug for v in ablate.VARIANTS]
+  assert slugs == [
+    'baseline_cam',
+    'baseline_views',
+    'coattention_loss',
+    'contrastive_loss',
+    'full_views',
+    'full_method',
+    'related_only',
+  ]
   cfgs = [ablate.variant_config(tiny_config, v) for v in ablate.VARIANTS]
   c = [x.classify for x in cfgs]
-  assert [x.loss_weight_coattention for x in c] == [0.0, 1.0, 1.0, 1.0]
-  assert [x.loss_weight_contrastive for x in c] == [0.0, 0.0, 1.0, 1.0]
-  assert [x.localize.method for x in cfgs] == ['cam', 'cam', 'cam', 'coattention']
-  # The last two share one classifier; everything else equals the base config.
-  assert ablate.VARIANTS[2].training == ablate.VARIANTS[3].training
+  assert [x.loss_weight_coattention for x in c] == [0.0, 0.0, 1.0, 1.0, 1.0, 1.0, 1.0]
+  assert [x.loss_weight_contrastive for x in c] == [0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0]
+  methods = [x.localize.method for x in cfgs]
+  assert methods == ['cam', 'cam_views', 'cam', 'cam', 'cam_views', 'coattention', 'coattention']
+  views = [x.localize.self_views for x in cfgs]
+  assert views[-1] == () and all(v == tiny_config.localize.self_views for v in views[:-1])
+  # The controls share their classifier with the variant they control for.
+  trainings = [v.training for v in ablate.VARIANTS]
+  assert trainings == ['single', 'single', 'coattention', 'full', 'full', 'full', 'full']
+  # Everything else equals the base config.
   varied = {f for v in ablate.VARIANTS for f, _ in v.overrides}
 
   def rest(cfg):

@@ -86,6 +86,47 @@ def test_cam_maps_are_the_scaled_single_image_class_maps():
       np.testing.assert_allclose(out[i][j], expected, rtol=1e-5, atol=1e-3)
 
 
+def test_cam_views_aggregate_each_views_cam_mapped_back_by_the_papers_rule():
+  """localize.method='cam_views' (the ablation's multi-view control): per class, the image's
+  CAM and each self view's CAM mapped back, one forward per view, aggregated by the rule."""
+  model, images, variables, cfg = _tiny_classifier(2)
+  self_views = ('flip', 0.75, 2.0)
+  computer = localize.MapComputer(model, variables)
+  feats = computer.features(images)
+  view_feats = {v: computer.features(np.asarray(views.make_view(images, v))) for v in self_views}
+  classes = [np.array([1, 3]), np.array([2])]
+  out = localize.cam_maps(computer, feats, classes, view_feats=view_feats, gate=0.1)
+  apply = lambda *a, **k: model.apply(variables, *a, **k)
+  for i, cls in enumerate(classes):
+    x = images[i : i + 1]
+    f = apply(x, method=model.features)
+    cams = [apply(f, method=model.cam)[0]]
+    for v in self_views:
+      f_v = apply(views.make_view(x, v), method=model.features)
+      cams.append(views.map_back(apply(f_v, method=model.cam), v, f.shape[1:3])[0])
+    for j, c in enumerate(cls):
+      naive = maps.aggregate(jnp.stack([m[:, :, c] for m in cams]), 0.1)
+      np.testing.assert_allclose(out[i][j], naive, rtol=1e-4, atol=1e-3)
+
+
+def test_related_only_maps_are_the_mean_over_the_related_images():
+  """localize.self_views=() (the ablation's related_only): the aggregation of one map, the
+  mean of the query's co-attention maps with its K related images."""
+  model, images, variables, cfg = _tiny_classifier(4)
+  computer = localize.MapComputer(model, variables)
+  feats = computer.features(images)
+  related = [[[1, 2]], [[3, 3]]]
+  out = localize.image_maps(computer, feats[:2], feats, {}, related, [[0], [2]], cfg)
+  apply = lambda *a, **k: model.apply(variables, *a, **k)
+  for q, c in ((0, 0), (1, 2)):
+    cross = [
+      apply(feats[q : q + 1], feats[n : n + 1], method=model.pair_maps)[0][0, :, :, c]
+      for n in related[q][0]
+    ]
+    naive = maps.aggregate(jnp.mean(jnp.stack(cross), axis=0)[None], 0.1)
+    np.testing.assert_allclose(out[q][0], naive, rtol=1e-4, atol=1e-3)
+
+
 def test_map_back_is_pytorch_bicubic():
   torch = __import__('pytest').importorskip('torch', reason='torch is not installed')
   rng = np.random.default_rng(0)
