@@ -20,6 +20,21 @@ def test_summary_of_the_paper_segmenter_and_a_tiny_run(tiny_config):
   assert text.count('GFLOPs per image') == 2
 
 
+def test_summary_tables_count_each_modules_parameters():
+  """clu.parameter_overview's tables: modules at a depth sum to the tensors they hold."""
+  params = {
+    'backbone': {'conv1': {'kernel': np.zeros((3, 3, 3, 8)), 'bias': np.zeros(8)}},
+    'head': {'kernel': np.zeros((8, 2))},
+  }
+  modules = model_summary.table(params, depth=1)
+  assert (
+    '| backbone | 224        | 93.3% |' in modules
+    and '| head     | 16         | 6.7%  |' in modules
+  )
+  tensors = model_summary.table(params, depth=0)
+  assert 'backbone/conv1/kernel | (3, 3, 3, 8)' in tensors and 'Total: 240' in tensors
+
+
 def test_confusion_matrix_image():
   names = ['background', 'cat', 'dog']
   cm = np.array([[50, 0, 0, 5], [10, 30, 0, 0], [0, 0, 0, 0]])
