@@ -3,6 +3,7 @@ by threads, each item finished in order. Pooled runs write the same files, byte 
 serial ones (host_workers=1); a stop leaves only whole files and the rerun completes them."""
 
 import copy
+import json
 import os
 import shutil
 import subprocess
@@ -188,3 +189,23 @@ def test_host_workers_zero_is_every_core_and_negative_is_a_problem(tiny_config):
   assert cfg.host_workers == 0 and host_pool.workers(cfg) == host_pool.cores()
   cfg.host_workers = -1
   assert any(p.startswith('host_workers=-1') for p in validation.problems(cfg, 'label'))
+
+
+def test_bench_evaluate_times_serial_and_overlapped_on_the_same_files(capsys, tmp_path):
+  from cows_jax.tools import bench
+
+  out = tmp_path / 'bench.json'
+  tiny = '--image 40x32 --images 3 --width 0.125 --stages 1,1,1,1 --scales 1.0 --window 0'
+  assert bench.main(['evaluate', *tiny.split(), '--workers', '2', '--json', str(out)]) == 0
+  printed = capsys.readouterr().out
+  report = json.loads(out.read_text())
+  names = [r['name'] for r in report['rows']]
+  assert names == [
+    'device only (the segmenter)',
+    'CRF + PNG, serial (host_workers=1)',
+    'CRF + PNG, host_workers=2',
+    'end to end, serial (host_workers=1)',
+    'end to end, host_workers=2',
+  ]
+  assert report['byte_identical'] and 'byte for byte: yes' in printed
+  assert set(report['speedups']) == {'CRF + PNG', 'end to end'}

@@ -1,5 +1,6 @@
 """`cows-jax bench train-step|segment-step|localize|features|inference|input|localize-memory|export`
-(and conv, test-time: tools/bench_conv.py, tools/bench_test_time.py):
+(and conv, test-time, evaluate: tools/bench_conv.py, tools/bench_test_time.py,
+tools/bench_evaluate.py):
 our jitted code against the reference's procedure (and, where torch is importable, the PyTorch
 reference of cows_jax/tools/torch_reference.py) on random images and randomly initialised
 networks; the input pipeline against the training step.
@@ -50,7 +51,7 @@ from cows_jax import (
 from cows_jax.configs.defaults import paper_defaults
 from cows_jax.data import input_pipeline, sources
 from cows_jax.models import from_config, per_image
-from cows_jax.tools import bench_conv, bench_test_time
+from cows_jax.tools import bench_conv, bench_evaluate, bench_test_time
 
 SELF_VIEWS = {'pair': (), 'full': ('flip', 0.75, 2.0)}
 CLASSES_PER_IMAGE = 2  # localize: classes of each query image (VOC train averages ~1.5).
@@ -1218,6 +1219,9 @@ def _parser() -> argparse.ArgumentParser:
   bench_test_time.add_arguments(
     sub.add_parser('test-time', help='test time with stitching/resizes on the host vs the device')
   )
+  bench_evaluate.add_arguments(
+    sub.add_parser('evaluate', help='images/s of the CRF and PNG writes: serial vs overlapped')
+  )
   return parser
 
 
@@ -1234,6 +1238,7 @@ def main(argv) -> int:
     'export': export_bench,
     'conv': bench_conv.run,
     'test-time': bench_test_time.run,
+    'evaluate': bench_evaluate.run,
   }
   benches[args.what](args)
   return 0
