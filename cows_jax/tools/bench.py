@@ -14,6 +14,7 @@ for the PyTorch rows), the FLOP/s achieved and the MFU against the device's peak
 
 import argparse
 import concurrent.futures
+import contextlib
 import functools
 import importlib.util
 import itertools
@@ -205,6 +206,11 @@ class FlopCounter:
     return flops if known else None
 
 
+# A context around the timed calls of _time_jitted: `bench device --profile` sets a
+# jax.profiler trace (tools/bench_device.py).
+timed_calls = contextlib.nullcontext
+
+
 def _time_jitted(jitted, args: tuple, steps: int, advance) -> dict:
   """First call (compile included) and the mean of `steps` later calls of a jitted step, run
   as the executable compiled ahead of time, whose FLOPs XLA counts. `advance(out)` gives the
@@ -214,12 +220,14 @@ def _time_jitted(jitted, args: tuple, steps: int, advance) -> dict:
   out = jax.block_until_ready(compiled(*args))
   first = time.perf_counter() - start
   args = advance(out)
-  start = time.perf_counter()
-  for _ in range(steps):
-    out = compiled(*args)
-    args = advance(out)
-  jax.block_until_ready(out)
-  return {'first': first, 'seconds': (time.perf_counter() - start) / steps, 'flops': flops}
+  with timed_calls():
+    start = time.perf_counter()
+    for _ in range(steps):
+      out = compiled(*args)
+      args = advance(out)
+    jax.block_until_ready(out)
+    seconds = (time.perf_counter() - start) / steps
+  return {'first': first, 'seconds': seconds, 'flops': flops}
 
 
 def _jax_device(dtype: str) -> dict:
@@ -681,12 +689,13 @@ def _pipeline_rate(cfg, pool, workers: int, batches: int) -> dict:
     it.close()
 
 
-def input_bench(args) -> None:
-  """The classifier's input pipeline alone (pairs/s) next to its training step (pairs/s)."""
+def pipeline_rates(args) -> list:
+  """(name, {'first', 'seconds', 'workers'}) of the classifier's input pipeline with each
+  worker count of args.workers, on args.images VOC-like JPEGs written to a temporary
+  directory (bench input, bench device)."""
   import tensorflow_datasets as tfds
 
   tfds.disable_progress_bar()  # the build of the JPEG fixtures, not the measurement.
-  step = _isolated(_jax_train_step, args, False)
   rows = []
   with tempfile.TemporaryDirectory() as tmp:
     lists = _write_jpegs(tmp, args.images, _image_size(args.jpeg), args.classes)
@@ -695,6 +704,13 @@ def input_bench(args) -> None:
     for workers in args.workers:
       r = _pipeline_rate(cfg, pool, workers, args.batches)
       rows.append((f'input pipeline, {workers} workers', {**r, 'workers': workers}))
+  return rows
+
+
+def input_bench(args) -> None:
+  """The classifier's input pipeline alone (pairs/s) next to its training step (pairs/s)."""
+  step = _isolated(_jax_train_step, args, False)
+  rows = pipeline_rates(args)
   rows.append(('train step (jax, bench train-step)', step))
   views_text = '/'.join(map(str, SELF_VIEWS[args.views])) or 'none'
   print(
@@ -1044,7 +1060,7 @@ def _export_one(args, platform: str) -> dict:
   start = time.perf_counter()
   loaded = jax_export.deserialize(bytearray(data))
   out = {'mib': len(data) / 2**20, 'export_s': export_s, 'load_s': time.perf_counter() - start}
-  if platform == jax.default_backend():
+  if platform == test_time.machine_platform():  # jax.default_backend() 'gpu' is 'cuda'.
     x = np.zeros((1, args.size, args.size, 3), np.float32)
     start = time.perf_counter()
     jax.block_until_ready(loaded.call(x))
@@ -1213,6 +1229,11 @@ def _parser() -> argparse.ArgumentParser:
       help='compute dtype (model.dtype / segment.dtype; torch: autocast)',
     )
     p.add_argument('--json', default='', help='also write the table to this JSON file')
+  from cows_jax.tools import bench_device  # its parts import this module
+
+  bench_device.add_arguments(
+    sub.add_parser('device', help="an accelerator's few minutes: every bench, one JSON")
+  )
   bench_conv.add_arguments(
     sub.add_parser('conv', help="conv gradients: XLA's and models/conv.py's")
   )
@@ -1227,6 +1248,10 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv) -> int:
   args = _parser().parse_args(argv)
+  if args.what == 'device':
+    from cows_jax.tools import bench_device  # its parts import this module
+
+    return bench_device.run(args)
   benches = {
     'train-step': train_step_bench,
     'segment-step': segment_step_bench,
