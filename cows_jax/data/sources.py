@@ -14,9 +14,11 @@ import os
 
 import numpy as np
 
-from cows_jax.data import image_lists, mixing, records, synthetic, voc
+from cows_jax.data import image_lists, mixing, records, synthetic, synthetic_parts, voc
 
 DATASETS = ('synthetic', 'voc12', 'image_lists')
+# data.world of the synthetic dataset: 'shapes' (synthetic.py) or 'parts' (synthetic_parts.py).
+WORLDS = ('shapes', 'parts')
 EXTRA_LAYOUTS = ('none', 'folders', 'list', 'split')
 
 
@@ -27,8 +29,24 @@ def data_dir(cfg) -> str:
   )
 
 
-def synthetic_spec(cfg) -> synthetic.SyntheticSpec:
+def world(cfg) -> str:
+  """The synthetic world of the config (data.world; configs without the field: 'shapes')."""
+  name = cfg.data.get('world', 'shapes')
+  if name not in WORLDS:
+    raise ValueError(f'data.world={name!r}: expected one of {", ".join(WORLDS)}')
+  return name
+
+
+def synthetic_spec(cfg) -> synthetic.SyntheticSpec | synthetic_parts.PartsSpec:
   d = cfg.data
+  if world(cfg) == 'parts':
+    return synthetic_parts.PartsSpec(
+      num_classes=d.num_classes,
+      image_size=d.image_size,
+      train_size=d.train_size,
+      val_size=d.val_size,
+      seed=d.seed,
+    )
   return synthetic.SyntheticSpec(
     num_classes=d.num_classes,
     image_size=d.image_size,
@@ -76,7 +94,8 @@ def lists_layout(cfg) -> image_lists.ListLayout:
 def class_names(cfg) -> tuple[str, ...]:
   """Names of the object classes (background excluded)."""
   if cfg.data.name == 'synthetic':
-    return tuple(synthetic.CLASS_NAMES[: cfg.data.num_classes])
+    names = synthetic_parts.CLASS_NAMES if world(cfg) == 'parts' else synthetic.CLASS_NAMES
+    return tuple(names[: cfg.data.num_classes])
   if cfg.data.name == 'voc12':
     return voc.CLASS_NAMES
   if cfg.data.name == 'image_lists':
@@ -93,7 +112,8 @@ def load_splits(cfg) -> dict:
       f'data.num_classes={d.num_classes} but dataset {d.name!r} has {len(names)} classes'
     )
   if d.name == 'synthetic':
-    return synthetic.load_sources(synthetic_spec(cfg), data_dir(cfg))
+    module = synthetic_parts if world(cfg) == 'parts' else synthetic
+    return module.load_sources(synthetic_spec(cfg), data_dir(cfg))
   if d.name == 'voc12':
     return voc.load(voc_layout(cfg), data_dir(cfg), d.max_skipped_fraction)
   return image_lists.load(lists_layout(cfg), data_dir(cfg), d.max_skipped_fraction)
@@ -149,6 +169,10 @@ def extra_split(cfg):
       f'data.extra.split={split!r} is not an extra split of dataset {name!r}; '
       f"data.extra.layout='split' reads the synthetic dataset's "
       f'{" or ".join(synthetic.EXTRA_SPLITS)} (data.name=synthetic)'
+    )
+  if world(cfg) == 'parts':
+    raise ValueError(
+      "data.extra.layout='split': the parts world (data.world=parts) has no extra splits"
     )
   return synthetic.load_split(synthetic_spec(cfg), split, data_dir(cfg))
 

@@ -1,0 +1,479 @@
+"""The parts world: a synthetic world in which a single image's CAM is partial.
+
+The paper's premise is that a classifier's CAM covers only the most discriminative part of
+an object. In the shapes world (synthetic.py) every object pixel carries its class's hue and
+texture, so the whole object is discriminative. Here classes come in families:
+- the members of a family share a large body: its shape, colour and texture are drawn by one
+  sampler (the family's), so the body tells the family and nothing more;
+- each class has its own small part on the body's rim (a disc of about 10% of the object's
+  area, at least 16 px across at 112 px: 2 x 2 cells of a stride-8 map), with a colour and
+  texture no other class and no clutter uses. Only the part tells a class from its siblings.
+
+`PARTS_PER_FAMILY` classes per family; class k is part k of family k // PARTS_PER_FAMILY.
+Siblings never share an image: an image holds one object, or (at `two_object_rate`) two of
+different families. Part colours survive the paper's colour jitter (hue +-0.1 turn,
+saturation x0.7..1.3, one draw per image): the parts of one family differ in hue by a third
+of a turn, parts of one hue differ in texture, parts are saturated (>= 0.8, >= 0.56 after
+the jitter) where bodies and the random clutter colours are not (<= 0.45), and the random
+clutter's hues lie between the part hues.
+
+Each example carries the image, the labels, the VOC-style mask (0 background, k+1 for class
+k, 255 on a 1 px band), a simulated saliency map (synthetic.py's), and `part_mask`: k+1 on the
+visible pixels of a class-k object's part, 0 elsewhere. The drawing helpers are synthetic.py's
+(imported, not copied); the shapes world is not changed by this module.
+
+The world's ImageNet stand-in (`PartsPretrainSpec`, for `cows-jax pretrain`) holds single
+objects labelled by (family body, part), every body with every part: the segmentation
+classes (a family's body with one of its own parts) first, then the combinations the
+segmentation world never shows (a body with another family's part).
+
+Example i of split s depends only on (seed, s, i).
+"""
+
+import dataclasses
+import hashlib
+import json
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+from cows_jax.data import builds, records, synthetic, synthetic_pretrain
+
+# Bumped whenever rendering changes, so that datasets built by older code are not reused.
+_GENERATOR_VERSION = 1
+SPLITS = ('train', 'val')
+PARTS_PER_FAMILY = 3
+# An object's part keeps at least this fraction of its area visible, an earlier object's
+# body at least BODY_VISIBLE: a pose that hides more is redrawn.
+PART_VISIBLE = 0.95
+BODY_VISIBLE = 0.6
+PART_RADIUS = 0.32  # part disc radius / body radius: 10-15% of the object area
+
+
+@dataclasses.dataclass(frozen=True)
+class _Body:
+  """A family's body sampler: shape (on local coordinates), hue, saturation/value, texture."""
+
+  name: str
+  shape: object
+  hue: float
+  sat: tuple[float, float]
+  val: tuple[float, float]
+  texture: object
+  second: str
+
+
+# Desaturated bodies (saturation <= 0.45): the saturated colours belong to the parts.
+_BODIES = (
+  _Body('disc', synthetic._SHAPES[0], 0.08, (0.25, 0.45), (0.55, 0.80), synthetic._marble, 'dark'),
+  _Body(
+    'square', synthetic._SHAPES[1], 0.55, (0.25, 0.45), (0.50, 0.75), synthetic._waves, 'light'
+  ),
+  _Body(
+    'hexagon',
+    synthetic._SHAPES[7],
+    0.30,
+    (0.25, 0.45),
+    (0.45, 0.70),
+    synthetic._gradient,
+    'shift',
+  ),
+  _Body(
+    'oval',
+    lambda u, v: u**2 + (v / 0.8) ** 2 <= 1.0,
+    0.80,
+    (0.20, 0.40),
+    (0.60, 0.85),
+    synthetic._rings,
+    'dark',
+  ),
+)
+MAX_FAMILIES = len(_BODIES)
+FAMILY_NAMES = tuple(b.name for b in _BODIES)
+# Part hues: a third of a turn apart within a family, more than the jitter's +-0.1 turn.
+PART_HUES = (0.0, 1 / 3, 2 / 3)
+_PART_HUE_NAMES = ('red', 'green', 'blue')
+_PART_TEXTURES = (
+  ('dots', synthetic._dots),
+  ('stripes', synthetic._stripes),
+  ('checker', synthetic._checker),
+  ('rings', synthetic._rings),
+)
+
+
+def _part_appearance(k: int) -> synthetic._Appearance:
+  """Class k's part: hue by its rank in the family, texture by rank + family, so that every
+  class has its own (hue, texture) pair and siblings differ in both."""
+  family, rank = divmod(k, PARTS_PER_FAMILY)
+  texture = _PART_TEXTURES[(rank + family) % len(_PART_TEXTURES)][1]
+  return synthetic._Appearance(PART_HUES[rank], (0.80, 1.00), (0.80, 1.00), texture, 'dark')
+
+
+MAX_CLASSES = MAX_FAMILIES * PARTS_PER_FAMILY
+CLASS_NAMES = tuple(
+  f'{FAMILY_NAMES[k // PARTS_PER_FAMILY]}_{_PART_HUE_NAMES[k % PARTS_PER_FAMILY]}_'
+  f'{_PART_TEXTURES[(k % PARTS_PER_FAMILY + k // PARTS_PER_FAMILY) % len(_PART_TEXTURES)][0]}'
+  for k in range(MAX_CLASSES)
+)
+
+
+def family(k: int) -> int:
+  """The family of class k."""
+  return k // PARTS_PER_FAMILY
+
+
+@dataclasses.dataclass(frozen=True)
+class PartsSpec:
+  """Everything that determines the parts world's content; its fingerprint names the build."""
+
+  num_classes: int = 9
+  image_size: int = 112
+  train_size: int = 1000
+  val_size: int = 200
+  seed: int = 0
+  two_object_rate: float = 0.5  # fraction of images drawn with two objects
+
+  def __post_init__(self):
+    if self.num_classes % PARTS_PER_FAMILY or not 1 <= self.num_classes <= MAX_CLASSES:
+      raise ValueError(
+        f'data.num_classes must be a multiple of {PARTS_PER_FAMILY} in the parts world, '
+        f'at most {MAX_CLASSES} ({MAX_FAMILIES} families), got {self.num_classes}'
+      )
+    if not 32 <= self.image_size <= 512:
+      raise ValueError(f'data.image_size must be in 32..512, got {self.image_size}')
+    for field in ('train_size', 'val_size'):
+      if getattr(self, field) < 1:
+        raise ValueError(f'data.{field} must be >= 1, got {getattr(self, field)}')
+    if self.seed < 0:
+      raise ValueError(f'data.seed must be >= 0, got {self.seed}')
+    if not 0 <= self.two_object_rate <= 1:
+      raise ValueError(f'two_object_rate must be in 0..1, got {self.two_object_rate}')
+
+  @property
+  def num_families(self) -> int:
+    return self.num_classes // PARTS_PER_FAMILY
+
+  def fingerprint(self, splits: tuple[str, ...] = SPLITS) -> str:
+    """Short stable hash of every field, the world and the generator version."""
+    payload = dict(dataclasses.asdict(self), world='parts', generator_version=_GENERATOR_VERSION)
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
+
+  def split_size(self, split: str) -> int:
+    if split not in SPLITS:
+      raise ValueError(f'split must be one of {SPLITS} in the parts world, got {split!r}')
+    return {'train': self.train_size, 'val': self.val_size}[split]
+
+
+# ----------------------------------------------------------------------------- objects
+
+
+def _rim_distance(body: np.ndarray, centre, direction, limit: float) -> float:
+  """Distance from `centre` along `direction` to the body's last pixel (0.5 px steps)."""
+  size = body.shape[0]
+  t = np.arange(0.0, limit, 0.5)
+  y = np.floor(centre[0] + t * direction[0]).astype(int)
+  x = np.floor(centre[1] + t * direction[1]).astype(int)
+  inside = (y >= 0) & (y < size) & (x >= 0) & (x < size)
+  hit = np.zeros_like(t, bool)
+  hit[inside] = body[y[inside], x[inside]]
+  return float(t[np.flatnonzero(hit)[-1]]) if hit.any() else 0.0
+
+
+def _draw_object(rng, body_family: int, size: int):
+  """A body of `body_family` with a part disc on its rim, the part entirely inside the
+  image; returns (body mask, part mask, body placement, part placement) or None when the
+  drawn pose leaves no room for the part."""
+  body = _BODIES[body_family]
+  radius = size * rng.uniform(0.23, 0.28)
+  centre = rng.uniform(0.8 * radius, size - 0.8 * radius, 2)
+  pose = (radius, rng.uniform(0, 2 * np.pi), np.exp(rng.uniform(-0.15, 0.15)))
+  body_mask = synthetic._window_mask(
+    size,
+    centre,
+    1.45 * radius + 1,
+    lambda dy, dx: body.shape(*synthetic._local_coords(dy, dx, *pose)),
+  )
+  part_radius = PART_RADIUS * radius
+  for _ in range(8):
+    angle = rng.uniform(0, 2 * np.pi)
+    direction = np.array([np.sin(angle), np.cos(angle)])
+    rim = _rim_distance(body_mask, centre, direction, 1.6 * radius)
+    part_centre = centre + (rim - 0.3 * part_radius) * direction
+    if np.all(part_centre >= part_radius + 1) and np.all(part_centre <= size - part_radius - 1):
+      part_mask = synthetic._window_mask(
+        size, part_centre, part_radius + 1, lambda dy, dx: dy**2 + dx**2 <= part_radius**2
+      )
+      # Texture coordinates: the part spans about one unit, so its texture has a few periods.
+      part_pose = (2 * part_radius, rng.uniform(0, 2 * np.pi), 1.0)
+      return body_mask | part_mask, part_mask, (centre, *pose), (part_centre, *part_pose)
+  return None
+
+
+def _place_objects(rng, classes: list[int], body_of, size: int):
+  """Draws the objects one by one, each on top of the earlier ones; a pose is redrawn (up to
+  30 times, then the object is left out) when it would hide more than (1 - PART_VISIBLE) of
+  an earlier part or (1 - BODY_VISIBLE) of an earlier object."""
+  instances = np.full((size, size), -1, np.int32)
+  parts = np.zeros((size, size), bool)  # visible part pixels of any placed object
+  objects = []
+  for cls in classes:
+    for _attempt in range(30):
+      drawn = _draw_object(rng, body_of(cls), size)
+      if drawn is None:
+        continue
+      mask, part, placement, part_placement = drawn
+      n = len(objects)
+      areas = np.bincount(instances[instances >= 0], minlength=n)
+      kept = np.bincount(instances[(instances >= 0) & ~mask], minlength=n)
+      part_areas = np.bincount(instances[parts], minlength=n)
+      part_kept = np.bincount(instances[parts & ~mask], minlength=n)
+      if np.all(kept >= BODY_VISIBLE * areas) and np.all(part_kept >= PART_VISIBLE * part_areas):
+        instances[mask] = n
+        parts = (parts & ~mask) | part
+        objects.append((cls, mask, part, placement, part_placement))
+        break
+  return objects, instances, parts
+
+
+def _classes(rng, spec: PartsSpec) -> list[int]:
+  """One class, or (at two_object_rate) two classes of different families."""
+  first = int(rng.integers(spec.num_classes))
+  if spec.num_families < 2 or rng.random() >= spec.two_object_rate:
+    return [first]
+  others = [k for k in range(spec.num_classes) if family(k) != family(first)]
+  return [first, int(others[rng.integers(len(others))])]
+
+
+def _clutter_color(rng, num_families: int) -> np.ndarray:
+  """Half of the distractors take a family's body colour; the others a random colour whose
+  hue lies between the part hues and whose saturation stays below the parts'."""
+  if rng.random() < 0.5:
+    body = _BODIES[rng.integers(num_families)]
+    h = body.hue + rng.uniform(-0.03, 0.03)
+    return synthetic._hsv(h, rng.uniform(*body.sat), rng.uniform(*body.val))
+  gap = PART_HUES[rng.integers(len(PART_HUES))] + 1 / 6
+  return synthetic._hsv(gap + rng.uniform(-0.08, 0.08), rng.uniform(0.1, 0.45), rng.uniform(0.3, 1))
+
+
+def _body_appearance(f: int) -> synthetic._Appearance:
+  b = _BODIES[f]
+  return synthetic._Appearance(b.hue, b.sat, b.val, b.texture, b.second)
+
+
+def _scene(rng, size: int, objects_to_draw: list[tuple[int, int]], num_families: int):
+  """Background, clutter and objects ((body family, part class) each); returns the float
+  image, instance ids, the kept objects' part classes, per-pixel part owner (-1: none) and
+  the clutter masks."""
+  yy, xx = synthetic._grid(size)
+  image = synthetic._background(rng, size, yy, xx)
+  body_of = {p: f for f, p in objects_to_draw}
+  objects, instances, part_pixels = _place_objects(
+    rng, [p for _, p in objects_to_draw], body_of.__getitem__, size
+  )
+  clutter = [
+    (synthetic._clutter_mask(rng, size), _clutter_color(rng, num_families))
+    for _ in range(rng.integers(3, 9))
+  ]
+  on_top = rng.random(len(clutter)) < 0.2
+  for mask, color in (c for c, top in zip(clutter, on_top) if not top):
+    image[mask] = color
+  for index, (cls, mask, part, placement, part_placement) in enumerate(objects):
+    synthetic._paint(rng, image, mask, placement, _body_appearance(body_of[cls]), yy, xx)
+    synthetic._paint(rng, image, part, part_placement, _part_appearance(cls), yy, xx)
+  for mask, color in (c for c, top in zip(clutter, on_top) if top):
+    mask = mask & ~part_pixels  # clutter never covers a part
+    image[mask] = color
+    instances[mask] = -1
+  image = synthetic._soften(image) + rng.normal(0, 0.025, image.shape)
+  owner = np.where(part_pixels, instances, -1)
+  return image, instances, [o[0] for o in objects], owner, [m for m, _ in clutter]
+
+
+def generate_example(spec: PartsSpec, split: str, index: int) -> dict:
+  """Example `index` of `split`, a pure function of (spec, split, index).
+
+  Returns {'image': uint8[H,W,3], 'mask': uint8[H,W], 'saliency': uint8[H,W],
+  'labels': uint8[C], 'part_mask': uint8[H,W]} (part_mask: k+1 on class k's visible part).
+  """
+  if not 0 <= index < spec.split_size(split):
+    raise IndexError(
+      f'index {index} out of range for split {split!r} of size {spec.split_size(split)}'
+    )
+  # A fifth seed word keeps these streams apart from the shapes world's.
+  rng = np.random.default_rng([spec.seed, SPLITS.index(split), index, 0, 2])
+  while True:  # re-draw the rare scene in which no object stays visible enough
+    drawn = [(family(k), k) for k in _classes(rng, spec)]
+    image, instances, classes, owner, clutter = _scene(
+      rng, spec.image_size, drawn, spec.num_families
+    )
+    mask, labels = synthetic._ground_truth(instances, classes, spec.num_classes)
+    if labels.any():
+      break
+  lookup = np.array([c + 1 if labels[c] else 0 for c in classes] + [0], np.uint8)
+  return {
+    'image': np.round(255 * np.clip(image, 0, 1)).astype(np.uint8),
+    'mask': mask,
+    'saliency': synthetic._saliency(rng, instances, clutter, spec.image_size),
+    'labels': labels,
+    'part_mask': lookup[owner],
+  }
+
+
+# ----------------------------------------------------------------------------- TFDS storage
+
+
+class CowsSyntheticParts(builds.SpecBuilder):
+  """TFDS builder of the parts world's train and val; the config name is the fingerprint."""
+
+  DESCRIPTION = 'CoWS synthetic parts world (weakly supervised segmentation data)'
+
+  def features(self) -> dict:
+    png = tfds.features.Tensor(shape=(), dtype=np.object_)
+    return {
+      'image': png,
+      'mask': png,
+      'saliency': png,
+      'part_mask': png,
+      'labels': tfds.features.Tensor(shape=(self.spec.num_classes,), dtype=np.uint8),
+    }
+
+  def record(self, split: str, index: int) -> dict:
+    example = generate_example(self.spec, split, index)
+    for field in ('image', 'mask', 'saliency', 'part_mask'):
+      example[field] = records.encode_png(example[field])
+    return example
+
+
+class PartsRecordSource(records.RecordSource):
+  """records.RecordSource with the part mask: each record also has 'part_mask' uint8[H,W]."""
+
+  def __getitem__(self, index: int) -> dict:
+    out = super().__getitem__(index)
+    out['part_mask'] = records.decode_png(self._source[int(index)]['part_mask'])
+    return out
+
+
+def _prepared(spec: PartsSpec, data_dir: str) -> CowsSyntheticParts:
+  return builds.prepared_spec(
+    CowsSyntheticParts,
+    spec,
+    SPLITS,
+    data_dir,
+    spec.fingerprint(),
+    f'synthetic parts world {spec}',
+  )
+
+
+def build(spec: PartsSpec, data_dir: str) -> str:
+  """Builds the dataset for `spec` unless a complete build exists; returns its directory."""
+  return str(_prepared(spec, data_dir).data_dir)
+
+
+def load_sources(spec: PartsSpec, data_dir: str) -> dict[str, PartsRecordSource]:
+  """Builds if needed, then returns {'train': source, 'val': source} of decoded records."""
+  return builds.split_sources(
+    _prepared(spec, data_dir), lambda source, d: PartsRecordSource(source, {}, d)
+  )
+
+
+# ----------------------------------------------------------------------------- pretraining
+
+
+def pretrain_classes(num_families: int) -> tuple[tuple[int, int], ...]:
+  """(body family, part class) of every pretraining class: the segmentation classes (a body
+  with one of its own family's parts) first, in their order, then every other body with
+  every other part, by body and part."""
+  parts = range(num_families * PARTS_PER_FAMILY)
+  own = tuple((family(p), p) for p in parts)
+  return own + tuple((f, p) for f in range(num_families) for p in parts if family(p) != f)
+
+
+PRETRAIN_CLASS_COUNTS = tuple(f * f * PARTS_PER_FAMILY for f in range(1, MAX_FAMILIES + 1))
+
+
+@dataclasses.dataclass(frozen=True)
+class PartsPretrainSpec:
+  """The parts world's ImageNet stand-in: single objects labelled by (body, part)."""
+
+  num_classes: int = 27  # families^2 x PARTS_PER_FAMILY: every body with every part
+  image_size: int = 112
+  train_size: int = 2700
+  val_size: int = 270
+  seed: int = 0
+
+  def __post_init__(self):
+    if self.num_classes not in PRETRAIN_CLASS_COUNTS:
+      raise ValueError(
+        f'pretrain.num_classes must be families^2 x {PARTS_PER_FAMILY} in the parts world '
+        f'(every body with every part): one of {PRETRAIN_CLASS_COUNTS}, got {self.num_classes}'
+      )
+    if not 32 <= self.image_size <= 512:
+      raise ValueError(f'pretrain.image_size must be in 32..512, got {self.image_size}')
+    for field in ('train_size', 'val_size'):
+      if getattr(self, field) < 1:
+        raise ValueError(f'pretrain.{field} must be >= 1, got {getattr(self, field)}')
+    if self.seed < 0:
+      raise ValueError(f'pretrain.seed must be >= 0, got {self.seed}')
+
+  @property
+  def num_families(self) -> int:
+    return PRETRAIN_CLASS_COUNTS.index(self.num_classes) + 1
+
+  def fingerprint(self) -> str:
+    payload = dict(dataclasses.asdict(self), world='parts', generator_version=_GENERATOR_VERSION)
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
+
+  def split_size(self, split: str) -> int:
+    if split not in SPLITS:
+      raise ValueError(f'split must be one of {SPLITS}, got {split!r}')
+    return {'train': self.train_size, 'val': self.val_size}[split]
+
+
+def generate_pretrain_example(spec: PartsPretrainSpec, split: str, index: int) -> dict:
+  """Example `index` of `split`: one object of class index mod num_classes.
+
+  Returns {'image': uint8[H,W,3], 'label': int}.
+  """
+  if not 0 <= index < spec.split_size(split):
+    raise IndexError(
+      f'index {index} out of range for split {split!r} of size {spec.split_size(split)}'
+    )
+  label = index % spec.num_classes
+  body, part = pretrain_classes(spec.num_families)[label]
+  rng = np.random.default_rng([spec.seed, SPLITS.index(split), index, 1, 2])
+  while True:
+    image, _, classes, _, _ = _scene(rng, spec.image_size, [(body, part)], spec.num_families)
+    if classes:
+      break
+  return {'image': np.round(255 * np.clip(image, 0, 1)).astype(np.uint8), 'label': label}
+
+
+class CowsSyntheticPartsPretrain(builds.SpecBuilder):
+  """TFDS builder of one PartsPretrainSpec; the config name is the spec fingerprint."""
+
+  DESCRIPTION = 'CoWS synthetic parts world pretraining (ImageNet stand-in) data'
+
+  def features(self) -> dict:
+    return {
+      'image': tfds.features.Tensor(shape=(), dtype=np.object_),
+      'label': tfds.features.Tensor(shape=(), dtype=np.int64),
+    }
+
+  def record(self, split: str, index: int) -> dict:
+    example = generate_pretrain_example(self.spec, split, index)
+    return {'image': records.encode_png(example['image']), 'label': example['label']}
+
+
+def load_pretrain_sources(
+  spec: PartsPretrainSpec, data_dir: str
+) -> dict[str, synthetic_pretrain.Source]:
+  """Builds if needed, then returns {'train': source, 'val': source} of decoded records."""
+  prepared = builds.prepared_spec(
+    CowsSyntheticPartsPretrain,
+    spec,
+    SPLITS,
+    data_dir,
+    spec.fingerprint(),
+    f'synthetic parts pretraining dataset {spec}',
+  )
+  return builds.split_sources(prepared, synthetic_pretrain.Source)

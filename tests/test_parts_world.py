@@ -1,0 +1,218 @@
+"""The parts world (data/synthetic_parts.py): its builder, its rules (siblings never share an
+image, parts small and on the rim, unique part palettes), the shapes world left unchanged,
+`part_body_recall`, and the config `synthetic:parts,tiny` through classify and localize."""
+
+import colorsys
+import hashlib
+import json
+import os
+
+import numpy as np
+import pytest
+
+from cows_jax import classify, config, localize, map_metrics, run_dir, synthetic_backbones
+from cows_jax.data import sources, synthetic, synthetic_parts, synthetic_pretrain
+
+SPEC = synthetic_parts.PartsSpec(train_size=60, val_size=4)  # 112 px, 9 classes
+
+
+def _digest(example: dict) -> str:
+  h = hashlib.sha256()
+  for key in sorted(example):
+    h.update(key.encode())
+    h.update(np.asarray(example[key]).tobytes())
+  return h.hexdigest()[:16]
+
+
+@pytest.fixture(scope='module')
+def examples():
+  return [synthetic_parts.generate_example(SPEC, 'train', i) for i in range(SPEC.train_size)]
+
+
+def test_the_shapes_world_is_unchanged():
+  """Digests and fingerprints computed with the code before the parts world (commit 41d496b)."""
+  s = synthetic.SyntheticSpec(image_size=64, train_size=8, val_size=4)
+  for (split, index), digest in {
+    ('train', 0): 'bccf97cb693f3c8b',
+    ('train', 5): 'e71b096d25334c58',
+    ('val', 3): '6a035b6f53a586c8',
+  }.items():
+    assert _digest(synthetic.generate_example(s, split, index)) == digest, (split, index)
+  s12 = synthetic.SyntheticSpec(image_size=48, num_classes=12)
+  assert _digest(synthetic.generate_example(s12, 'web', 2)) == '0d547aa29ebcfb03'
+  assert _digest(synthetic.generate_example(s12, 'single_label', 1)) == '95e7d5e9223253fb'
+  p = synthetic_pretrain.PretrainSpec(image_size=48, train_size=20, val_size=5)
+  assert _digest(synthetic_pretrain.generate_example(p, 'train', 7)) == 'cfe6df220a4fe38c'
+  assert (s.fingerprint(), synthetic.SyntheticSpec().fingerprint()) == (
+    '7af17e1494c3',
+    'fa470677fec0',
+  )
+  assert synthetic_pretrain.PretrainSpec().fingerprint() == '6e1ada286907'
+  # the shipped backbones of the shapes world keep their names
+  assert synthetic_backbones.fingerprint(config.load('synthetic')) == '59cdbe6eb23d'
+  assert synthetic_backbones.fingerprint(config.load('synthetic:tiny_pretrained')) == '0ac52ddbebfb'
+  assert isinstance(sources.synthetic_spec(config.load('synthetic')), synthetic.SyntheticSpec)
+
+
+def test_examples_are_deterministic():
+  a = synthetic_parts.generate_example(SPEC, 'train', 3)
+  b = synthetic_parts.generate_example(SPEC, 'train', 3)
+  assert all(np.array_equal(a[k], b[k]) for k in a)
+  assert set(a) == {'image', 'mask', 'saliency', 'labels', 'part_mask'}
+  assert not np.array_equal(a['image'], synthetic_parts.generate_example(SPEC, 'val', 3)['image'])
+  other_seed = synthetic_parts.PartsSpec(train_size=60, seed=1)
+  assert not np.array_equal(
+    a['image'], synthetic_parts.generate_example(other_seed, 'train', 3)['image']
+  )
+  # an example does not depend on the split sizes
+  bigger = synthetic_parts.PartsSpec(train_size=99, val_size=4)
+  assert _digest(synthetic_parts.generate_example(bigger, 'train', 3)) == _digest(a)
+  assert SPEC.fingerprint() != synthetic_parts.PartsSpec(train_size=61, val_size=4).fingerprint()
+  with pytest.raises(IndexError):
+    synthetic_parts.generate_example(SPEC, 'val', 4)
+  with pytest.raises(ValueError, match='multiple of 3'):
+    synthetic_parts.PartsSpec(num_classes=8)
+
+
+def test_siblings_never_share_an_image_and_half_hold_two(examples):
+  counts = [int(e['labels'].sum()) for e in examples]
+  assert set(counts) <= {1, 2}
+  assert 0.3 <= np.mean(np.asarray(counts) == 2) <= 0.7
+  for e in examples:
+    families = [synthetic_parts.family(k) for k in np.flatnonzero(e['labels'])]
+    assert len(families) == len(set(families))
+
+
+def test_parts_are_small_on_the_rim_and_at_least_two_map_cells(examples):
+  fractions = []
+  for e in examples:
+    mask, part = e['mask'], e['part_mask']
+    labelled = set(np.flatnonzero(e['labels']) + 1)
+    assert set(np.unique(part)) - {0} == labelled  # every labelled object shows its part
+    assert np.all((mask[part > 0] == part[part > 0]) | (mask[part > 0] == 255))
+    for k in labelled:
+      obj, p = mask == k, (part == k) & (mask == k)
+      fractions.append(p.sum() / obj.sum())
+      ys, xs = np.nonzero(part == k)
+      # at least 2 x 2 cells of a stride-8 map at 112 px
+      assert min(np.ptp(ys), np.ptp(xs)) + 1 >= 16
+      # on the rim: the part's centre lies in the outer half of the object's radius
+      region = np.stack(np.nonzero(obj | (part == k)), 1)
+      centre = region.mean(0)
+      reach = np.hypot(*(region - centre).T).max()
+      assert np.hypot(*(np.array([ys.mean(), xs.mean()]) - centre)) >= 0.5 * reach
+  assert 0.08 <= np.median(fractions) <= 0.15
+  assert max(fractions) < 0.25
+
+
+def test_part_palettes_are_unique_and_survive_the_jitter():
+  n = synthetic_parts.MAX_CLASSES
+  looks = {
+    (synthetic_parts._part_appearance(k).hue, synthetic_parts._part_appearance(k).texture)
+    for k in range(n)
+  }
+  assert len(looks) == n
+  for k in range(n):
+    for j in range(n):
+      a, b = synthetic_parts._part_appearance(k), synthetic_parts._part_appearance(j)
+      if k != j and synthetic_parts.family(k) == synthetic_parts.family(j):
+        gap = abs(a.hue - b.hue) % 1
+        assert min(gap, 1 - gap) > 0.2 + 0.06  # the jitter +-0.1 twice, the instance +-0.03
+        assert a.texture is not b.texture
+  # parts are saturated, bodies and clutter are not: a part keeps more saturation after the
+  # jitter's x0.7 than any body or clutter has (the jitter scales a whole image alike)
+  part_sat = min(synthetic_parts._part_appearance(k).sat[0] for k in range(n))
+  assert part_sat * 0.7 > max(b.sat[1] for b in synthetic_parts._BODIES) == 0.45
+  rng = np.random.default_rng(0)
+  for _ in range(200):
+    color = np.clip(synthetic_parts._clutter_color(rng, synthetic_parts.MAX_FAMILIES), 0, 1)
+    assert colorsys.rgb_to_hsv(*color)[1] <= 0.45 + 1e-6
+
+
+def test_pretraining_classes_hold_every_body_with_every_part():
+  table = synthetic_parts.pretrain_classes(3)
+  assert len(table) == len(set(table)) == 27
+  # the segmentation classes first, in order; then bodies with another family's part
+  assert table[:9] == tuple((k // 3, k) for k in range(9))
+  assert all(synthetic_parts.family(p) != f for f, p in table[9:])
+  spec = synthetic_parts.PartsPretrainSpec(image_size=64, train_size=30, val_size=3)
+  a = synthetic_parts.generate_pretrain_example(spec, 'train', 13)
+  assert a['label'] == 13 and a['image'].shape == (64, 64, 3)
+  assert _digest(a) == _digest(synthetic_parts.generate_pretrain_example(spec, 'train', 13))
+  with pytest.raises(ValueError, match='families'):
+    synthetic_parts.PartsPretrainSpec(num_classes=10)
+
+
+def test_build_stores_the_part_mask(tmp_path):
+  spec = synthetic_parts.PartsSpec(image_size=48, train_size=5, val_size=2)
+  loaded = synthetic_parts.load_sources(spec, str(tmp_path))
+  for split, source in loaded.items():
+    assert len(source) == spec.split_size(split)
+    for i in range(len(source)):
+      record, expected = source[i], synthetic_parts.generate_example(spec, split, i)
+      for key in ('image', 'mask', 'part_mask', 'saliency', 'labels'):
+        np.testing.assert_array_equal(record[key], expected[key])
+  assert 'cows_synthetic_parts' in synthetic_parts.build(spec, str(tmp_path))
+
+
+def test_part_body_recall_on_a_hand_made_example():
+  # class 1 (mask value 2) fills columns 0..5 of a 4 x 8 image, its part columns 4..5.
+  mask = np.zeros((4, 8), np.uint8)
+  mask[:, :6] = 2
+  mask[0, 0] = 255  # ignored
+  part = np.zeros_like(mask)
+  part[:, 4:6] = 2
+  cam = np.zeros((1, 4, 8))
+  cam[0, :, 4:6] = 1.0  # the whole part
+  cam[0, :2, 3] = 0.6  # 2 of the 15 body pixels, at 0.6 of the peak
+  cam[0, :, 6] = 0.9  # background
+  out = map_metrics.part_body_recall([(cam, np.array([1]), mask, part)], (0.5, 0.7), 3)
+  assert [r['threshold'] for r in out] == [0.5, 0.7]
+  assert out[0]['part_recall'] == 1.0 and out[0]['body_recall'] == pytest.approx(2 / 15)
+  assert out[1]['part_recall'] == 1.0 and out[1]['body_recall'] == 0.0
+  assert np.isnan(out[0]['part_recall_per_class'][0])  # class 0 is absent
+  # a map of another class over the part takes its pixels
+  other = np.zeros((1, 4, 8))
+  other[0, :, 5] = 1.0
+  weaker = cam.copy()
+  weaker[0, :, 5] = 0.8
+  two = map_metrics.part_body_recall(
+    [(np.concatenate([weaker, other]), np.array([1, 2]), mask, part)], (0.5,), 3
+  )
+  assert two[0]['part_recall'] == 0.5
+
+
+def test_parts_config_names_the_world_and_its_backbone():
+  cfg = config.load('synthetic:parts')
+  assert isinstance(sources.synthetic_spec(cfg), synthetic_parts.PartsSpec)
+  assert sources.class_names(cfg) == synthetic_parts.CLASS_NAMES[:9]
+  assert cfg.data.image_size >= 112 and cfg.input.size >= 112
+  spec = synthetic_backbones.dataset_spec(cfg)
+  assert isinstance(spec, synthetic_parts.PartsPretrainSpec) and spec.num_classes == 27
+  where = synthetic_backbones.location(cfg)
+  assert where == os.path.join(
+    synthetic_backbones.SHIPPED_ROOT, synthetic_backbones.fingerprint(cfg)
+  )
+  provenance = json.loads(open(os.path.join(where, 'provenance.json')).read())
+  assert (
+    '/tmp' not in json.dumps(provenance) and provenance['pretrain']['dataset']['num_classes'] == 27
+  )
+  assert config.finalize(cfg).model.init_from == where
+
+
+def test_parts_tiny_classifies_and_localizes(tmp_path):
+  c = config.load('synthetic:parts,tiny')
+  c.data.data_dir = str(tmp_path / 'data')
+  c.classify.epochs, c.classify.lr_decay_epochs, c.classify.localize_after_epochs = 1, (), 1
+  c.localize.method = 'cam'
+  cfg = config.finalize(c)
+  assert cfg.data.world == 'parts' and cfg.data.image_size == 48
+  workdir = str(tmp_path / 'run')
+  classify.train(cfg, workdir)
+  localize.run(cfg, workdir)
+  run = run_dir.RunDir(workdir)
+  train = sources.load(cfg)['train']
+  ids = [train[i]['id'] for i in range(len(train))]
+  out = map_metrics.evaluate_part_recall(cfg, train, ids, run)
+  assert len(out) == len(cfg.evaluate.cam_thresholds)
+  assert all(0 <= r['part_recall'] <= 1 and 0 <= r['body_recall'] <= 1 for r in out)
