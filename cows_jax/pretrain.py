@@ -49,7 +49,7 @@ from cows_jax import (
   training,
   update_plan,
 )
-from cows_jax.data import input_pipeline, sources, synthetic_pretrain, transforms
+from cows_jax.data import input_pipeline, sources, transforms
 from cows_jax.models import fold, pretrained
 from cows_jax.models.vgg import VGG16LargeFOV
 
@@ -249,7 +249,7 @@ def _complete(out: str, fp: str) -> dict | None:
 def _train(cfg, out: str) -> dict:
   start_time = time.time()
   spec = synthetic_backbones.dataset_spec(cfg)
-  splits = synthetic_pretrain.load_sources(spec, sources.data_dir(cfg))
+  splits = synthetic_backbones.load_sources(spec, sources.data_dir(cfg))
   spe, p = steps_per_epoch(cfg), cfg.pretrain
   total = spe * p.epochs
   work = run_dir.RunDir(epath.Path(out) / 'training')
@@ -327,7 +327,8 @@ def _finish(cfg, model, spec, splits, work, total: int, out: str, seconds: float
       'fingerprint': synthetic_backbones.fingerprint(cfg),
       'version': synthetic_backbones.VERSION,
       'dataset': {**dataclasses.asdict(spec), 'fingerprint': spec.fingerprint()},
-      'dataset_build': splits['train'].build_dir,
+      # Relative paths only: the directory travels (the shipped backbones).
+      'dataset_build': os.path.join(*epath.Path(splits['train'].build_dir).parts[-3:]),
       'model': {'width': cfg.model.width, 'dtype': cfg.model.dtype, 'norm_in_training': 'batch'},
       'training': {**synthetic_backbones.training_fields(cfg), 'seed': p.seed},
       'steps': total,
@@ -342,7 +343,7 @@ def _finish(cfg, model, spec, splits, work, total: int, out: str, seconds: float
       # The folded network against the BatchNorm one in eval mode, on the val images.
       'folding_max_logit_difference': float(np.abs(val_logits - bn_logits).max()),
       'seconds': round(seconds, 1),
-      'checkpoints': os.fspath(work.root / 'checkpoints'),
+      'checkpoints': 'training/checkpoints',  # relative to the backbone's directory
     },
   }
   _write(out, backbone, provenance)

@@ -13,7 +13,7 @@ import hashlib
 import json
 import os
 
-from cows_jax.data import sources, synthetic_pretrain
+from cows_jax.data import sources, synthetic_parts, synthetic_pretrain
 
 # `model.init_from` / `segment.init_from`: the backbone `cows-jax pretrain` makes for the config.
 PLACEHOLDER = 'pretrain'
@@ -37,15 +37,27 @@ TRAINING_FIELDS = (
 SHIPPED_ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'pretrained')
 
 
-def dataset_spec(cfg) -> synthetic_pretrain.PretrainSpec:
+def dataset_spec(cfg) -> synthetic_pretrain.PretrainSpec | synthetic_parts.PartsPretrainSpec:
+  """The pretraining set of the config's world: the shapes world's shape x appearance
+  classes, or (data.world='parts') the parts world's body x part classes."""
   p = cfg.pretrain
-  return synthetic_pretrain.PretrainSpec(
+  spec = synthetic_pretrain.PretrainSpec
+  if cfg.data.name == 'synthetic' and sources.world(cfg) == 'parts':
+    spec = synthetic_parts.PartsPretrainSpec
+  return spec(
     num_classes=p.num_classes,
     image_size=p.image_size,
     train_size=p.train_size,
     val_size=p.val_size,
     seed=p.seed,
   )
+
+
+def load_sources(spec, data_dir: str) -> dict:
+  """{'train', 'val'} sources (synthetic_pretrain.Source) of a `dataset_spec`, built if needed."""
+  if isinstance(spec, synthetic_parts.PartsPretrainSpec):
+    return synthetic_parts.load_pretrain_sources(spec, data_dir)
+  return synthetic_pretrain.load_sources(spec, data_dir)
 
 
 def training_fields(cfg) -> dict:

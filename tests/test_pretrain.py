@@ -269,7 +269,7 @@ def test_the_shipped_tiny_backbone_is_what_the_command_makes(tiny_pretrained):
 def test_every_shipped_backbone_belongs_to_a_packaged_config_argument():
   fingerprints = {
     synthetic_backbones.fingerprint(config.load(spec))
-    for spec in ('synthetic', 'synthetic:tiny_pretrained')
+    for spec in ('synthetic', 'synthetic:tiny_pretrained', 'synthetic:parts')
   }
   for directory in _shipped_dirs():
     provenance = json.load(open(os.path.join(directory, 'provenance.json')))
