@@ -7,10 +7,16 @@ file (`configs/voc12.py:runlocal`) or the name of a packaged config (`voc12:runl
 """
 
 import contextlib
+import dataclasses
+import functools
 import logging as std_logging
+import os
 import re
 import sys
+import tempfile
 import time
+import traceback
+from typing import Any, Callable
 
 import ml_collections
 from absl import app, flags, logging
@@ -41,37 +47,22 @@ STAGES = {
   'segment': segment.train,
   'evaluate': evaluate.run,
 }
-# Each command with its one-line description; the first group takes --config and --workdir.
-RUN_COMMANDS = {
-  'classify': 'stage 1: train the co-attention classifier on pairs of images',
-  'localize': 'stage 2a: localization maps with cross-image context -> WORKDIR/maps',
-  'label': 'stage 2b: pseudo labels from the maps (+ saliency) -> WORKDIR/pseudo_labels',
-  'segment': 'stage 3: train the DeepLab segmenter on the pseudo labels (and on GT masks)',
-  'evaluate': 'stage 4: mIoU of maps, pseudo labels and segmenters -> WORKDIR/reports',
-  'pipeline': 'every stage in order; a rerun resumes where a killed run stopped',
-  'ablate': 'the four-variant ablation of the co-attention losses and inference; --settings: '
-  "the paper's data settings 1-3 x {CAM baseline, full method} over --seeds",
-  'predict-split': "VOC-format PNGs of a split's predictions -> WORKDIR/predictions/SPLIT",
-  'export': 'the trained segmenter (or classifier maps) as a jax.export artifact -> --out DIR',
-}
-PREDICT = {  # --export E, or --config and --workdir; image files or directories after the flags.
-  'predict': 'label maps of image files, from an export or a run -> --out DIR',
-}
-CONFIG_COMMANDS = {
-  'config': 'print the resolved config a run would use (after finalizing)',
-  'data check': 'build the configured dataset and report its images, labels and problems',
-  'summary': 'each model of the config: parameters and FLOPs per image',
-  'pretrain': "the synthetic world's VGG16 backbone -> DATA_DIR/pretrained/<fingerprint>",
-}
-TOOL_COMMANDS = {  # their own arguments: `cows-jax weights import --help`, `cows-jax bench --help`.
-  'weights import': "ImageNet weights into DIR, or the authors' trained models into WORKDIR",
-  'bench': 'time train-step, segment-step, localize, inference, input (FLOP/s, MFU, --json)',
-}
 USAGE = (
   'usage: cows-jax COMMAND [--config NAME[:ARG] | FILE[:ARG]] [--workdir DIR] '
   '[--config.FIELD=VALUE ...]\n'
   '       cows-jax --help | cows-jax COMMAND --help'
 )
+# `--help` lists the commands under these titles, in this order.
+GROUPS = {
+  'run': 'Run commands (--config, --workdir)',
+  'predict': 'Prediction (--export, or --config and --workdir)',
+  'config': 'Config commands (--config)',
+  'tool': 'Tools (their own arguments)',
+}
+# The errors cows_jax raises for a config or input problem (a one-line message says it all).
+EXPECTED = (FileNotFoundError, ValueError, OSError)
+# Set (or --traceback) to print the traceback of an unexpected error on stderr too.
+TRACEBACK_ENV = 'COWS_JAX_TRACEBACK'
 
 _CONFIG = config_flags.DEFINE_config_file(
   'config',
@@ -123,17 +114,14 @@ _SETTINGS = flags.DEFINE_bool(
 _SEEDS = flags.DEFINE_list(
   'seeds', ['0', '1', '2'], 'ablate --settings: the seeds (seed and localize.seed) of each run.'
 )
+_TRACEBACK = flags.DEFINE_bool(
+  'traceback',
+  False,
+  f'Print the traceback of an unexpected error on stderr too (or set {TRACEBACK_ENV}=1); it is '
+  'always written to a file the error line names.',
+)
 _DISTRIBUTED_FLAGS = ('distributed', 'coordinator_address', 'num_processes', 'process_id')
-_FLAGS_OF = {name: ('config', 'workdir', *_DISTRIBUTED_FLAGS) for name in RUN_COMMANDS}
-_FLAGS_OF['predict-split'] += ('split',)
-_FLAGS_OF['ablate'] += ('settings', 'seeds')
-_FLAGS_OF['export'] += ('out', 'model', 'platforms')
-_FLAGS_OF['predict'] = ('export', 'config', 'workdir', 'out', 'overlay', 'crf')
-_FLAGS_OF.update({name: ('config',) for name in CONFIG_COMMANDS})
-_FLAGS_OF['pretrain'] = ('config', 'out', *_DISTRIBUTED_FLAGS)
-
-
-_COMMAND = ['']  # the command `run` parsed, for `main`.
+_RUN_FLAGS = ('config', 'workdir', *_DISTRIBUTED_FLAGS, 'traceback')
 
 
 def run_stage(stage: str, cfg, workdir: str) -> None:
@@ -146,15 +134,71 @@ def run_stage(stage: str, cfg, workdir: str) -> None:
     logging.info('=== %s: %.1f s ===', name, time.time() - start)
 
 
+@dataclasses.dataclass(frozen=True)
+class Command:
+  """One command: what `--help` says of it, the flags it takes, and the function that runs it
+  (on the positional arguments after the flags). A tool parses its own arguments: `run`
+  gets them all and returns the exit status."""
+
+  name: str
+  help: str
+  group: str  # a key of GROUPS.
+  flags: tuple[str, ...] = ()
+  run: Callable[..., Any] | None = None
+  positional: str = ''  # the positional arguments in the usage line.
+  own_arguments: bool = False
+
+
 def _fail(command: str, error: Exception) -> None:
-  """One line on stderr; exit 1, or preemption.EXIT_CODE when the job was told to stop."""
+  """One line on stderr; exit 1, or preemption.EXIT_CODE when the job was told to stop.
+  An error that is not one cows_jax reports itself (a config or input problem: EXPECTED,
+  raised in this package) is unexpected: its traceback goes to a file the line names (and to
+  stderr with --traceback or COWS_JAX_TRACEBACK=1)."""
   if isinstance(error, preemption.Preempted):
     logging.warning('%s', error)
     print(f'cows-jax {command}: {error}', file=sys.stderr)
     sys.exit(preemption.EXIT_CODE)
-  logging.error('%s', error)
-  print(f'cows-jax {command}: error: {error}', file=sys.stderr)
+  text = _one_line(error) or type(error).__name__
+  if not isinstance(error, EXPECTED) or _raised_outside_cows_jax(error):
+    trace = ''.join(traceback.format_exception(error))
+    where = _write_traceback(command, trace)
+    if _TRACEBACK.value or os.environ.get(TRACEBACK_ENV):
+      print(trace, file=sys.stderr, end='')
+    text = f'{type(error).__name__}: {text} (unexpected; traceback in {where})'
+  logging.error('%s', text)
+  print(f'cows-jax {command}: error: {text}', file=sys.stderr)
   sys.exit(1)
+
+
+def _raised_outside_cows_jax(error: BaseException) -> bool:
+  """Whether the innermost frame of the error's traceback is outside this package."""
+  tb = error.__traceback__
+  if tb is None:
+    return False
+  while tb.tb_next is not None:
+    tb = tb.tb_next
+  package = os.path.dirname(os.path.abspath(__file__))
+  return not os.path.abspath(tb.tb_frame.f_code.co_filename).startswith(package + os.sep)
+
+
+def _write_traceback(command: str, trace: str) -> str:
+  """The traceback in the run's logs (WORKDIR/logs/traceback-<command>-<time>.txt), or in the
+  temporary directory without a workdir; returns where."""
+  import jax
+
+  name = f'traceback-{command.replace(" ", "_")}-{time.strftime("%Y%m%d-%H%M%S")}'
+  name += f'-p{jax.process_index()}.txt' if jax.process_count() > 1 else '.txt'
+  try:
+    if flags.FLAGS.is_parsed() and flags.FLAGS['workdir'].value:
+      target = run_dir.RunDir(flags.FLAGS['workdir'].value).root / 'logs' / name
+      run_dir.write_text(target, trace)
+      return str(target)
+  except OSError:  # an unwritable workdir: the temporary directory below.
+    pass
+  target = os.path.join(tempfile.gettempdir(), f'cows_jax-{name}')
+  with open(target, 'w') as f:
+    f.write(trace)
+  return target
 
 
 def _validate(command: str, cfg) -> None:
@@ -167,11 +211,23 @@ def _validate(command: str, cfg) -> None:
     sys.exit(2)
 
 
-def _config_command(command: str) -> None:
+def _require(names: tuple[str, ...]) -> None:
+  missing = [f'--{n}' for n in names if flags.FLAGS[n].value is None]
+  if missing:
+    raise app.UsageError(f'{" and ".join(missing)} required\n{USAGE}')
+
+
+def _no_positional(positional: list[str]) -> None:
+  if positional:
+    raise app.UsageError(f'unexpected arguments {positional}\n{USAGE}')
+
+
+def _config_command(command: str) -> Callable[[list[str]], None]:
   """`config`, `data check`, `summary`: a config and no workdir."""
-  if _CONFIG.value is None:
-    raise app.UsageError(f'--config is required\n{USAGE}')
-  try:
+
+  def run(positional: list[str]) -> None:
+    _no_positional(positional)
+    _require(('config',))
     cfg = config.finalize(_CONFIG.value)
     if command == 'config':
       print(cfg)
@@ -184,8 +240,8 @@ def _config_command(command: str) -> None:
 
     print(model_summary.run(cfg))
     sys.exit(0)
-  except (FileNotFoundError, ValueError) as e:
-    _fail(command, e)
+
+  return run
 
 
 def _initialize_distributed() -> None:
@@ -207,21 +263,18 @@ def _predict(paths: list[str]) -> None:
     raise app.UsageError(
       'usage: cows-jax predict (--export E | --config C --workdir W) --out DIR IMAGES_OR_DIRS...'
     )
-  try:
-    if _EXPORT.value:
-      # Images of one size go through the exported network together.
-      probabilities, meta = inference.load_export(_EXPORT.value)
-      crf_params = ml_collections.ConfigDict(meta['crf']) if _CRF.value else None
-    elif _CONFIG.value is not None and _WORKDIR.value is not None:
-      cfg = config.finalize(_CONFIG.value)
-      one = inference.load_predictor(cfg, _WORKDIR.value)
-      probabilities = lambda images: [one(image) for image in images]
-      crf_params = cfg.crf if _CRF.value else None
-    else:
-      raise app.UsageError('predict needs --export E, or --config and --workdir')
-    result = predict.write_files(probabilities, paths, _OUT.value, _OVERLAY.value, crf_params)
-  except (FileNotFoundError, ValueError, OSError, preemption.Preempted) as e:
-    _fail('predict', e)
+  if _EXPORT.value:
+    # Images of one size go through the exported network together.
+    probabilities, meta = inference.load_export(_EXPORT.value)
+    crf_params = ml_collections.ConfigDict(meta['crf']) if _CRF.value else None
+  elif _CONFIG.value is not None and _WORKDIR.value is not None:
+    cfg = config.finalize(_CONFIG.value)
+    one = inference.load_predictor(cfg, _WORKDIR.value)
+    probabilities = lambda images: [one(image) for image in images]
+    crf_params = cfg.crf if _CRF.value else None
+  else:
+    raise app.UsageError('predict needs --export E, or --config and --workdir')
+  result = predict.write_files(probabilities, paths, _OUT.value, _OVERLAY.value, crf_params)
   print(
     f'{result["written"]} label maps -> {_OUT.value}; {len(result["skipped"])} skipped'
     + ''.join(f'\n  skipped (not a readable image): {p}' for p in result['skipped'])
@@ -229,22 +282,14 @@ def _predict(paths: list[str]) -> None:
   sys.exit(0)
 
 
-def _pretrain() -> None:
+def _pretrain(positional: list[str]) -> None:
   """`pretrain`: the config's backbone, made once (or reused) in DATA_DIR/pretrained/ or --out."""
-  if _CONFIG.value is None:
-    raise app.UsageError(f'--config is required\n{USAGE}')
-  if _WORKDIR.value is not None:
-    raise app.UsageError(
-      'pretrain takes no --workdir: it writes to DATA_DIR/pretrained/<fingerprint>, which '
-      'the config names (`cows-jax config` shows data.data_dir), or to --out DIR'
-    )
+  _no_positional(positional)
+  _require(('config',))
   if _DISTRIBUTED.value:
     _initialize_distributed()
   preemption.install()
-  try:
-    provenance = pretrain.run(_CONFIG.value, _OUT.value)
-  except (FileNotFoundError, ValueError, OSError, preemption.Preempted) as e:
-    _fail('pretrain', e)
+  provenance = pretrain.run(_CONFIG.value, _OUT.value)
   out = pretrain.output_dir(_CONFIG.value, _OUT.value)
   accuracy = provenance['pretrain']['accuracy']
   print(
@@ -255,23 +300,16 @@ def _pretrain() -> None:
   sys.exit(0)
 
 
-def main(argv):
-  command = _COMMAND[0]
-  positional = argv[1 + len(command.split()) :]
-  if command == 'predict':
-    _predict(positional)
-  if positional:
-    raise app.UsageError(f'unexpected arguments {positional}\n{USAGE}')
-  if command == 'pretrain':
-    _pretrain()
-  if command in CONFIG_COMMANDS:
-    _config_command(command)
-  if _CONFIG.value is None or _WORKDIR.value is None:
-    raise app.UsageError(f'--config and --workdir are required\n{USAGE}')
-  if _DISTRIBUTED.value:
-    _initialize_distributed()
-  preemption.install()  # after the distributed runtime, which watches SIGTERM on several hosts.
-  try:
+def _stage_command(command: str) -> Callable[[list[str]], None]:
+  """A run command: the config validated, the backbone it names made if missing, the run
+  directory locked, then `_run`."""
+
+  def run(positional: list[str]) -> None:
+    _no_positional(positional)
+    _require(('config', 'workdir'))
+    if _DISTRIBUTED.value:
+      _initialize_distributed()
+    preemption.install()  # after the distributed runtime, which watches SIGTERM on several hosts.
     _validate(command, _CONFIG.value)  # before finalizing, which reads the weights' files.
     if command in validation.PRETRAINING_COMMANDS and synthetic_backbones.missing(_CONFIG.value):
       logging.info('=== pretrain (the config names its pretrained backbone; none exists yet) ===')
@@ -279,8 +317,8 @@ def main(argv):
     cfg = config.finalize(_CONFIG.value)
     with _lock(_WORKDIR.value):
       _run(command, cfg)
-  except (FileNotFoundError, ValueError, OSError, preemption.Preempted) as e:
-    _fail(command, e)
+
+  return run
 
 
 def _lock(workdir: str):
@@ -324,6 +362,123 @@ def _seeds() -> list[int]:
     ) from None
 
 
+def _weights_import(argv: list[str]) -> int:
+  from cows_jax.tools import weights_import
+
+  return weights_import.main(argv)
+
+
+def _bench(argv: list[str]) -> int:
+  from cows_jax.tools import bench
+
+  return bench.main(argv)
+
+
+def _stage(name: str, help: str, *extra: str) -> Command:
+  return Command(name, help, 'run', (*_RUN_FLAGS, *extra), _stage_command(name))
+
+
+def _config_only(name: str, help: str) -> Command:
+  return Command(name, help, 'config', ('config', 'traceback'), _config_command(name))
+
+
+# The commands, in the order `--help` lists them: help, dispatch and the flags each takes
+# are read from here, so a new command is one entry.
+COMMANDS = {
+  c.name: c
+  for c in (
+    _stage('classify', 'stage 1: train the co-attention classifier on pairs of images'),
+    _stage('localize', 'stage 2a: localization maps with cross-image context -> WORKDIR/maps'),
+    _stage('label', 'stage 2b: pseudo labels from the maps (+ saliency) -> WORKDIR/pseudo_labels'),
+    _stage(
+      'segment', 'stage 3: train the DeepLab segmenter on the pseudo labels (and on GT masks)'
+    ),
+    _stage('evaluate', 'stage 4: mIoU of maps, pseudo labels and segmenters -> WORKDIR/reports'),
+    _stage('pipeline', 'every stage in order; a rerun resumes where a killed run stopped'),
+    _stage(
+      'ablate',
+      'the ablation of the co-attention losses and inference, with its controls; --settings: '
+      "the paper's data settings 1-3 x {CAM baseline, full method} over --seeds",
+      'settings',
+      'seeds',
+    ),
+    _stage(
+      'predict-split',
+      "VOC-format PNGs of a split's predictions -> WORKDIR/predictions/SPLIT",
+      'split',
+    ),
+    _stage(
+      'export',
+      'the trained segmenter (or classifier maps) as a jax.export artifact -> --out DIR',
+      'out',
+      'model',
+      'platforms',
+    ),
+    Command(
+      'predict',
+      'label maps of image files, from an export or a run -> --out DIR',
+      'predict',
+      ('export', 'config', 'workdir', 'out', 'overlay', 'crf', 'traceback'),
+      _predict,
+      positional='IMAGES_OR_DIRS...',
+    ),
+    _config_only('config', 'print the resolved config a run would use (after finalizing)'),
+    _config_only(
+      'data check', 'build the configured dataset and report its images, labels and problems'
+    ),
+    _config_only('summary', 'each model of the config: parameters and FLOPs per image'),
+    Command(
+      'pretrain',
+      "the synthetic world's VGG16 backbone -> DATA_DIR/pretrained/<fingerprint>",
+      'config',
+      ('config', 'out', *_DISTRIBUTED_FLAGS, 'traceback'),
+      _pretrain,
+    ),
+    Command(
+      'weights import',
+      "ImageNet weights into DIR, or the authors' trained models into WORKDIR",
+      'tool',
+      run=_weights_import,
+      own_arguments=True,
+    ),
+    Command(
+      'bench',
+      'time train-step, segment-step, localize, inference, input, evaluate; device: all of '
+      'them on an accelerator in one run (FLOP/s, MFU, --json)',
+      'tool',
+      run=_bench,
+      own_arguments=True,
+    ),
+  )
+}
+# Every flag some command takes: one a command does not take is an error, not ignored.
+_ALL_FLAGS = tuple(dict.fromkeys(f for c in COMMANDS.values() for f in c.flags))
+
+
+def _check_flags(command: Command) -> None:
+  """Exit 2 naming a flag the command does not take (instead of ignoring it)."""
+  given = [f for f in _ALL_FLAGS if flags.FLAGS[f].present and f not in command.flags]
+  if given:
+    takes = ', '.join(f'--{f}' for f in command.flags)
+    print(
+      f'cows-jax {command.name}: error: --{given[0]} is not a flag of {command.name} '
+      f'(its flags: {takes})',
+      file=sys.stderr,
+    )
+    sys.exit(2)
+
+
+def _main(command: Command, argv: list[str]) -> None:
+  positional = argv[1 + len(command.name.split()) :]
+  _check_flags(command)
+  try:
+    command.run(positional)
+  except app.UsageError:
+    raise
+  except Exception as e:  # one line for each; a traceback file for the unexpected ones.
+    _fail(command.name, e)
+
+
 class _QuietLibraries:
   """Drops INFO records of orbax and tfds (dozens of lines per checkpoint) from the log, and
   their warnings about what this project does on purpose: building its datasets from a
@@ -345,27 +500,25 @@ class _QuietLibraries:
 def help_text(command: str | None = None) -> str:
   """The list of commands, or one command's usage and flags."""
   if command is None:
-    width = max(map(len, {**RUN_COMMANDS, **PREDICT, **CONFIG_COMMANDS, **TOOL_COMMANDS}))
+    width = max(map(len, COMMANDS))
     lines = [USAGE, '', 'Weakly supervised semantic segmentation from image-level labels.']
-    for title, table in (
-      ('Run commands (--config, --workdir)', RUN_COMMANDS),
-      ('Prediction (--export, or --config and --workdir)', PREDICT),
-      ('Config commands (--config)', CONFIG_COMMANDS),
-      ('Tools (their own arguments)', TOOL_COMMANDS),
-    ):
-      lines += ['', f'{title}:'] + [f'  {n:<{width}}  {d}' for n, d in table.items()]
+    for group, title in GROUPS.items():
+      lines += ['', f'{title}:']
+      lines += [f'  {c.name:<{width}}  {c.help}' for c in COMMANDS.values() if c.group == group]
     return '\n'.join(lines)
+  c = COMMANDS[command]
+  shown = [f for f in c.flags if f not in (*_DISTRIBUTED_FLAGS, 'traceback')]
   lines = [
     f'usage: cows-jax {command} '
-    + ' '.join(f'--{f}={f.upper()}' for f in _FLAGS_OF[command] if f not in _DISTRIBUTED_FLAGS)
+    + ' '.join(f'--{f}={f.upper()}' for f in shown)
     + ' [--config.FIELD=VALUE ...]'
-    + (' IMAGES_OR_DIRS...' if command == 'predict' else ''),
+    + (f' {c.positional}' if c.positional else ''),
     '',
-    {**RUN_COMMANDS, **PREDICT, **CONFIG_COMMANDS}[command],
+    c.help,
     '',
     'flags:',
   ]
-  for name in _FLAGS_OF[command]:
+  for name in c.flags:
     lines.append(f'  --{name}: {flags.FLAGS[name].help}')
   lines.append('  --config.FIELD=VALUE: set one config field (e.g. --config.classify.epochs=3)')
   return '\n'.join(lines)
@@ -375,8 +528,10 @@ def _split_command(args: list[str]) -> tuple[str | None, list[str]]:
   """(command, the rest) of the arguments; 'data check' and 'weights import' are two words."""
   if not args or args[0].startswith('-'):
     return None, args
-  if args[:2] in (['data', 'check'], ['weights', 'import']):
+  if ' '.join(args[:2]) in COMMANDS:
     return ' '.join(args[:2]), args[2:]
+  if args[0] == 'weights':  # `cows-jax weights --help`: the import tool's own help.
+    return 'weights import', args[1:]
   return args[0], args[1:]
 
 
@@ -392,30 +547,27 @@ def _resolve_config(args: list[str]) -> list[str]:
 
 
 def run():
-  command, rest = _split_command(sys.argv[1:])
-  if command is None and (not rest or rest[0] in ('-h', '--help', '--helpfull')):
+  name, rest = _split_command(sys.argv[1:])
+  if name is None and (not rest or rest[0] in ('-h', '--help', '--helpfull')):
     print(help_text())
     sys.exit(0)
-  if command == 'weights' or command == 'weights import':
-    from cows_jax.tools import weights_import
-
-    sys.exit(weights_import.main(sys.argv[2:]))
-  if command == 'bench':
-    from cows_jax.tools import bench
-
-    sys.exit(bench.main(rest))
-  if command not in {**RUN_COMMANDS, **PREDICT, **CONFIG_COMMANDS}:
-    known = ', '.join({**RUN_COMMANDS, **PREDICT, **CONFIG_COMMANDS, **TOOL_COMMANDS})
-    sys.exit(f'cows-jax: error: unknown command {command!r} (commands: {known})\n{USAGE}')
+  if name not in COMMANDS:
+    sys.exit(
+      f'cows-jax: error: unknown command {name!r} (commands: {", ".join(COMMANDS)})\n{USAGE}'
+    )
+  command = COMMANDS[name]
+  if command.own_arguments:
+    sys.exit(
+      command.run(sys.argv[1 + len(name.split()) :] if name != 'weights import' else sys.argv[2:])
+    )
   if '--help' in rest or '-h' in rest:
-    print(help_text(command))
+    print(help_text(name))
     sys.exit(0)
-  _COMMAND[:] = [command]
-  sys.argv = [sys.argv[0], *command.split(), *_resolve_config(rest)]
+  argv = [sys.argv[0], *name.split(), *_resolve_config(rest)]
   logging.set_verbosity(logging.INFO)
   logging.get_absl_logger().addFilter(_QuietLibraries())
   try:
-    app.run(main, flags_parser=_parse_flags)
+    app.run(functools.partial(_main, command), argv=argv, flags_parser=_parse_flags)
   except _UnknownConfigField as e:
     sys.exit(f'cows-jax: error: {e}')
 

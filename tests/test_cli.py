@@ -65,3 +65,68 @@ def test_library_log_filter_keeps_our_records_and_real_library_warnings():
   assert not quiet.filter(record(tfds, std_logging.WARNING, 'Using custom data configuration: x'))
   assert not quiet.filter(record(orbax, std_logging.WARNING, 'Given directory is read only=/d'))
   assert quiet.filter(record(orbax, std_logging.WARNING, 'Checkpoint is corrupt'))
+
+
+def _cows_jax(*args, env=None, script=None):
+  """cows-jax ARGS in a subprocess; `script`: Python run before the CLI (to plant a fault)."""
+  code = f'{script or ""}\nimport sys\nfrom cows_jax import cli\nsys.argv = {["cows-jax", *args]!r}\ncli.run()'
+  return subprocess.run(
+    [sys.executable, '-c', code],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=300,
+    env=dict(os.environ, **(env or {})),
+  )
+
+
+def test_a_flag_the_command_does_not_take_is_an_error_naming_it(tmp_path):
+  done = _cows_jax(
+    'classify', '--split', 'val', '--config', 'synthetic:tiny', '--workdir', str(tmp_path)
+  )
+  assert done.returncode == 2
+  assert (
+    'cows-jax classify: error: --split is not a flag of classify (its flags: --config, --workdir'
+    in done.stderr
+  )
+  assert not os.listdir(tmp_path)  # nothing ran.
+
+
+FAULT = (
+  'import numpy as np\n'
+  'from cows_jax import cli as c\n'
+  "c.STAGES['classify'] = lambda cfg, workdir: np.zeros(3).reshape(4)  # raises inside numpy.\n"
+)
+
+
+@pytest.mark.parametrize('show', [False, True])
+def test_an_unexpected_error_is_one_line_and_its_traceback_goes_to_the_runs_logs(tmp_path, show):
+  workdir = str(tmp_path / 'run')
+  args = ('classify', '--config', 'synthetic:tiny', '--workdir', workdir)
+  args += (f'--config.data.data_dir={tmp_path / "data"}',)
+  done = _cows_jax(*args, script=FAULT, env={cli.TRACEBACK_ENV: '1'} if show else {})
+  assert done.returncode == 1
+  last = done.stderr.strip().splitlines()[-1]
+  assert last.startswith('cows-jax classify: error: ValueError: cannot reshape array'), last
+  assert '(unexpected; traceback in ' in last
+  logs = os.listdir(os.path.join(workdir, 'logs'))
+  [name] = [n for n in logs if n.startswith('traceback-classify-')]
+  text = open(os.path.join(workdir, 'logs', name)).read()
+  assert 'Traceback' in text and 'reshape' in text and name in last
+  assert ('Traceback (most recent call last)' in done.stderr) == show
+
+
+def test_an_input_problem_cows_jax_reports_stays_one_line_without_a_traceback(tmp_path):
+  done = _cows_jax(
+    'localize',
+    '--config',
+    'synthetic:tiny',
+    '--workdir',
+    str(tmp_path / 'run'),
+    f'--config.data.data_dir={tmp_path / "data"}',
+  )
+  assert done.returncode == 1
+  assert (
+    'cows-jax localize: error: ' in done.stderr and 'run `cows-jax classify` first' in done.stderr
+  )
+  assert 'unexpected' not in done.stderr and 'Traceback' not in done.stderr
