@@ -300,9 +300,9 @@ def _pretrain(positional: list[str]) -> None:
   sys.exit(0)
 
 
-def _stage_command(command: str) -> Callable[[list[str]], None]:
+def _stage_command(command: str, action: Callable) -> Callable[[list[str]], None]:
   """A run command: the config validated, the backbone it names made if missing, the run
-  directory locked, then `_run`."""
+  directory locked, then `action(cfg)` on the finalized config."""
 
   def run(positional: list[str]) -> None:
     _no_positional(positional)
@@ -316,7 +316,7 @@ def _stage_command(command: str) -> Callable[[list[str]], None]:
       pretrain.run(_CONFIG.value)
     cfg = config.finalize(_CONFIG.value)
     with _lock(_WORKDIR.value):
-      _run(command, cfg)
+      action(cfg)
 
   return run
 
@@ -330,27 +330,24 @@ def _lock(workdir: str):
   return run_dir.Lock(run_dir.RunDir(workdir))
 
 
-def _run(command: str, cfg) -> None:
-  """A run command on a finalized config."""
-  if command == 'ablate' and _SETTINGS.value:
+def _ablate(cfg) -> None:
+  if _SETTINGS.value:
     ablate.run_settings(cfg, _WORKDIR.value, STAGES, _seeds())
-  elif command == 'ablate':
-    if flags.FLAGS['seeds'].present:
-      raise app.UsageError('--seeds goes with ablate --settings')
-    ablate.run(cfg, _WORKDIR.value, STAGES)
-  elif command == 'export':
-    if _OUT.value is None:
-      raise app.UsageError(f'export needs --out DIR\n{USAGE}')
-    platforms = (
-      export.parse_platforms(_PLATFORMS.value) if _PLATFORMS.value else export.default_platforms()
-    )
-    write = export.export_segmenter if _MODEL.value == 'segmenter' else export.export_classifier
-    write(cfg, _WORKDIR.value, _OUT.value, platforms=platforms)
-    logging.info('export: -> %s (%s)', _OUT.value, ', '.join(platforms))
-  elif command == 'predict-split':
-    predict.write_split(cfg, _WORKDIR.value, _SPLIT.value)
-  else:
-    run_stage(command, cfg, _WORKDIR.value)
+    return
+  if flags.FLAGS['seeds'].present:
+    raise app.UsageError('--seeds goes with ablate --settings')
+  ablate.run(cfg, _WORKDIR.value, STAGES)
+
+
+def _export(cfg) -> None:
+  if _OUT.value is None:
+    raise app.UsageError(f'export needs --out DIR\n{USAGE}')
+  platforms = (
+    export.parse_platforms(_PLATFORMS.value) if _PLATFORMS.value else export.default_platforms()
+  )
+  write = export.export_segmenter if _MODEL.value == 'segmenter' else export.export_classifier
+  write(cfg, _WORKDIR.value, _OUT.value, platforms=platforms)
+  logging.info('export: -> %s (%s)', _OUT.value, ', '.join(platforms))
 
 
 def _seeds() -> list[int]:
@@ -374,8 +371,10 @@ def _bench(argv: list[str]) -> int:
   return bench.main(argv)
 
 
-def _stage(name: str, help: str, *extra: str) -> Command:
-  return Command(name, help, 'run', (*_RUN_FLAGS, *extra), _stage_command(name))
+def _stage(name: str, help: str, *extra: str, action: Callable | None = None) -> Command:
+  """A run command; `action(cfg)` defaults to the stage (or every stage, for pipeline)."""
+  action = action or (lambda cfg: run_stage(name, cfg, _WORKDIR.value))
+  return Command(name, help, 'run', (*_RUN_FLAGS, *extra), _stage_command(name, action))
 
 
 def _config_only(name: str, help: str) -> Command:
@@ -401,11 +400,13 @@ COMMANDS = {
       "the paper's data settings 1-3 x {CAM baseline, full method} over --seeds",
       'settings',
       'seeds',
+      action=_ablate,
     ),
     _stage(
       'predict-split',
       "VOC-format PNGs of a split's predictions -> WORKDIR/predictions/SPLIT",
       'split',
+      action=lambda cfg: predict.write_split(cfg, _WORKDIR.value, _SPLIT.value),
     ),
     _stage(
       'export',
@@ -413,6 +414,7 @@ COMMANDS = {
       'out',
       'model',
       'platforms',
+      action=_export,
     ),
     Command(
       'predict',
