@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from absl import logging
+from clu import metrics as clu_metrics
 from etils import epath
 
 from cows_jax import checkpoints, parallel, preemption, progress, run_dir, summaries
@@ -125,6 +126,21 @@ class MetricLog:
     self._tb.close()
 
 
+def step_means(scalars: list[dict]) -> dict:
+  """The mean of each loss term over the steps since the last log line (clu.metrics: one
+  Average per term, merged over the steps). Host values: no device work, on any process."""
+  scalars = jax.device_get(scalars)
+  collection = clu_metrics.Collection.create(
+    **{k: clu_metrics.Average.from_output(k) for k in scalars[0]}
+  )
+  merged = functools.reduce(
+    lambda acc, s: acc.merge(collection.single_from_model_output(**s)),
+    scalars[1:],
+    collection.single_from_model_output(**scalars[0]),
+  )
+  return {k: float(v) for k, v in merged.compute().items()}
+
+
 def check_finite(task: Task, first_step: int, scalars: list[dict]) -> None:
   """Raises NonFiniteLoss naming the first step (1-based) whose loss terms are not finite."""
   for i, values in enumerate(jax.device_get(scalars)):
@@ -212,9 +228,7 @@ def fit(task: Task) -> None:
         check_finite(task, done - len(unlogged) + 1 + unchecked, unlogged[unchecked:])
         unchecked = len(unlogged)
       if done % task.log_every == 0 or last:
-        values = jax.device_get(unlogged)
-        means = {k: np.mean([v[k] for v in values]) for k in values[0]}
-        log.write(done, {**means, 'learning_rate': task.learning_rate(step)})
+        log.write(done, {**step_means(unlogged), 'learning_rate': task.learning_rate(step)})
         unlogged, unchecked = [], 0
       if save or stop:
         checkpoints.save(mngr, done, state.variables, state.opt_state)

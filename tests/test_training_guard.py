@@ -40,3 +40,12 @@ def test_the_training_log_line_gives_the_time_left(tmp_path, monkeypatch):
   log.close()
   assert lines[0].startswith('[2/10] loss=1, ') and lines[0].endswith(', ? left')
   assert lines[1].endswith(', 0:00:30 left'), lines[1]
+
+
+def test_log_lines_average_each_term_over_the_steps():
+  steps = [
+    {'loss': 1.0, 'single': 0.5},
+    {'loss': 3.0, 'single': 0.25},
+    {'loss': 2.0, 'single': 0.0},
+  ]
+  assert training.step_means(steps) == {'loss': 2.0, 'single': 0.25}
