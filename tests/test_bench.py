@@ -15,6 +15,7 @@ from etils import epath
 
 from cows_jax import config, training, update_plan
 from cows_jax.data import input_pipeline, sources
+from cows_jax.models import random_init
 from cows_jax.tools import bench
 
 TINY = '--width 0.125 --classes 4'
@@ -71,7 +72,7 @@ def test_torch_segmenter_reference_equals_the_jax_segmenter(stride_in_1x1):
   model = DeepLab(
     3, backbone='resnet101', resnet_stages=(1, 2, 1, 1), stride_in_1x1=stride_in_1x1, **kwargs
   )
-  variables = bench._segmenter_variables(model, 40, 0)
+  variables = random_init.segmenter_variables(model, 40, 0)
   rng = np.random.default_rng(0)
   x = rng.normal(size=(2, 40, 40, 3)).astype(np.float32)
   y = rng.integers(0, 3, size=(2, 40, 40)).astype(np.int32)

@@ -12,7 +12,7 @@ from cows_jax import checkpoints, config, label, localize, run_dir
 from cows_jax.data import sources
 from cows_jax.data.pairs import ClassIndex
 from cows_jax.models import from_config
-from cows_jax.tools.bench import random_params
+from cows_jax.models.random_init import classifier_params
 
 torch = pytest.importorskip('torch', reason='the reference procedure needs torch')
 cv2 = pytest.importorskip('cv2', reason='the reference maps are resized by OpenCV')
@@ -64,7 +64,7 @@ def test_maps_and_pseudo_labels_follow_the_reference(tiny_config, tmp_path):
 
   # The classifier's state after 10 and after 11 epochs; the reference's 'epoch_10' file is
   # the latter (saved with the 0-based epoch index).
-  params = {epochs: random_params(model, SIZE, seed=epochs) for epochs in (10, 11)}
+  params = {epochs: classifier_params(model, SIZE, seed=epochs) for epochs in (10, 11)}
   run_dir.write_classifier_epochs(run, STEPS_PER_EPOCH, EPOCHS)
   mngr = checkpoints.manager(run.classifier())
   for epochs, p in params.items():

@@ -12,7 +12,7 @@ import pytest
 from cows_jax import classify, localize, views
 from cows_jax.configs.defaults import paper_defaults
 from cows_jax.models.coattention import CoAttentionNet, PairScores
-from cows_jax.tools.bench import random_params
+from cows_jax.models.random_init import classifier_params
 
 torch = pytest.importorskip(
   'torch', reason='PyTorch parity tests need torch (CI installs it: pip install torch==2.13.0)'
@@ -66,7 +66,7 @@ def models():
   """(flax model, its variables, the torch reference holding the same weights)."""
   model = CoAttentionNet(num_classes=NUM_CLASSES, width=WIDTH)
   # Random params (He-scaled, non-zero biases, so bias copying is tested too).
-  variables = {'params': random_params(model, SIZE, 0)}
+  variables = {'params': classifier_params(model, SIZE, 0)}
   torch_model = ref.CoAttentionClassifier(NUM_CLASSES, WIDTH)
   ref.load_flax_params(torch_model, variables['params'])
   return model, variables, torch_model

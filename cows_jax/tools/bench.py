@@ -51,27 +51,11 @@ from cows_jax import (
 )
 from cows_jax.configs.defaults import paper_defaults
 from cows_jax.data import input_pipeline, sources
-from cows_jax.models import from_config, per_image
+from cows_jax.models import from_config, per_image, random_init
 from cows_jax.tools import bench_conv, bench_evaluate, bench_test_time
 
 SELF_VIEWS = {'pair': (), 'full': ('flip', 0.75, 2.0)}
 CLASSES_PER_IMAGE = 2  # localize: classes of each query image (VOC train averages ~1.5).
-
-
-def random_params(model, size: int, seed: int):
-  """He-scaled normal weights and small non-zero biases in the model's shapes, drawn with
-  numpy (compiling model.init takes longer than a step at full width on a CPU)."""
-  x = jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)
-  shapes = jax.eval_shape(model.init, jax.random.key(0), x, x)['params']
-  rng = np.random.default_rng(seed)
-
-  def draw(path, leaf):
-    if path[-1].key == 'bias':
-      return 0.1 * rng.normal(size=leaf.shape).astype(np.float32)
-    fan_in = int(np.prod(leaf.shape[:-1]))
-    return (rng.normal(size=leaf.shape) * np.sqrt(2.0 / fan_in)).astype(np.float32)
-
-  return jax.tree_util.tree_map_with_path(draw, shapes)
 
 
 def _config(args):
@@ -317,7 +301,7 @@ def reference_procedure_loss(params, model, batch, use_contrastive, weights, sel
 def _jax_train_step(args, naive: bool) -> dict:
   cfg = _config(args)
   model = from_config.classifier(cfg)
-  params = random_params(model, args.size, 0)
+  params = random_init.classifier_params(model, args.size, 0)
   tx = classify.make_optimizer(cfg, params, 1000)
   weights, self_views = classify.loss_weights(cfg), SELF_VIEWS[args.views]
 
@@ -457,7 +441,7 @@ def _jax_segment_step(args) -> dict:
   cfg = _segment_config(args)
   s = cfg.segment
   model = _segmenter(args, cfg)
-  variables = _segmenter_variables(model, args.size, 0)
+  variables = random_init.segmenter_variables(model, args.size, 0)
   tx = segment.make_optimizer(cfg, variables['params'])
   loss_fn = functools.partial(
     segment.loss_fn,
@@ -557,7 +541,7 @@ def _jax_inference(args) -> dict:
   cfg = _inference_config(args)
   settings = inference.Settings.from_config(cfg)
   model = _segmenter(args, cfg)
-  variables = jax.device_put(_segmenter_variables(model, 64, 0))
+  variables = jax.device_put(random_init.segmenter_variables(model, 64, 0))
   probs = inference.window_probabilities(
     model, settings.flip_windows, cfg.segment.upsample_align_corners
   )
@@ -841,7 +825,7 @@ def _jax_localize_naive(model, variables, cfg, images, classes, related, counter
 def _jax_localize(args, naive: bool) -> dict:
   cfg = _config(args)
   model = from_config.classifier(cfg)
-  variables = {'params': random_params(model, args.size, 0)}
+  variables = {'params': random_init.classifier_params(model, args.size, 0)}
   method = _jax_localize_naive if naive else _jax_localize_ours
   counter = FlopCounter()
   run = method(model, variables, cfg, *_localize_data(args), counter)
@@ -919,7 +903,7 @@ def _jax_features(args, one_at_a_time: bool) -> dict:
   image at a time on the CPU) or the whole batch at once."""
   cfg = _config(args)
   model = from_config.classifier(cfg)
-  variables = {'params': random_params(model, args.size, 0)}
+  variables = {'params': random_init.classifier_params(model, args.size, 0)}
   apply = lambda v, x: model.apply(v, x, method=model.features)
   fn = jax.jit(lambda v, x: per_image.on_cpu(functools.partial(apply, v), x))
   images = np.random.default_rng(0).normal(size=(args.batch, args.size, args.size, 3))
@@ -1031,21 +1015,6 @@ def localize_memory_bench(args) -> None:
 # --- export -------------------------------------------------------------------------------
 
 
-def _segmenter_variables(model, size: int, seed: int) -> dict:
-  """Random variables of every collection (frozen BN: positive variances and scales)."""
-  x = jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)
-  shapes = jax.eval_shape(model.init, jax.random.key(0), x)
-  rng = np.random.default_rng(seed)
-
-  def draw(path, leaf):
-    if path[-1].key in ('var', 'scale'):
-      return (1.0 + 0.1 * np.abs(rng.normal(size=leaf.shape))).astype(np.float32)
-    fan_in = max(int(np.prod(leaf.shape[:-1])), 1)
-    return (rng.normal(size=leaf.shape) * np.sqrt(2.0 / fan_in)).astype(np.float32)
-
-  return jax.tree_util.tree_map_with_path(draw, dict(shapes))
-
-
 def _export_one(args, platform: str) -> dict:
   """Export the segmenter for one platform; size, export and load (deserialize) seconds, and
   the first call on this machine's platform."""
@@ -1053,7 +1022,7 @@ def _export_one(args, platform: str) -> dict:
   cfg.data.num_classes, cfg.model.width = args.classes, args.width
   cfg.segment.backbone, cfg.segment.head = args.backbone, args.head
   model = from_config.segmenter(cfg)
-  variables = _segmenter_variables(model, args.size, 0)
+  variables = random_init.segmenter_variables(model, args.size, 0)
   start = time.perf_counter()
   data = export.segmenter_function(model, variables, True, True, (platform,)).serialize()
   export_s = time.perf_counter() - start

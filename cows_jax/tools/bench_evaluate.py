@@ -23,7 +23,7 @@ import numpy as np
 
 from cows_jax import crf, host_pool, inference, predict, run_dir
 from cows_jax.configs.defaults import paper_defaults
-from cows_jax.models import from_config
+from cows_jax.models import from_config, random_init
 from cows_jax.tools import bench_test_time
 
 
@@ -36,12 +36,10 @@ def _config(args):
 
 def _predictor(args, cfg):
   """The in-process predictor (inference.load_predictor's function) of a random segmenter."""
-  from cows_jax.tools import bench  # pylint: disable=import-outside-toplevel (imports this)
-
   settings = inference.Settings.from_config(cfg)
   stages = tuple(int(x) for x in args.stages.split(','))
   model = from_config.segmenter(cfg).clone(resnet_stages=stages)
-  variables = jax.device_put(bench._segmenter_variables(model, 64, 0))
+  variables = jax.device_put(random_init.segmenter_variables(model, 64, 0))
   probs = inference.window_probabilities(
     model, settings.flip_windows, cfg.segment.upsample_align_corners
   )

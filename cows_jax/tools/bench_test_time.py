@@ -14,7 +14,7 @@ import numpy as np
 
 from cows_jax import inference, test_time
 from cows_jax.configs.defaults import paper_defaults
-from cows_jax.models import from_config
+from cows_jax.models import from_config, random_init
 
 
 def with_inference_args(cfg, args):
@@ -35,13 +35,11 @@ def _config(args):
 
 
 def run(args) -> dict:
-  from cows_jax.tools import bench  # its random segmenter weights
-
   cfg = _config(args)
   settings = inference.Settings.from_config(cfg)
   stages = tuple(int(x) for x in args.stages.split(','))
   model = from_config.segmenter(cfg).clone(resnet_stages=stages)
-  variables = jax.device_put(bench._segmenter_variables(model, 64, 0))
+  variables = jax.device_put(random_init.segmenter_variables(model, 64, 0))
   probs = inference.window_probabilities(
     model, settings.flip_windows, cfg.segment.upsample_align_corners
   )
