@@ -24,29 +24,18 @@ from ml_collections import config_flags
 
 from cows_jax import (
   ablate,
-  classify,
   config,
-  evaluate,
   export,
   inference,
-  label,
-  localize,
   predict,
   preemption,
   pretrain,
   run_dir,
-  segment,
   synthetic_backbones,
   validation,
 )
+from cows_jax.stages import STAGES, run_stage  # noqa: F401  (cli.STAGES, cli.run_stage)
 
-STAGES = {
-  'classify': classify.train,
-  'localize': localize.run,
-  'label': label.run,
-  'segment': segment.train,
-  'evaluate': evaluate.run,
-}
 USAGE = (
   'usage: cows-jax COMMAND [--config NAME[:ARG] | FILE[:ARG]] [--workdir DIR] '
   '[--config.FIELD=VALUE ...]\n'
@@ -122,16 +111,6 @@ _TRACEBACK = flags.DEFINE_bool(
 )
 _DISTRIBUTED_FLAGS = ('distributed', 'coordinator_address', 'num_processes', 'process_id')
 _RUN_FLAGS = ('config', 'workdir', *_DISTRIBUTED_FLAGS, 'traceback')
-
-
-def run_stage(stage: str, cfg, workdir: str) -> None:
-  """One stage, or every stage for 'pipeline'."""
-  names = list(STAGES) if stage == 'pipeline' else [stage]
-  for name in names:
-    logging.info('=== %s ===', name)
-    start = time.time()
-    STAGES[name](cfg, workdir)
-    logging.info('=== %s: %.1f s ===', name, time.time() - start)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -366,9 +345,9 @@ def _weights_import(argv: list[str]) -> int:
 
 
 def _bench(argv: list[str]) -> int:
-  from cows_jax.tools import bench
+  from cows_jax.bench import main
 
-  return bench.main(argv)
+  return main.main(argv)
 
 
 def _stage(name: str, help: str, *extra: str, action: Callable | None = None) -> Command:

@@ -49,9 +49,9 @@ def related_images(class_index: ClassIndex, m: int, c: int, cfg) -> list[int]:
   ]
 
 
-def _input_batch(source, indices, cfg, side: int | None = None) -> np.ndarray:
+def input_batch(source, indices, cfg, side: int | None = None) -> np.ndarray:
   """The normalized inputs [B, S, S, 3] of `indices`, square resizes of the original images
-  to S = `side` (default input.size)."""
+  (`source[i]['image']`, uint8) to S = `side` (default input.size)."""
   size = (side or cfg.input.size,) * 2
   return np.stack(
     [
@@ -67,22 +67,30 @@ def _view_batch(source, indices, images: np.ndarray, view, cfg) -> np.ndarray:
   """A self view of a batch: made from the original images (input.views_from_original), or
   resampled from the batch's `images` (and always for the flip: the same either way)."""
   if views.from_original((view,), cfg):
-    return _input_batch(source, indices, cfg, views.view_size(cfg.input.size, view))
+    return input_batch(source, indices, cfg, views.view_size(cfg.input.size, view))
   return np.asarray(views.make_view(images, view))
 
 
-def _padded(indices: list[int], batch: int) -> list[int]:
+def pad_batch(indices: list[int], batch: int) -> list[int]:
   """Pad a short last batch by repeating its first element (fixed shapes, one compile)."""
   return indices + [indices[0]] * (batch - len(indices))
+
+
+# The jitted pieces of a MapComputer, as its `wrap` names them.
+PIECES = ('features', 'pair_maps', 'cams', 'batch_maps', 'cam_maps')
 
 
 class MapComputer:
   """Jitted pieces of the localization: features, and the co-attention head on pairs with the
   aggregation and selection of every (query, class) of a batch (`batch_maps`). The variables
   are arguments of the jitted functions (not constants of the executable), placed on this
-  process's devices; batches are sharded over them where they divide."""
+  process's devices; batches are sharded over them where they divide.
 
-  def __init__(self, model, variables, mesh=None):
+  `wrap(name, fn)`, when given, replaces each jitted piece ('features', 'pair_maps', 'cams',
+  'batch_maps', 'cam_maps') by what it returns, a function of the same arguments: `bench
+  localize` counts their FLOPs that way."""
+
+  def __init__(self, model, variables, mesh=None, wrap=None):
     self._mesh = mesh or parallel.local_mesh()
     self._variables = jax.device_put(variables, parallel.replicated(self._mesh))
     devices = self._mesh.devices.size
@@ -99,6 +107,9 @@ class MapComputer:
     self._cam_maps = jax.jit(
       functools.partial(_cam_maps, model), static_argnames=('view_list', 'gate')
     )
+    if wrap is not None:
+      pieces = (self._f, self._p, self._c, self._maps, self._cam_maps)
+      self._f, self._p, self._c, self._maps, self._cam_maps = map(wrap, PIECES, pieces)
 
   def _put(self, x):
     return parallel.to_local_devices(np.asarray(x), self._mesh)
@@ -328,7 +339,7 @@ class RelatedFeatures:
 
   def _batch(self, chunk: list[int]) -> np.ndarray:
     bs = self.cfg.localize.batch_size
-    images = _input_batch(self.train, _padded(chunk, bs), self.cfg)
+    images = input_batch(self.train, pad_batch(chunk, bs), self.cfg)
     return self.computer.features(images)[: len(chunk)]
 
   def of_queries(self, batch: list[int], images: np.ndarray) -> np.ndarray:
@@ -360,6 +371,50 @@ def reuse_queries(indices: list[int], batch: list[int], batch_feats, compute) ->
   return np.stack([batch_feats[at[i]] if i in at else computed[i] for i in indices])
 
 
+def batch_maps(
+  computer: MapComputer,
+  source,
+  batch: list[int],
+  classes: list[np.ndarray],
+  related: list[list[list[int]]] | None,
+  related_features: RelatedFeatures | None,
+  cfg,
+):
+  """The localization maps of one batch of queries at feature resolution, on the device:
+  (maps [B, J, h, w] (0..255), the number of classes of each query), by localize.method.
+  This is the stage's work on a batch (`_write_maps` runs it, and so does `bench localize`).
+
+  source: the split's records (`source[i]['image']`, uint8); batch: the queries, padded to
+  localize.batch_size (`pad_batch`); classes[b]: query b's classes; related[b][j]: the split
+  indices of the K related images for classes[b][j] ('coattention': `related_images`), whose
+  features come from `related_features`. The inputs are made (`input_batch`) with the self
+  views (`_view_batch`), the backbone runs once per image and view, then the head on every
+  pairing (`image_maps`) or the CAMs alone (`cam_maps`).
+  """
+  method = cfg.localize.method
+  images = input_batch(source, batch, cfg)
+  view_feats = {
+    v: computer.features(_view_batch(source, batch, images, v, cfg))
+    for v in (cfg.localize.self_views if method != 'cam' else ())
+  }
+  if method in ('cam', 'cam_views'):
+    feats = computer.features(images)
+    return cam_maps(computer, feats, classes, True, view_feats, cfg.localize.gate)
+  partners = sorted({n for per_image in related for ks in per_image for n in ks})
+  at = {n: j for j, n in enumerate(partners)}
+  feats = related_features.of_queries(batch, images)
+  return image_maps(
+    computer,
+    feats,
+    related_features(partners, batch, feats) if partners else None,
+    view_feats,
+    [[[at[n] for n in ks] for ks in per_image] for per_image in related],
+    classes,
+    cfg,
+    on_device=True,
+  )
+
+
 def _write_maps(
   computer: MapComputer,
   train,
@@ -388,36 +443,15 @@ def _write_maps(
   with host_pool.HostPool(workers, 'localize', processes=False, depth=2 * max(bs, workers)) as pool:
     for s in starts:
       chunk = list(range(s, min(s + bs, len(train))))
-      batch = _padded(chunk, bs)
+      batch = pad_batch(chunk, bs)
       classes = [class_index.classes_of(i) for i in batch]
-      images = _input_batch(train, batch, cfg)
-      view_feats = {
-        v: computer.features(_view_batch(train, batch, images, v, cfg))
-        for v in (cfg.localize.self_views if method != 'cam' else ())
-      }
-      if method in ('cam', 'cam_views'):
-        feats = computer.features(images)
-        gate = cfg.localize.gate
-        small = cam_maps(computer, feats, classes, True, view_feats, gate)
-      else:
+      related = None
+      if method == 'coattention':
         related = [
           [related_images(class_index, i, int(c), cfg) for c in cls]
           for i, cls in zip(batch, classes)
         ]
-        partners = sorted({n for per_image in related for ks in per_image for n in ks})
-        at = {n: j for j, n in enumerate(partners)}
-        related = [[[at[n] for n in ks] for ks in per_image] for per_image in related]
-        feats = related_features.of_queries(batch, images)
-        small = image_maps(
-          computer,
-          feats,
-          related_features(partners, batch, feats) if partners else None,
-          view_feats,
-          related,
-          classes,
-          cfg,
-          on_device=True,
-        )
+      small = batch_maps(computer, train, batch, classes, related, related_features, cfg)
       # Every map of the batch at its image's size: one device call, one transfer.
       sizes = [train[i]['image'].shape[:2] for i in chunk]
       full = maps.resize_to_images(small[0][: len(chunk)], sizes, cfg.localize.quantize_maps)

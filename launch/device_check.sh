@@ -78,7 +78,7 @@ run() {
       --target "$site" "${missing[@]}"
     export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}"
   fi
-  if ! "$py" -c 'import cows_jax.tools.bench' 2>"$out/import.log"; then
+  if ! "$py" -c 'import cows_jax.bench.main' 2>"$out/import.log"; then
     tail -n 1 "$out/import.log" >&2
     echo 'device_check: a dependency is missing: carry its wheel in .whl/' \
       '(launch/device_check.sh wheels, where pip reaches PyPI)' >&2

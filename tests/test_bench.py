@@ -14,9 +14,9 @@ import pytest
 from etils import epath
 
 from cows_jax import config, training, update_plan
+from cows_jax.bench import common, main
 from cows_jax.data import input_pipeline, sources
 from cows_jax.models import random_init
-from cows_jax.tools import bench
 
 TINY = '--width 0.125 --classes 4'
 TINY_SEGMENTER = '--width 0.0625 --classes 4 --stages 1,1,1,1'
@@ -25,9 +25,9 @@ HAS_TORCH = importlib.util.find_spec('torch') is not None
 
 
 def _run(capsys, tmp_path, args: str) -> tuple[str, dict]:
-  """bench.main(args --json FILE): its stdout and the JSON table."""
+  """main.main(args --json FILE): its stdout and the JSON table."""
   path = tmp_path / 'bench.json'
-  assert bench.main([*args.split(), '--json', str(path)]) == 0
+  assert main.main([*args.split(), '--json', str(path)]) == 0
   return capsys.readouterr().out, json.loads(path.read_text())
 
 
@@ -148,13 +148,13 @@ def test_input_bench_prints_the_pipeline_next_to_the_train_step(capsys, tmp_path
   ],
 )
 def test_device_peaks(kind, name, bf16, fp32):
-  found, peaks = bench.device_peak(kind)
+  found, peaks = common.device_peak(kind)
   scale = lambda x: None if x is None else pytest.approx(x * 1e12)
   assert (found, peaks) == (name, {'bfloat16': scale(bf16), 'float32': scale(fp32)})
 
 
 def test_flop_counter_counts_each_call_with_xla_cost_analysis():
-  counter = bench.FlopCounter()
+  counter = common.FlopCounter()
   matmul = counter.wrap(jax.jit(lambda a, b: a @ b))
   a = np.ones((8, 16), np.float32)
   np.testing.assert_allclose(matmul(a, np.ones((16, 4), np.float32)), 16.0)

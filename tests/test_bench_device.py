@@ -9,7 +9,8 @@ import subprocess
 import sys
 import time
 
-from cows_jax.tools import bench_device
+from cows_jax.bench import device as bench_device
+from cows_jax.bench import device_parts
 
 TIMED = (
   'train_step_bfloat16',
@@ -67,7 +68,7 @@ def _fails(payload):
 def _hangs(payload):
   """Starts a process of its own (as the input part's workers), reports, hangs."""
   sleeper = subprocess.Popen(['sleep', '600'])
-  bench_device._progress({'stages': {'data': {'seconds': 1.0}}, 'pids': [os.getpid(), sleeper.pid]})
+  device_parts._progress({'stages': {'data': {'seconds': 1.0}}, 'pids': [os.getpid(), sleeper.pid]})
   time.sleep(600)
 
 

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from jax import export as jax_export
 
+from cows_jax.bench import conv as bench_conv
 from cows_jax.configs.defaults import paper_defaults
 from cows_jax.models import conv
-from cows_jax.tools import bench_conv
 
 # (kernel, stride, dilation, padding) of every convolution in the models: VGG16 (3x3, conv5
 # dilated 2), LargeFOV fc6 (dilation 12), ASPP (6, 12, 18, 24), ResNet (7x7 stride-2 stem, 1x1,

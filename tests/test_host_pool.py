@@ -192,11 +192,11 @@ def test_host_workers_zero_is_every_core_and_negative_is_a_problem(tiny_config):
 
 
 def test_bench_evaluate_times_serial_and_overlapped_on_the_same_files(capsys, tmp_path):
-  from cows_jax.tools import bench
+  from cows_jax.bench import main
 
   out = tmp_path / 'bench.json'
   tiny = '--image 40x32 --images 3 --width 0.125 --stages 1,1,1,1 --scales 1.0 --window 0'
-  assert bench.main(['evaluate', *tiny.split(), '--workers', '2', '--json', str(out)]) == 0
+  assert main.main(['evaluate', *tiny.split(), '--workers', '2', '--json', str(out)]) == 0
   printed = capsys.readouterr().out
   report = json.loads(out.read_text())
   names = [r['name'] for r in report['rows']]

@@ -200,7 +200,7 @@ def test_device_procedure_compiles_once_for_nearby_sizes(tiny_model):
 
 
 def test_bench_test_time_smoke(capsys):
-  from cows_jax.tools import bench_test_time
+  from cows_jax.bench import test_time as bench_test_time
 
   args = ['--stages', '1,1,1,1', '--width', '0.0625', '--image', '40x30', '--window', '24']
   bench_test_time.main(args + ['--scales', '1.0', '--images', '1', '--classes', '2'])

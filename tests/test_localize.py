@@ -264,7 +264,7 @@ def test_cam_method_writes_the_single_image_maps_at_image_size(tiny_run, tmp_pat
   index = ClassIndex(sources.all_labels(train))
   for i in range(3):
     classes = index.classes_of(i)
-    feats = computer.features(localize._input_batch(train, [i], cfg))
+    feats = computer.features(localize.input_batch(train, [i], cfg))
     [small] = localize.cam_maps(computer, feats, [classes])
     want = maps.to_image_size(small, train[i]['image'].shape[:2], cfg.localize.quantize_maps)
     got, got_classes = run_dir.load_maps(run.map_file(str(train[i]['id'])))

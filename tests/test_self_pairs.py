@@ -7,8 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from cows_jax import classify, losses
+from cows_jax.bench import train_step
 from cows_jax.models.coattention import CoAttentionNet
-from cows_jax.tools import bench
 
 VIEWS = ('flip', 0.75, 2.0)
 
@@ -36,7 +36,9 @@ def test_shared_anchor_features_give_the_naive_gradients():
   loss_fast, g_fast = jax.jit(jax.value_and_grad(fast))(params)
   loss_naive, g_naive = jax.jit(
     jax.value_and_grad(
-      lambda p: bench.reference_procedure_loss(p, model, batch, jnp.asarray(True), weights, VIEWS)
+      lambda p: train_step.reference_procedure_loss(
+        p, model, batch, jnp.asarray(True), weights, VIEWS
+      )
     )
   )(params)
   np.testing.assert_allclose(loss_fast, loss_naive, rtol=1e-6)

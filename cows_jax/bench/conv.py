@@ -26,6 +26,9 @@ from cows_jax.models import conv, from_config
 BLOCK_PIXELS = (1024, 4096, 16384)  # output pixels per kernel_grad block tried (and all).
 
 
+HELP = "conv gradients: XLA's and models/conv.py's"
+
+
 def _subjaxprs(params):
   for v in params.values():
     for item in v if isinstance(v, (list, tuple)) else (v,):

@@ -22,16 +22,18 @@ import jax
 import numpy as np
 
 from cows_jax import crf, host_pool, inference, predict, run_dir
+from cows_jax.bench import common, test_time
 from cows_jax.configs.defaults import paper_defaults
 from cows_jax.models import from_config, random_init
-from cows_jax.tools import bench_test_time
+
+HELP = 'images/s of the CRF and PNG writes: serial vs overlapped'
 
 
 def _config(args):
   cfg = paper_defaults()
   cfg.data.num_classes, cfg.model.width = args.classes, args.width
   cfg.segment.backbone, cfg.segment.head = args.backbone, args.head
-  return bench_test_time.with_inference_args(cfg, args)
+  return common.with_inference_args(cfg, args)
 
 
 def _predictor(args, cfg):
@@ -49,11 +51,9 @@ def _predictor(args, cfg):
 
 
 def _images(args) -> list[np.ndarray]:
-  from cows_jax.tools import bench  # pylint: disable=import-outside-toplevel
-
   w, h = (int(x) for x in args.image.lower().split('x'))
   rng = np.random.default_rng(0)
-  return [bench._photo(rng, h, w) for _ in range(args.images)]
+  return [common.photo(rng, h, w) for _ in range(args.images)]
 
 
 def _timed_writes(images, probabilities, params, workers: int, out: str) -> tuple[float, dict]:
@@ -142,7 +142,7 @@ def run(args) -> dict:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-  bench_test_time.add_arguments(parser)  # the segmenter, its test time, --image, --images.
+  test_time.add_arguments(parser)  # the segmenter, its test time, --image, --images.
   parser.set_defaults(images=8)
   parser.add_argument(
     '--workers', type=int, default=0, help='host_workers of the overlapped rows (0: every core)'

@@ -7,7 +7,7 @@ CPU):
 
   devices              the JAX devices, the versions and whether they are in pyproject's
                        ranges, the optional extras found, the device's peak FLOP/s
-                       (bench.PEAK_TFLOPS)
+                       (common.PEAK_TFLOPS)
   train_step_bfloat16  `bench train-step` (ours): 256 px, 5 pairs, views full, width 1
   train_step_float32   the same in float32
   train_step_torch     the PyTorch reference step of the same size (where torch is
@@ -33,9 +33,7 @@ with tensorboard-plugin-profile opens them.
 """
 
 import argparse
-import contextlib
 import datetime
-import functools
 import glob
 import importlib.metadata
 import importlib.util
@@ -50,8 +48,9 @@ import tempfile
 import time
 import traceback
 
-# cows_jax.tools.bench is imported where a part uses it: a part's process imports it, the
-# parent too (`cows-jax bench` runs it), a test's small part need not.
+from cows_jax.bench import device_parts as parts
+
+HELP = "an accelerator's few minutes: every bench, one JSON"
 BUDGET_S = 450.0  # the parts' shares; process starts and the JSON fit in the 8 minutes.
 SMOKE_BUDGET_S = 300.0  # a guard: --smoke takes about a minute.
 MIN_SHARE_S = 10.0  # a part with less left is skipped.
@@ -61,9 +60,6 @@ FAST_COMPILE_FLAGS = (
   '--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true'
   ' --xla_cpu_use_fusion_emitters=false'
 )
-TINY_CONFIG = 'synthetic:tiny'
-# --smoke trains the pseudo-label segmenter only (as `cows-jax ablate` does).
-SMOKE_OVERRIDES = {'segment.supervisions': ('pseudo',)}
 
 # bench's own arguments of each part: the paper's sizes, and tiny ones for --smoke. The input
 # part takes the train step's size, batch and views, to compare their pairs/s.
@@ -88,326 +84,23 @@ SIZES = {
     'predict': {'images': 2, 'image': '64x48'},
   },
 }
-# The optional extras and tools a part may miss: (import name, distribution).
-EXTRAS = {
-  'torch': ('torch', 'torch'),
-  'crf': ('pydensecrf', 'pydensecrf2'),
-  'profile_viewer': ('tensorboard_plugin_profile', 'tensorboard-plugin-profile'),
-  'xprof': ('xprof', 'xprof'),
-}
-
-
-class Skipped(Exception):
-  """A part that cannot run here (an optional extra is missing): {'skipped': reason}."""
-
-
-# --- the parts, each in its own process ------------------------------------------------------
-
-_PROGRESS = [None]  # in a part's process: sends what it has measured so far to the parent.
-
-
-def _progress(partial: dict) -> None:
-  """What a part has measured so far: kept in the JSON if the part runs past its share."""
-  if _PROGRESS[0] is not None:
-    _PROGRESS[0](('progress', partial))
-
-
-def _bench_args(what: str, payload: dict) -> argparse.Namespace:
-  """bench's arguments of a part, with bench's defaults for the rest."""
-  from cows_jax.tools import bench
-
-  return bench._parser().parse_args([what, *payload['argv']])
-
-
-def _settings(args) -> dict:
-  return {k: v for k, v in vars(args).items() if k not in ('what', 'json')}
-
-
-@contextlib.contextmanager
-def _traced(payload: dict, name: str = ''):
-  """A jax.profiler trace into the part's profile directory, if --profile."""
-  if not payload.get('profile'):
-    yield
-    return
-  import jax
-
-  options = {}
-  if hasattr(jax.profiler, 'ProfileOptions'):
-    # No Python tracer: it records every Python call (a tiny training stage: 90 MB and twice
-    # the time on the CPU); the host's and the device's events stay.
-    options['profiler_options'] = jax.profiler.ProfileOptions()
-    options['profiler_options'].python_tracer_level = 0
-  with jax.profiler.trace(os.path.join(payload['profile'], name), **options):
-    yield
-
-
-def _traced_steps(payload: dict) -> None:
-  """bench's timed steps run inside a trace, if --profile."""
-  from cows_jax.tools import bench
-
-  if payload.get('profile'):
-    bench.timed_calls = functools.partial(_traced, payload)
-
-
-def _timed(r: dict, args, unit: str, per_unit: int) -> dict:
-  """A bench row as a part's numbers: time, images/s, FLOPs, TFLOP/s, MFU, peak memory."""
-  from cows_jax.tools import bench
-
-  derived = bench._derived(r)
-  tflops = lambda x: None if x is None else x / 1e12
-  return {
-    f'seconds_per_{unit}': r['seconds'],
-    'images_per_s': per_unit / r['seconds'],
-    'first_call_s': r['first'],
-    f'flops_per_{unit}': r.get('flops'),
-    'tflop_per_s': tflops(derived['flop_per_s']),
-    'mfu': derived['mfu'],
-    'peak': derived['peak_name'],
-    'peak_tflop_per_s': tflops(derived['peak_flop_per_s']),
-    'memory_mib': r['peak'][0],
-    'memory': r['peak'][1],
-    **{k: r[k] for k in ('device', 'device_kind', 'dtype')},
-    'settings': _settings(args),
-  }
-
-
-def _version(distribution: str) -> str | None:
-  try:
-    return importlib.metadata.version(distribution)
-  except importlib.metadata.PackageNotFoundError:
-    return None
-
-
-def _outside_ranges() -> list[str]:
-  """The installed dependencies whose versions are outside pyproject's ranges."""
-  try:
-    from packaging.requirements import Requirement
-  except ImportError:
-    return ['(not checked: packaging is not installed)']
-  out = []
-  for text in importlib.metadata.requires('cows_jax') or []:
-    req = Requirement(text)
-    version = _version(req.name)
-    if req.marker is None and version and not req.specifier.contains(version, prereleases=True):
-      out.append(f'{req.name} {version} (pyproject: {req.specifier})')
-  return out
-
-
-def _devices(payload: dict) -> dict:
-  import jax
-
-  from cows_jax import test_time
-  from cows_jax.tools import bench
-
-  devices = jax.devices()
-  kind = devices[0].device_kind
-  name, peaks = bench.device_peak(kind)
-  try:
-    memory = (devices[0].memory_stats() or {}).get('bytes_limit')
-  except Exception:  # not every backend has memory_stats.
-    memory = None
-  backend = jax.default_backend()
-  names = ('jax', 'jaxlib', 'flax', 'optax', 'orbax-checkpoint', 'numpy', 'cows_jax')
-  return {
-    'backend': backend,
-    'export_platform': test_time.machine_platform(),
-    'dtype': 'float32' if backend == 'cpu' else 'bfloat16',
-    'device_kind': kind,
-    'count': len(devices),
-    'local_count': jax.local_device_count(),
-    'process_count': jax.process_count(),
-    'devices': [
-      {'id': d.id, 'platform': d.platform, 'device_kind': d.device_kind} for d in devices
-    ],
-    'memory_bytes': memory,
-    'peak': name,
-    'peak_tflop_per_s': {k: None if v is None else v / 1e12 for k, v in peaks.items()},
-    'versions': {'python': platform.python_version(), **{n: _version(n) for n in names}},
-    'outside_pyproject_ranges': _outside_ranges(),
-    'extras': {key: _version(dist) for key, (_, dist) in EXTRAS.items()},
-    'host_cpus': os.cpu_count(),
-  }
-
-
-def _train_step(payload: dict) -> dict:
-  from cows_jax.tools import bench
-
-  args = _bench_args('train-step', payload)
-  _traced_steps(payload)
-  return _timed(bench._jax_train_step(args, False), args, 'step', 2 * args.batch)
-
-
-def _torch_train_step(payload: dict) -> dict:
-  from cows_jax.tools import bench
-
-  if importlib.util.find_spec('torch') is None:
-    raise Skipped('torch is not installed (the extra cows_jax[torch])')
-  args = _bench_args('train-step', payload)
-  return _timed(bench._torch_train_step(args), args, 'step', 2 * args.batch)
-
-
-def _segment_step(payload: dict) -> dict:
-  from cows_jax.tools import bench
-
-  args = _bench_args('segment-step', payload)
-  _traced_steps(payload)
-  return _timed(bench._jax_segment_step(args), args, 'step', args.batch)
-
-
-def _localize(payload: dict) -> dict:
-  from cows_jax.tools import bench
-
-  args = _bench_args('localize', payload)
-  return _timed(bench._jax_localize(args, False), args, 'image', 1)
-
-
-def _inference(payload: dict) -> dict:
-  from cows_jax.tools import bench
-
-  args = _bench_args('inference', payload)
-  return _timed(bench._jax_inference(args), args, 'image', 1)
-
-
-def _input(payload: dict) -> dict:
-  from cows_jax.tools import bench
-
-  args = _bench_args('input', payload)
-  rows = [
-    {
-      'name': name,
-      'workers': r['workers'],
-      'pairs_per_s': args.batch / r['seconds'],
-      'seconds_per_batch': r['seconds'],
-      'first_s': r['first'],
-    }
-    for name, r in bench.pipeline_rates(args)
-  ]
-  return {'rows': rows, 'settings': _settings(args)}
-
-
-def _export(payload: dict) -> dict:
-  from cows_jax import test_time
-  from cows_jax.tools import bench
-
-  args = _bench_args('export', payload)
-  platform_ = test_time.machine_platform()
-  settings = {k: v for k, v in _settings(args).items() if k != 'platforms'}
-  return {'platform': platform_, **bench._export_one(args, platform_), 'settings': settings}
-
-
-def _tiny_config(payload: dict):
-  """configs/synthetic.py:tiny with its data under the run's root (and SMOKE_OVERRIDES with
-  --smoke); the CRF off where pydensecrf2 is missing."""
-  from cows_jax import config
-
-  cfg = config.load(TINY_CONFIG)
-  cfg.data.data_dir = os.path.join(payload['root'], 'data')
-  if payload['smoke']:
-    cfg.segment.supervisions = SMOKE_OVERRIDES['segment.supervisions']
-  if importlib.util.find_spec('pydensecrf') is None:
-    cfg.evaluate.crf = False
-  return cfg
-
-
-def _pipeline(payload: dict) -> dict:
-  """The tiny pipeline's stages one after the other (cli.run_stage), as `cows-jax pipeline`
-  runs them; the dataset's build timed apart. The training stages are traced with --profile."""
-  from cows_jax import cli, config
-  from cows_jax.data import sources
-
-  cfg = _tiny_config(payload)
-  workdir = os.path.join(payload['root'], 'run')
-  out = {'config': TINY_CONFIG, 'overrides': SMOKE_OVERRIDES if payload['smoke'] else {}}
-  out['stages'] = {}
-  if not cfg.evaluate.crf:
-    out['crf'] = {'skipped': 'pydensecrf2 is not installed (the extra cows_jax[crf])'}
-  steps = {'data': lambda: sources.load(config.finalize(cfg))}
-  steps.update({name: functools.partial(cli.run_stage, name, cfg, workdir) for name in cli.STAGES})
-  for name, step in steps.items():
-    traced = name in ('classify', 'segment')
-    start = time.perf_counter()
-    try:
-      with _traced(payload if traced else {}, name):
-        step()
-    except Exception as e:
-      traceback.print_exc()
-      out['stages'][name] = {'error': _one_line(e)}
-      out['error'] = f'{name}: {_one_line(e)}'
-      break
-    out['stages'][name] = {'seconds': time.perf_counter() - start}
-    _progress(out)
-  out['seconds_total'] = sum(s.get('seconds', 0.0) for s in out['stages'].values())
-  return out
-
-
-def _predict(payload: dict) -> dict:
-  """`cows-jax export` of the tiny run's segmenter for this machine's platform, then
-  `cows-jax predict --export` (predict.write_files) on VOC-sized JPEGs: the first image (it
-  compiles) and the others timed."""
-  import numpy as np
-  from PIL import Image
-
-  from cows_jax import export, inference, predict
-  from cows_jax.tools import bench
-
-  root, n = payload['root'], payload['images']
-  cfg = _tiny_config(payload)
-  out = os.path.join(root, 'export')
-  start = time.perf_counter()
-  meta = export.export_segmenter(cfg, os.path.join(root, 'run'), out)
-  export_s = time.perf_counter() - start
-  start = time.perf_counter()
-  probabilities, _ = inference.load_export(out)
-  load_s = time.perf_counter() - start
-  rng = np.random.default_rng(0)
-  h, w = bench._image_size(payload['image'])
-  images = os.path.join(root, 'images')
-  os.makedirs(images, exist_ok=True)
-  files = []
-  for k in range(n):
-    files.append(os.path.join(images, f'{k:03d}.jpg'))
-    Image.fromarray(bench._photo(rng, h, w)).save(files[-1], quality=90)
-  labels = os.path.join(root, 'labels')
-  start = time.perf_counter()
-  predict.write_files(probabilities, files[:1], labels)
-  first_s = time.perf_counter() - start
-  start = time.perf_counter()
-  written = predict.write_files(probabilities, files[1:], labels)['written'] if n > 1 else 0
-  seconds = (time.perf_counter() - start) / max(n - 1, 1)
-  return {
-    'platform': meta['platforms'][0],
-    'export_s': export_s,
-    'mib': os.path.getsize(os.path.join(out, 'model.jax')) / 2**20,
-    'load_s': load_s,
-    'first_image_s': first_s,
-    'seconds_per_image': seconds if written else None,
-    'images_per_s': written / (seconds * max(n - 1, 1)) if written else None,
-    'images': n,
-    'image': payload['image'],
-    'config': TINY_CONFIG,
-  }
 
 
 # --- the parent: shares, fresh processes, the JSON --------------------------------------------
-
-
-def _one_line(error: BaseException) -> str:
-  lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-  return f'{type(error).__name__}: {lines[0] if lines else ""}'.rstrip(': ')
 
 
 def _child(conn, fn, payload: dict) -> None:
   """A part's process: its own process group (the parent ends it with every process it
   started, input workers included), its outcome sent to the parent."""
   os.setpgrp()
-  _PROGRESS[0] = conn.send
+  parts.PROGRESS[0] = conn.send
   try:
     outcome = ('ok', fn(payload))
-  except Skipped as e:
+  except parts.Skipped as e:
     outcome = ('skipped', str(e))
   except BaseException as e:  # every failure is one line in the JSON.
     traceback.print_exc()
-    outcome = ('error', _one_line(e))
+    outcome = ('error', parts.one_line(e))
   conn.send(outcome)
   conn.close()
 
@@ -486,7 +179,7 @@ class _Run:
 
 
 def _run_devices(run: _Run, timeout: float) -> dict:
-  entry = _isolated(_devices, run.payload('devices'), timeout)
+  entry = _isolated(parts.devices, run.payload('devices'), timeout)
   run.dtype = entry.get('dtype', run.dtype)
   return entry
 
@@ -494,7 +187,7 @@ def _run_devices(run: _Run, timeout: float) -> dict:
 def _run_train_step(dtype: str):
   def part(run: _Run, timeout: float) -> dict:
     argv = f'{run.sizes["train_step"]} --dtype {dtype}'
-    return _isolated(_train_step, run.payload(f'train_step_{dtype}', argv, True), timeout)
+    return _isolated(parts.train_step, run.payload(f'train_step_{dtype}', argv, True), timeout)
 
   return part
 
@@ -503,7 +196,7 @@ def _run_torch(run: _Run, timeout: float) -> dict:
   if run.smoke:  # torch's start and first step take 10 to 20 s on a 2-core CPU.
     return {'skipped': '--smoke leaves out the PyTorch reference (bench train-step runs it)'}
   argv = f'{run.sizes["train_step"]} --dtype {run.dtype}'
-  return _isolated(_torch_train_step, run.payload('train_step_torch', argv), timeout)
+  return _isolated(parts.torch_train_step, run.payload('train_step_torch', argv), timeout)
 
 
 def _run_bench(fn, key: str, traced: bool = False):
@@ -521,7 +214,7 @@ def _run_input(run: _Run, timeout: float) -> dict:
   step = shlex.split(run.sizes['train_step'])
   same = ' '.join(f'{k} {v}' for k, v in zip(step[::2], step[1::2]) if k != '--steps')
   argv = f'{same} {run.sizes["input"]} --workers {workers}'
-  entry = _isolated(_input, run.payload('input', argv), timeout)
+  entry = _isolated(parts.input_pipeline, run.payload('input', argv), timeout)
   train = run.parts.get(f'train_step_{run.dtype}', {})
   if 'rows' in entry and 'seconds_per_step' in train:
     batch = train['settings']['batch']
@@ -541,18 +234,18 @@ def _run_input(run: _Run, timeout: float) -> dict:
 
 
 def _run_export(run: _Run, timeout: float) -> dict:
-  return _isolated(_export, run.payload('export', run.sizes['export']), timeout)
+  return _isolated(parts.export, run.payload('export', run.sizes['export']), timeout)
 
 
 def _run_pipeline(run: _Run, timeout: float) -> dict:
-  return _isolated(_pipeline, run.payload('pipeline', traced=True), timeout)
+  return _isolated(parts.pipeline, run.payload('pipeline', traced=True), timeout)
 
 
 def _run_predict(run: _Run, timeout: float) -> dict:
   stages = run.parts.get('pipeline', {}).get('stages', {})
   if 'seconds' not in stages.get('segment', {}):
     return {'skipped': "needs the segmenter of the tiny pipeline's segment stage (part pipeline)"}
-  return _isolated(_predict, run.payload('predict', **run.sizes['predict']), timeout)
+  return _isolated(parts.predict, run.payload('predict', **run.sizes['predict']), timeout)
 
 
 # (name, weight, the function that runs it), in order. A part's share is the budget left times
@@ -564,9 +257,9 @@ PARTS = (
   ('train_step_bfloat16', 14, _run_train_step('bfloat16')),
   ('train_step_float32', 11, _run_train_step('float32')),
   ('train_step_torch', 4, _run_torch),
-  ('segment_step', 11, _run_bench(_segment_step, 'segment_step', traced=True)),
-  ('localize', 9, _run_bench(_localize, 'localize')),
-  ('inference', 12, _run_bench(_inference, 'inference')),
+  ('segment_step', 11, _run_bench(parts.segment_step, 'segment_step', traced=True)),
+  ('localize', 9, _run_bench(parts.localize, 'localize')),
+  ('inference', 12, _run_bench(parts.inference, 'inference')),
   ('input', 6, _run_input),
   ('export', 7, _run_export),
   ('pipeline', 20, _run_pipeline),
@@ -678,7 +371,7 @@ def run(args) -> int:
     'parts': {},
   }
   if args.profile:
-    viewer = any(importlib.util.find_spec(EXTRAS[k][0]) for k in ('profile_viewer', 'xprof'))
+    viewer = any(importlib.util.find_spec(parts.EXTRAS[k][0]) for k in ('profile_viewer', 'xprof'))
     report['profile'] = {
       'dir': os.path.abspath(args.profile),
       'open_with': f'tensorboard --logdir {os.path.abspath(args.profile)} (with '

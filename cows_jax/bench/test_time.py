@@ -13,25 +13,18 @@ import jax
 import numpy as np
 
 from cows_jax import inference, test_time
+from cows_jax.bench import common
 from cows_jax.configs.defaults import paper_defaults
 from cows_jax.models import from_config, random_init
 
-
-def with_inference_args(cfg, args):
-  """`cfg` with --window and --scales applied (the paper's when not given); shared with
-  `bench inference`."""
-  if args.window is not None:
-    cfg.inference.window = args.window
-  if args.scales:
-    cfg.inference.scales = tuple(float(x) for x in args.scales.split(','))
-  return cfg
+HELP = 'test time with stitching/resizes on the host vs the device'
 
 
 def _config(args):
   cfg = paper_defaults()
   cfg.data.num_classes, cfg.model.width = args.classes, args.width
   cfg.segment.backbone, cfg.segment.head = args.backbone, args.head
-  return with_inference_args(cfg, args)
+  return common.with_inference_args(cfg, args)
 
 
 def run(args) -> dict:
