@@ -211,7 +211,7 @@ class FlopCounter:
 
 
 # A context around the timed calls of time_jitted: `bench device --profile` sets a
-# jax.profiler trace (tools/bench_device.py).
+# jax.profiler trace (bench/device_parts.py).
 timed_calls = contextlib.nullcontext
 
 
