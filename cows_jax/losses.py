@@ -66,21 +66,23 @@ def self_pair_losses(scores_by_view, labels_m, weights=None):
 
 
 def pixel_cross_entropy(logits, labels, ignore_index=255):
-  """Mean softmax cross-entropy over non-ignored pixels; logits [B,H,W,C], labels [B,H,W]."""
+  """Mean softmax cross-entropy over non-ignored pixels; logits [B,H,W,C], labels [B,H,W].
+  In at least float32 (float64 logits stay float64)."""
   valid = labels != ignore_index
   safe = jnp.where(valid, labels, 0)
-  losses = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), safe)
+  wide = logits.astype(jnp.promote_types(logits.dtype, jnp.float32))
+  losses = optax.softmax_cross_entropy_with_integer_labels(wide, safe)
   count = jnp.maximum(jnp.sum(valid), 1)
   return jnp.sum(jnp.where(valid, losses, 0.0)) / count
 
 
-def align_corners_weights(n, out) -> jax.Array:
+def align_corners_weights(n, out, dtype=jnp.float32) -> jax.Array:
   """[out, n] linear weights with the corners aligned (Caffe's Interp): output pixel i
   samples input position i * (n - 1) / (out - 1), so 41 -> 321 is an exact x8 zoom. Written
   as a tent over the input positions, without gathers, so sizes may be symbolic (exports)."""
-  ratio = (jnp.asarray(n, jnp.float32) - 1) / jnp.maximum(jnp.asarray(out, jnp.float32) - 1, 1)
-  pos = jnp.arange(out, dtype=jnp.float32) * ratio
-  return jax.nn.relu(1 - jnp.abs(pos[:, None] - jnp.arange(n, dtype=jnp.float32)[None]))
+  ratio = (jnp.asarray(n, dtype) - 1) / jnp.maximum(jnp.asarray(out, dtype) - 1, 1)
+  pos = jnp.arange(out, dtype=dtype) * ratio
+  return jax.nn.relu(1 - jnp.abs(pos[:, None] - jnp.arange(n, dtype=dtype)[None]))
 
 
 def upsample_logits(logits, size, align_corners: bool):
@@ -89,6 +91,7 @@ def upsample_logits(logits, size, align_corners: bool):
   b, _, _, c = logits.shape
   if not align_corners:
     return jax.image.resize(logits, (b, size[0], size[1], c), method='bilinear')
-  rows = align_corners_weights(logits.shape[1], size[0])
-  cols = align_corners_weights(logits.shape[2], size[1])
-  return jnp.einsum('Hh,bhwc,Ww->bHWc', rows, logits.astype(jnp.float32), cols, precision='highest')
+  wide = jnp.promote_types(logits.dtype, jnp.float32)  # float64 logits stay float64.
+  rows = align_corners_weights(logits.shape[1], size[0], wide)
+  cols = align_corners_weights(logits.shape[2], size[1], wide)
+  return jnp.einsum('Hh,bhwc,Ww->bHWc', rows, logits.astype(wide), cols, precision='highest')

@@ -36,13 +36,15 @@ def co_attend(f_m, f_n, w):
   image's positions. Returns (F_m^co [B,Nm,D], F_n^co [B,Nn,D]) in the dtype of f_m.
 
   Mixed precision: whatever the compute dtype (bfloat16 with model.dtype='bfloat16'), the
-  affinity and both softmaxes over the other image's ~1,000 positions (256 px) run in
-  float32, the affinity at full float32 precision (no TF32 or bfloat16 passes: an error of
-  the logits is an error of the exponent); the weighted sums take the float32 attention at
-  XLA's default precision. Only the outputs go back to the compute dtype.
+  affinity and both softmaxes over the other image's ~1,000 positions (256 px) run in at
+  least float32 (float64 features stay float64: the tests' float64 runs), the affinity at
+  full precision (no TF32 or bfloat16 passes: an error of the logits is an error of the
+  exponent); the weighted sums take that attention at XLA's default precision. Only the
+  outputs go back to the compute dtype.
   """
   dtype = f_m.dtype
-  f_m, f_n, w = (x.astype(jnp.float32) for x in (f_m, f_n, w))
+  wide = jnp.promote_types(dtype, jnp.float32)
+  f_m, f_n, w = (x.astype(wide) for x in (f_m, f_n, w))
   affinity = jnp.einsum('bid,de,bje->bij', f_m, w, f_n, precision='highest')
   attn_m = jax.nn.softmax(affinity, axis=2)  # [B, Nm, Nn]: m position -> n positions.
   attn_n = jax.nn.softmax(affinity, axis=1)  # [B, Nm, Nn]: n position <- m positions.
@@ -105,7 +107,8 @@ class CoAttentionNet(nn.Module):
   def pair_head(self, f_m, f_n) -> PairScores:
     """All six score vectors of a pair from its two feature maps."""
     co_m, co_n = self._co_features(f_m, f_n)
-    pool = lambda x: jnp.mean(x, axis=(1, 2)).astype(jnp.float32)
+    # Scores in at least float32 (float64 compute stays float64).
+    pool = lambda x: jnp.mean(x, axis=(1, 2)).astype(jnp.promote_types(x.dtype, jnp.float32))
     con_m = f_m * (1.0 - nn.sigmoid(self.gate(co_m)))
     con_n = f_n * (1.0 - nn.sigmoid(self.gate(co_n)))
     return PairScores(

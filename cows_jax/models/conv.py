@@ -74,9 +74,11 @@ def output_size(size: int, kernel: int, stride: int, pad: tuple, dilation: int) 
 def kernel_grad(x, g, kernel_hw, strides, padding, dilation, rows: int = 0, layout: str = 'cf'):
   """d(loss)/d(kernel) [kh, kw, Cin, Cout] of an NHWC/HWIO convolution from its input x and
   output gradient g, as blocked im2col matmuls over `rows` output rows at a time (0: one
-  block). Accumulated in float32, returned in x's dtype."""
+  block). Accumulated in at least float32 (float64 inputs in float64), returned in x's
+  dtype."""
   n, ho, wo, cout = g.shape
   cin = x.shape[3]
+  acc = jnp.promote_types(x.dtype, jnp.float32)
   (kh, kw), (sh, sw), (dh, dw) = kernel_hw, strides, dilation
   rows = ho if rows <= 0 else min(rows, ho)
   blocks = -(-ho // rows)
@@ -112,12 +114,12 @@ def kernel_grad(x, g, kernel_hw, strides, padding, dilation, rows: int = 0, layo
     else:  # [pixels, kh*kw*Cin]^T @ [pixels, Cout]
       patches = jnp.concatenate(taps, 3).reshape(n * rows * wo, kh * kw * cin)
       dims = (((0,), (0,)), ((), ()))
-    return lax.dot_general(patches, gb, dims, preferred_element_type=jnp.float32)
+    return lax.dot_general(patches, gb, dims, preferred_element_type=acc)
 
   if blocks == 1:
     dw_ = block(0)
   else:
-    init = jnp.zeros((kh * kw * cin, cout), jnp.float32)
+    init = jnp.zeros((kh * kw * cin, cout), acc)
     dw_, _ = lax.scan(lambda acc, b: (acc + block(b), None), init, jnp.arange(blocks))
   return dw_.reshape(kh, kw, cin, cout).astype(x.dtype)
 

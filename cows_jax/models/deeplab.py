@@ -83,7 +83,7 @@ class ASPPHead(nn.Module):
 
 
 class DeepLab(nn.Module):
-  """Logits at stride 8, [B, H/8, W/8, num_classes] in float32.
+  """Logits at stride 8, [B, H/8, W/8, num_classes] in float32 (float64 for a float64 dtype).
 
   `width` scales the backbone and the LargeFOV head; `norm` applies to VGG16 only (ResNet
   always has its frozen batch norm); `dtype` is the compute dtype (params stay float32).
@@ -132,4 +132,4 @@ class DeepLab(nn.Module):
       x = ASPPHead(self.num_classes, tuple(self.aspp_rates), self.dtype, name='head')(x)
     else:
       raise ValueError(f'segment.head={self.head!r}: expected one of {HEADS}')
-    return x.astype(jnp.float32)
+    return x.astype(jnp.promote_types(x.dtype, jnp.float32))
