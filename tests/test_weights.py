@@ -12,7 +12,7 @@ import pytest
 from cows_jax import config
 from cows_jax.models import from_config, pretrained
 from cows_jax.models.vgg import VGG16LargeFOV
-from cows_jax.tools import weights_import
+from cows_jax.tools import weights_import, weights_layout
 
 torch = pytest.importorskip(
   'torch',
@@ -86,7 +86,7 @@ def _write_caffemodel(path, layers):
 def test_caffe_vgg16_takes_rgb_and_caffe_mean(torch_vgg, tmp_path):
   state = {k: v.numpy() for k, v in torch_vgg.state_dict().items()}
   layers = {}
-  for index, name in zip(weights_import._VGG16_FEATURE_CONVS, weights_import._VGG16_NAMES):
+  for index, name in zip(weights_layout.VGG16_FEATURE_CONVS, weights_layout.VGG16_NAMES):
     w = state[f'features.{index}.weight']
     if name == 'conv1_1':
       w = w[:, ::-1]  # a Caffe model expects BGR input.
@@ -152,7 +152,7 @@ def test_classifier_starts_from_imported_backbone(torch_vgg, tmp_path, tiny_conf
     src,
     {
       name: [state[f'features.{i}.weight'], state[f'features.{i}.bias']]
-      for i, name in zip(weights_import._VGG16_FEATURE_CONVS, weights_import._VGG16_NAMES)
+      for i, name in zip(weights_layout.VGG16_FEATURE_CONVS, weights_layout.VGG16_NAMES)
     },
   )
   weights_import.import_weights('vgg16', src, str(tmp_path / 'out'))
@@ -293,7 +293,7 @@ def test_caffe_resnet101_matches_pytorch_forward(tmp_path):
   model = _torch_resnet(0.0625, stride_in_1x1=True)
   state = {k: v.numpy() for k, v in model.state_dict().items()}
   layers = {}
-  for _, _, conv, bn, c_conv, c_bn, c_scale in weights_import._resnet_layers():
+  for _, _, conv, bn, c_conv, c_bn, c_scale in weights_layout.resnet_layers():
     w = state[f'{conv}.weight']
     layers[c_conv] = [np.ascontiguousarray(w[:, ::-1] if conv == 'conv1' else w)]
     factor = 7.0  # Caffe stores mean and var multiplied by this factor.
