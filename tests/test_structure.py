@@ -1,5 +1,7 @@
-"""The seams the stages rely on: stages never import each other, configs come by name from the
-installed package, and a finalized config is the same from Python as from the CLI."""
+"""The seams the stages rely on: stages never import each other, no module of cows_jax imports
+itself back through others (no import circle) and none is over MAX_LINES lines, configs come by
+name from the installed package, and a finalized config is the same from Python as from the
+CLI."""
 
 import ast
 import os
@@ -12,6 +14,9 @@ from cows_jax import config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STAGES = ('classify', 'localize', 'label', 'segment', 'evaluate', 'predict', 'ablate')
+# The installed package: its directory in the repository for each package root.
+PACKAGE_DIRS = {'cows_jax': 'cows_jax', 'cows_jax.configs': 'configs'}
+MAX_LINES = 700
 
 
 def _imported_modules(path: str) -> set[str]:
@@ -53,6 +58,108 @@ def test_packaged_config_by_name_equals_the_file():
   path, _, arg = config.resolve('voc12:runlocal').partition(':')
   assert arg == 'runlocal' and os.path.samefile(path, os.path.join(ROOT, 'configs', 'voc12.py'))
   assert config.resolve('configs/voc12.py:runlocal') == 'configs/voc12.py:runlocal'
+
+
+def _modules(root: str, package_dirs: dict) -> dict[str, str]:
+  """{dotted module name: file} of every module of the packages (a package is its __init__)."""
+  out = {}
+  for package, directory in package_dirs.items():
+    top = os.path.join(root, directory)
+    for folder, dirs, files in os.walk(top):
+      dirs[:] = sorted(d for d in dirs if d != '__pycache__')
+      rel = os.path.relpath(folder, top)
+      prefix = package if rel == '.' else f'{package}.{rel.replace(os.sep, ".")}'
+      for name in files:
+        if name.endswith('.py'):
+          out[prefix if name == '__init__.py' else f'{prefix}.{name[:-3]}'] = os.path.join(
+            folder, name
+          )
+  return out
+
+
+def import_graph(root: str = ROOT, package_dirs: dict = PACKAGE_DIRS) -> dict[str, set[str]]:
+  """{module: the modules of the packages it imports}, imports inside functions included:
+  `import a.b`, `from a import b` (b a module: a.b, else a), relative imports resolved."""
+  modules = _modules(root, package_dirs)
+
+  def known(name: str) -> str | None:  # the module itself, or the one that defines `name`.
+    while name and name not in modules:
+      name = name.rpartition('.')[0]
+    return name or None
+
+  graph = {}
+  for module, path in modules.items():
+    is_package = path.endswith('__init__.py')
+    edges = set()
+    for node in ast.walk(ast.parse(open(path).read(), path)):
+      if isinstance(node, ast.Import):
+        edges |= {known(a.name) for a in node.names}
+      elif isinstance(node, ast.ImportFrom):
+        base = node.module or ''
+        if node.level:
+          parts = module.split('.')
+          parent = parts[: len(parts) - node.level + is_package]
+          base = '.'.join(parent + ([base] if base else []))
+        for alias in node.names:
+          edges.add(
+            known(f'{base}.{alias.name}') if f'{base}.{alias.name}' in modules else known(base)
+          )
+    graph[module] = edges - {None, module}
+  return graph
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+  """An import circle [a, b, ..., a], or None."""
+  state, stack = {}, []
+
+  def visit(node):
+    state[node] = 'open'
+    stack.append(node)
+    for nxt in sorted(graph.get(node, ())):
+      if state.get(nxt) == 'open':
+        return stack[stack.index(nxt) :] + [nxt]
+      if nxt not in state and (cycle := visit(nxt)):
+        return cycle
+    state[node] = 'done'
+    stack.pop()
+    return None
+
+  for node in sorted(graph):
+    if node not in state and (cycle := visit(node)):
+      return cycle
+  return None
+
+
+def test_no_import_circle():
+  graph = import_graph()
+  assert {'cows_jax.cli', 'cows_jax.bench.main', 'cows_jax.configs.defaults'} <= set(graph)
+  assert 'cows_jax.bench.main' in graph['cows_jax.cli']  # an import inside a function.
+  cycle = find_cycle(graph)
+  assert cycle is None, 'import circle: ' + ' -> '.join(cycle)
+
+
+def test_the_import_graph_sees_a_circle(tmp_path):
+  pkg = tmp_path / 'pkg'
+  (pkg / 'sub').mkdir(parents=True)
+  (pkg / '__init__.py').write_text('')
+  (pkg / 'sub' / '__init__.py').write_text('')
+  (pkg / 'a.py').write_text('from pkg.sub import b\n')
+  (pkg / 'sub' / 'b.py').write_text('def f():\n  from . import c\n')
+  (pkg / 'sub' / 'c.py').write_text('import pkg.a\nfrom pkg import sub\n')
+  graph = import_graph(str(tmp_path), {'pkg': 'pkg'})
+  assert graph['pkg.sub.b'] == {'pkg.sub.c'} and graph['pkg.sub.c'] == {'pkg.a', 'pkg.sub'}
+  assert find_cycle(graph) == ['pkg.a', 'pkg.sub.b', 'pkg.sub.c', 'pkg.a']
+  (pkg / 'sub' / 'c.py').write_text('import numpy\n')
+  assert find_cycle(import_graph(str(tmp_path), {'pkg': 'pkg'})) is None
+
+
+def test_no_module_is_over_max_lines():
+  too_long = {
+    name: n
+    for name, path in _modules(ROOT, PACKAGE_DIRS).items()
+    if (n := len(open(path).read().splitlines())) > MAX_LINES
+  }
+  assert not too_long, f'modules over {MAX_LINES} lines: {too_long}'
 
 
 @pytest.mark.parametrize('spec', ['synthetic:runlocal', 'synthetic:tny', 'voc12:fast'])
