@@ -365,6 +365,11 @@ def _write(out: str, variables: dict, provenance: dict) -> None:
     ckpt.rmtree()
   with ocp.StandardCheckpointer() as ckptr:  # writes to a tmp dir, then renames.
     ckptr.save(ckpt, variables)
+  # orbax's commit marker names the absolute path it wrote to; only its presence counts, and
+  # the directory travels (the shipped backbones), so it names none.
+  marker = ckpt / 'commit_success.txt'
+  if marker.exists():
+    marker.write_text('Checkpoint commit was successful')
   run_dir.write_json(epath.Path(out) / 'provenance.json', provenance)
 
 

@@ -5,6 +5,7 @@ CLI."""
 
 import ast
 import os
+import re
 import subprocess
 import sys
 
@@ -207,3 +208,17 @@ def test_help_lists_every_command_and_each_command_its_flags():
   assert '--split:' in done.stdout and '--workdir:' in done.stdout
   done = subprocess.run([exe, 'clasify'], capture_output=True, text=True, timeout=120)
   assert done.returncode != 0 and "unknown command 'clasify'" in done.stderr
+
+
+def test_no_shipped_file_holds_an_absolute_path():
+  """The package's artifacts (the pretrained backbones) travel to other machines: their text
+  names paths relative to the artifact, or none."""
+  root = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'cows_jax')
+  absolute = re.compile(rb'(?<![\w.])/(tmp|home|root|work|mnt|usr|var|opt|Users)/')
+  found = []
+  for base, _, files in os.walk(os.path.join(root, 'pretrained')):
+    for name in files:
+      with open(os.path.join(base, name), 'rb') as f:
+        if absolute.search(f.read()):
+          found.append(os.path.relpath(os.path.join(base, name), root))
+  assert not found, found
