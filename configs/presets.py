@@ -63,7 +63,7 @@ def runlocal(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   cpu_from_scratch(c)
   c.data.max_per_split = 200
   c.data.image_size = 128
-  c.classify.epochs, c.classify.lr_decay_epochs, c.classify.localize_after_epochs = 4, (3,), 4
+  c.classify.epochs, c.classify.lr_decay_epochs, c.localize.after_epochs = 4, (3,), 4
   c.classify.log_every_steps = 10
   c.segment.iterations = 100
   c.segment.log_every_steps = 20

@@ -41,7 +41,7 @@ def get_config(arg: str | None = None):
   # 11, contrastive losses from epoch index 2; 16,000 segmenter iterations, ~15 epochs).
   c.classify.epochs = 4
   c.classify.lr_decay_epochs = (2, 3)
-  c.classify.localize_after_epochs = 3
+  c.localize.after_epochs = 3
   c.classify.contrastive_from_epoch = 1
   c.segment.iterations = 750  # x10 images per iteration: 3.75 epochs of the 2,000 images.
   c.segment.log_every_steps = 50
@@ -75,7 +75,7 @@ def scratch(c):
   `presets.cpu_from_scratch` (no self-pairs, multipliers 1/2, larger learning rates), 6 epochs."""
   presets.cpu_from_scratch(c)
   c.model.init_from = c.segment.init_from = ''
-  c.classify.epochs, c.classify.lr_decay_epochs, c.classify.localize_after_epochs = 6, (4, 5), 6
+  c.classify.epochs, c.classify.lr_decay_epochs, c.localize.after_epochs = 6, (4, 5), 6
   # The synthetic classes differ partly by hue: a +-0.1 turn hue jitter moves one class into
   # another's hue range.
   c.input.color_jitter = (0.3, 0.3, 0.3, 0.0)
@@ -94,7 +94,7 @@ def parts(c):
   c.segment.crop_size = 112
   c.segment.head_dilation = 4  # as the demo's: a 14-position map.
   # ~1 classifier step a second on a 2-core CPU at 112 px: 3 epochs of 160 steps.
-  c.classify.epochs, c.classify.lr_decay_epochs, c.classify.localize_after_epochs = 3, (2,), 3
+  c.classify.epochs, c.classify.lr_decay_epochs, c.localize.after_epochs = 3, (2,), 3
   c.segment.iterations = 320  # x10 images per iteration: 4 epochs of the 800 images.
   c.pretrain.num_classes = 27  # every body with every part (synthetic_parts.pretrain_classes).
   c.pretrain.image_size = 112
@@ -114,7 +114,7 @@ def tiny_pretrained(c):
   """The paper's recipe at the tiny size, from the tiny pretrained backbone (shipped)."""
   c.data.train_size, c.data.val_size, c.data.image_size = 32, 8, 48
   c.input.size, c.segment.crop_size = 48, 48
-  c.classify.epochs, c.classify.lr_decay_epochs, c.classify.localize_after_epochs = 2, (1,), 2
+  c.classify.epochs, c.classify.lr_decay_epochs, c.localize.after_epochs = 2, (1,), 2
   c.classify.log_every_steps = 2
   c.segment.iterations, c.segment.log_every_steps = 6, 2
   c.inference.scales = (0.75, 1.0)

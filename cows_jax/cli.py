@@ -34,6 +34,7 @@ from cows_jax import (
   synthetic_backbones,
   validation,
 )
+from cows_jax.configs.defaults import SCHEMA
 from cows_jax.stages import STAGES, run_stage  # noqa: F401  (cli.STAGES, cli.run_stage)
 
 USAGE = (
@@ -108,6 +109,12 @@ _TRACEBACK = flags.DEFINE_bool(
   False,
   f'Print the traceback of an unexpected error on stderr too (or set {TRACEBACK_ENV}=1); it is '
   'always written to a file the error line names.',
+)
+_HELP_FIELDS = flags.DEFINE_bool(
+  'help-fields',
+  False,
+  'config: print every config field (name, default, allowed values, meaning) and the renamed '
+  'ones, from configs/defaults.py; needs no --config.',
 )
 _DISTRIBUTED_FLAGS = ('distributed', 'coordinator_address', 'num_processes', 'process_id')
 _RUN_FLAGS = ('config', 'workdir', *_DISTRIBUTED_FLAGS, 'traceback')
@@ -206,6 +213,9 @@ def _config_command(command: str) -> Callable[[list[str]], None]:
 
   def run(positional: list[str]) -> None:
     _no_positional(positional)
+    if command == 'config' and _HELP_FIELDS.value:
+      print(SCHEMA.text())
+      sys.exit(0)
     _require(('config',))
     cfg = config.finalize(_CONFIG.value)
     if command == 'config':
@@ -356,8 +366,8 @@ def _stage(name: str, help: str, *extra: str, action: Callable | None = None) ->
   return Command(name, help, 'run', (*_RUN_FLAGS, *extra), _stage_command(name, action))
 
 
-def _config_only(name: str, help: str) -> Command:
-  return Command(name, help, 'config', ('config', 'traceback'), _config_command(name))
+def _config_only(name: str, help: str, *extra: str) -> Command:
+  return Command(name, help, 'config', ('config', *extra, 'traceback'), _config_command(name))
 
 
 # The commands, in the order `--help` lists them: help, dispatch and the flags each takes
@@ -403,7 +413,11 @@ COMMANDS = {
       _predict,
       positional='IMAGES_OR_DIRS...',
     ),
-    _config_only('config', 'print the resolved config a run would use (after finalizing)'),
+    _config_only(
+      'config',
+      'print the resolved config a run would use (after finalizing); --help-fields: every field',
+      'help-fields',
+    ),
     _config_only(
       'data check', 'build the configured dataset and report its images, labels and problems'
     ),

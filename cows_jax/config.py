@@ -11,8 +11,10 @@ import importlib.resources
 import os
 
 import ml_collections
+from absl import logging
 
 from cows_jax import synthetic_backbones
+from cows_jax.configs.defaults import SCHEMA
 from cows_jax.models import pretrained
 
 
@@ -22,7 +24,8 @@ def packaged_names() -> list[str]:
   return sorted(
     f.name[:-3]
     for f in files
-    if f.name.endswith('.py') and f.name not in ('__init__.py', 'defaults.py', 'presets.py')
+    if f.name.endswith('.py')
+    and f.name not in ('__init__.py', 'defaults.py', 'presets.py', 'schema.py')
   )
 
 
@@ -45,11 +48,15 @@ def load(spec: str) -> ml_collections.ConfigDict:
 
 
 def finalize(cfg) -> ml_collections.FrozenConfigDict:
-  """The config as a run uses it, read-only: init_from='pretrain' becomes the directory of the
-  config's pretrained backbone (synthetic_backbones); the classifier's input mean/std follow
-  the weights in model.init_from; the segmenter's mean/std and ResNet block layout follow
-  segment.init_from. Idempotent."""
+  """The config as a run uses it, read-only: a value set under a renamed field's old name moves
+  to the new field (a logged warning names both; configs/defaults.py declares them);
+  init_from='pretrain' becomes the directory of the config's pretrained backbone
+  (synthetic_backbones); the classifier's input mean/std follow the weights in
+  model.init_from; the segmenter's mean/std and ResNet block layout follow segment.init_from.
+  Idempotent."""
   c = ml_collections.ConfigDict(cfg.to_dict())
+  for warning in SCHEMA.move_renamed(c):
+    logging.warning('%s', warning)
   synthetic_backbones.resolve(c)
   if c.model.init_from not in ('', synthetic_backbones.PLACEHOLDER):
     convention = pretrained.read_provenance(c.model.init_from)['input']

@@ -163,12 +163,12 @@ def classifier_function(model, variables, cfg, platforms) -> jax_export.Exported
 
 def export_classifier(cfg, workdir: str, out: str, platforms=None) -> dict:
   """Writes E/model.jax and E/meta.json for the classifier checkpoint `localize` uses (end of
-  after classify.localize_after_epochs epochs): localization maps outside the project. Lowered
+  after localize.after_epochs epochs): localization maps outside the project. Lowered
   for `platforms` (default: this machine's)."""
   cfg = config.finalize(cfg)
   platforms = parse_platforms(','.join(platforms)) if platforms else default_platforms()
   run = run_dir.RunDir(workdir)
-  step = run_dir.classifier_epoch_step(run, cfg.classify.localize_after_epochs)
+  step = run_dir.classifier_epoch_step(run, cfg.localize.after_epochs)
   model = from_config.classifier(cfg)
   like = from_config.abstract_variables(model, cfg)
   variables, step = checkpoints.restore_variables(run.classifier(), step, like, 'classify')

@@ -22,6 +22,7 @@ import numpy as np
 from jax import lax
 
 from cows_jax import checkpoints, crf, losses, maps, parallel, run_dir, test_time
+from cows_jax.configs.defaults import SCHEMA
 from cows_jax.models import from_config, per_image
 
 
@@ -39,20 +40,8 @@ class Settings:
 
   @classmethod
   def from_config(cls, cfg) -> 'Settings':
+    SCHEMA.require(cfg, 'inference.')  # the CLI validated them; a Python caller may not have.
     i = cfg.inference
-    if not i.scales or min(i.scales) <= 0:
-      raise ValueError(f'inference.scales={tuple(i.scales)}: expected positive scales')
-    if i.window < 0 or not 0 < i.window_stride <= 1:
-      raise ValueError(
-        f'inference.window={i.window}, inference.window_stride='
-        f'{i.window_stride}: expected window >= 0 and 0 < stride <= 1'
-      )
-    for field, value, choices in (
-      ('pad', i.pad, test_time.PADDINGS),
-      ('interpolation', i.interpolation, test_time.INTERPOLATIONS),
-    ):
-      if value not in choices:
-        raise ValueError(f'inference.{field}={value!r}: expected one of {choices}')
     return cls(
       tuple(float(s) for s in i.scales),
       bool(i.flip),

@@ -31,9 +31,9 @@ from cows_jax import (
   parallel,
   progress,
   run_dir,
-  validation,
   views,
 )
+from cows_jax.configs.defaults import SCHEMA
 from cows_jax.data import sources, transforms
 from cows_jax.data.pairs import ClassIndex
 from cows_jax.models import from_config, per_image
@@ -286,17 +286,16 @@ def run(cfg, workdir: str) -> None:
   run = run_dir.RunDir(workdir)
   if run_dir.complete(run.maps_index(), run.map_file, run_dir.maps_readable, 'localize'):
     return
+  SCHEMA.require(cfg, 'localize.')  # the CLI validated them; a Python caller may not have.
   method = cfg.localize.method
-  if method not in validation.METHODS:
-    raise ValueError(f'localize.method={method!r}: expected one of {validation.METHODS}')
-  step = run_dir.classifier_epoch_step(run, cfg.classify.localize_after_epochs)
+  step = run_dir.classifier_epoch_step(run, cfg.localize.after_epochs)
   model = from_config.classifier(cfg)
   like = from_config.abstract_variables(model, cfg)
   variables, step = checkpoints.restore_variables(run.classifier(), step, like, 'classify')
   logging.info(
     'localize: classifier checkpoint of step %d (after %d epochs)',
     step,
-    cfg.classify.localize_after_epochs,
+    cfg.localize.after_epochs,
   )
   train = sources.load(cfg)['train']
   computer = MapComputer(model, variables)

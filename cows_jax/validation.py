@@ -8,82 +8,14 @@ run command and exits with status 2 when there are any.
 
 import os
 
-from cows_jax import crf, run_dir, synthetic_backbones, test_time
-from cows_jax.data import mixing, sources, synthetic, voc
-from cows_jax.models import deeplab
+import ml_collections
 
-METHODS = ('coattention', 'cam', 'cam_views')  # localize.method
-CHOICES = {
-  'data.name': sources.DATASETS,
-  'data.extra.layout': sources.EXTRA_LAYOUTS,
-  'data.extra.mixing': mixing.MIXINGS,
-  'data.voc.aug_layout': voc.AUG_LAYOUTS,
-  'model.norm': ('none', 'batch'),
-  'model.dtype': ('float32', 'bfloat16', 'float16'),
-  'segment.dtype': ('float32', 'bfloat16', 'float16'),
-  'segment.backbone': ('resnet101', 'vgg16'),
-  'segment.head': deeplab.HEADS,
-  'localize.method': METHODS,
-  'segment.scale_sampling': ('discrete', 'uniform'),
-  'label.thresholds': ('cam_sweep', 'fixed'),
-  'segment.head_init': tuple(deeplab.HEAD_INITS),
-  'inference.pad': test_time.PADDINGS,
-  'inference.interpolation': test_time.INTERPOLATIONS,
-}
-# (field, low, high): low <= value <= high; None leaves a side open.
-RANGES = (
-  ('host_workers', 0, None),
-  ('data.num_classes', 1, 254),
-  ('data.max_skipped_fraction', 0, 1),
-  ('input.size', 16, None),
-  ('model.width', 1e-3, None),
-  ('classify.epochs', 1, None),
-  ('classify.batch_pairs', 1, None),
-  ('classify.pairs_per_device', 0, None),
-  ('classify.warmup_epochs', 0, None),
-  ('classify.base_lr', 1e-12, None),
-  ('classify.momentum', 0, 1),
-  ('classify.weight_decay', 0, None),
-  ('classify.lr_decay_factor', 0, 1),
-  ('classify.contrastive_from_epoch', 0, None),
-  ('classify.log_every_steps', 1, None),
-  ('classify.checkpoint_every_steps', 1, None),
-  ('localize.num_related', 1, None),
-  ('localize.gate', 0, 1),
-  ('localize.batch_size', 1, None),
-  ('localize.feature_memory_mib', 0, None),
-  ('label.score_threshold', 0, 1),
-  ('label.conflict_threshold', 0, 1),
-  ('label.bg_saliency_ignore', 0, 256),
-  ('label.fg_confident', 0, 1),
-  ('label.min_fg_fraction', 0, 1),
-  ('label.fg_threshold', 0, 1),
-  ('label.bg_threshold', 0, 1),
-  ('label.sweep_band', 0, 1),
-  ('segment.crop_size', 8, None),
-  ('segment.batch_size', 1, None),
-  ('segment.accumulation_steps', 1, None),
-  ('segment.iterations', 1, None),
-  ('segment.base_lr', 1e-12, None),
-  ('segment.lr_power', 0, None),
-  ('segment.momentum', 0, 1),
-  ('segment.weight_decay', 0, None),
-  ('segment.log_every_steps', 1, None),
-  ('segment.checkpoint_every_steps', 1, None),
-  ('inference.window', 0, None),
-  ('inference.window_stride', 1e-6, 1),
-  ('crf.iterations', 0, None),
-)
-LR_MULTIPLIERS = (
-  'classify.lr_mult_pretrained_weight',
-  'classify.lr_mult_pretrained_bias',
-  'classify.lr_mult_new_weight',
-  'classify.lr_mult_new_bias',
-  'segment.lr_mult_backbone_weight',
-  'segment.lr_mult_backbone_bias',
-  'segment.lr_mult_head_weight',
-  'segment.lr_mult_head_bias',
-)
+from cows_jax import crf, run_dir, synthetic_backbones
+from cows_jax.configs.defaults import SCHEMA
+from cows_jax.data import sources, synthetic
+
+# The plain choices and ranges of every field are declared with it, in configs/defaults.py
+# (SCHEMA); what needs logic (fields checked together, paths, extras, weights) is here.
 
 
 def _get(cfg, field: str):
@@ -94,31 +26,10 @@ def _get(cfg, field: str):
 
 
 def _ranges(cfg) -> list[str]:
-  out = []
-  for field, low, high in RANGES + tuple((f, 0, None) for f in LR_MULTIPLIERS):
-    value = _get(cfg, field)
-    if not isinstance(value, (int, float)) or isinstance(value, bool):
-      out.append(f'{field}={value!r}: expected a number')
-    elif (low is not None and value < low) or (high is not None and value > high):
-      bounds = f'>= {low}' if high is None else f'in [{low}, {high}]'
-      out.append(f'{field}={value!r}: expected a value {bounds}')
-  for field, allowed in CHOICES.items():
-    if _get(cfg, field) not in allowed:
-      out.append(f'{field}={_get(cfg, field)!r}: expected one of {", ".join(allowed)}')
-  c = cfg.classify
-  if not 1 <= c.localize_after_epochs <= c.epochs:
-    out.append(
-      f'classify.localize_after_epochs={c.localize_after_epochs}: expected 1..classify.epochs={c.epochs}'
-    )
-  bad = [t for t in cfg.evaluate.cam_thresholds if not 0 <= t <= 1]
-  if bad or not cfg.evaluate.cam_thresholds:
-    out.append(
-      f'evaluate.cam_thresholds={tuple(cfg.evaluate.cam_thresholds)}: expected values in [0, 1]'
-    )
-  if not cfg.inference.scales or min(cfg.inference.scales) <= 0:
-    out.append(f'inference.scales={tuple(cfg.inference.scales)}: expected positive scales')
-  if not cfg.segment.scales or min(cfg.segment.scales) <= 0:
-    out.append(f'segment.scales={tuple(cfg.segment.scales)}: expected positive scales')
+  out = SCHEMA.problems(cfg)
+  after, epochs = cfg.localize.after_epochs, cfg.classify.epochs
+  if isinstance(after, int) and isinstance(epochs, int) and not 1 <= after <= epochs:
+    out.append(f'localize.after_epochs={after}: expected 1..classify.epochs={epochs}')
   try:
     run_dir.supervisions(cfg)
   except ValueError as e:
@@ -202,6 +113,8 @@ CRF_COMMANDS = ('evaluate', 'pipeline', 'ablate')
 def problems(cfg, command: str = 'pipeline') -> list[str]:
   """Every problem of a config for `command`, one line each; [] when it can run. It needs no
   file the config names to be readable (the CLI runs it before `config.finalize`)."""
+  cfg = ml_collections.ConfigDict(cfg.to_dict())
+  SCHEMA.move_renamed(cfg)  # config.finalize warns of an old name.
   out = _ranges(cfg)
   out += _paths(cfg)
   if command not in PRETRAINING_COMMANDS and synthetic_backbones.missing(cfg):

@@ -80,7 +80,7 @@ def test_one_classifier_step_on_voc_with_web_images(tmp_path):
   cfg.data.image_size, cfg.input.size = 32, 32
   pool = sources.classifier_pool(cfg)
   assert pool.plan.epoch_length == 6 + 3 and len(pool.source) == 6 + 20
-  cfg.classify.epochs, cfg.classify.lr_decay_epochs, cfg.classify.localize_after_epochs = 1, (), 1
+  cfg.classify.epochs, cfg.classify.lr_decay_epochs, cfg.localize.after_epochs = 1, (), 1
   cfg.classify.batch_pairs, cfg.classify.log_every_steps = 9, 1
   classify.train(cfg, str(tmp_path / 'run'))
   assert os.path.isdir(tmp_path / 'run' / 'classifier' / '1')

@@ -187,7 +187,7 @@ def test_voc12_runlocal_pipeline_with_the_papers_5_pairs_on_8_devices(tmp_path):
     'segment.iterations': 3,
     'classify.epochs': 2,
     'classify.lr_decay_epochs': '(1,)',
-    'classify.localize_after_epochs': 2,
+    'localize.after_epochs': 2,
   }
   cmd = [EXE, 'pipeline', '--config', 'voc12:runlocal', '--workdir', str(tmp_path / 'run')]
   cmd += [f'--config.{k}={v}' for k, v in overrides.items()]

@@ -299,7 +299,7 @@ def test_exported_classifier_maps_equal_localize(tiny_run, tmp_path):
   model = from_config.classifier(cfg)
   variables, _ = checkpoints.restore_variables(
     run.classifier(),
-    run_dir.classifier_epoch_step(run, cfg.classify.localize_after_epochs),
+    run_dir.classifier_epoch_step(run, cfg.localize.after_epochs),
     from_config.abstract_variables(model, cfg),
     'classify',
   )

@@ -18,7 +18,7 @@ def test_localize_uses_the_state_the_reference_calls_epoch_10(tmp_path):
   # The reference saves 'epoch_10' with the 0-based epoch index: the state after 11 epochs.
   run = run_dir.RunDir(str(tmp_path))
   run_dir.write_classifier_epochs(run, 7, 15)
-  after = paper_defaults().classify.localize_after_epochs
+  after = paper_defaults().localize.after_epochs
   assert run_dir.classifier_epoch_step(run, after) == 7 * 11
 
 

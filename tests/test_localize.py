@@ -256,7 +256,7 @@ def test_cam_method_writes_the_single_image_maps_at_image_size(tiny_run, tmp_pat
   cfg = config.finalize(config.with_overrides(cfg, (('localize.method', 'cam'),)))
   localize.run(cfg, workdir)
   model = from_config.classifier(cfg)
-  step = run_dir.classifier_epoch_step(run, cfg.classify.localize_after_epochs)
+  step = run_dir.classifier_epoch_step(run, cfg.localize.after_epochs)
   like = from_config.abstract_variables(model, cfg)
   variables, _ = checkpoints.restore_variables(run.classifier(), step, like, 'classify')
   computer = localize.MapComputer(model, variables)

@@ -310,7 +310,7 @@ def test_the_demo_recipe_runs_end_to_end_from_the_shipped_backbone(tmp_path):
   cfg = config.load('synthetic:tiny_pretrained')
   cfg.data.data_dir = str(tmp_path / 'data')
   cfg.segment.iterations, cfg.segment.supervisions = 2, ('pseudo',)
-  cfg.classify.epochs, cfg.classify.lr_decay_epochs, cfg.classify.localize_after_epochs = 1, (), 1
+  cfg.classify.epochs, cfg.classify.lr_decay_epochs, cfg.localize.after_epochs = 1, (), 1
   cfg.inference.scales = (1.0,)
   final = config.finalize(cfg)
   assert final.model.norm == 'none' and final.classify.self_views == ('flip', 0.75, 2.0)

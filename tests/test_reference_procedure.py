@@ -55,7 +55,7 @@ def test_maps_and_pseudo_labels_follow_the_reference(tiny_config, tmp_path):
   cfg.model.norm = 'none'  # the paper's VGG16, as the reference's.
   cfg.classify.epochs = EPOCHS
   cfg.classify.lr_decay_epochs = ()
-  cfg.classify.localize_after_epochs = 11
+  cfg.localize.after_epochs = 11
   cfg.localize.num_related = 2
   cfg = config.finalize(cfg)
   workdir = str(tmp_path / 'run')

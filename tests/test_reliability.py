@@ -46,7 +46,7 @@ def test_sigterm_mid_epoch_checkpoints_that_step_and_the_rerun_equals_an_uninter
     f'--config.data.data_dir={tiny_config.data.data_dir}',
     '--config.classify.epochs=8',
     '--config.classify.lr_decay_epochs=(6,)',
-    '--config.classify.localize_after_epochs=8',
+    '--config.localize.after_epochs=8',
     '--config.classify.log_every_steps=1',
   ]
   straight, stopped = str(tmp_path / 'straight'), str(tmp_path / 'stopped')
@@ -139,7 +139,7 @@ def test_every_config_problem_at_once_and_nothing_runs(tmp_path):
     '--config.label.score_threshold=1.5',
     '--config.classify.batch_pairs=0',
     '--config.localize.method=cams',
-    '--config.classify.localize_after_epochs=9',
+    '--config.localize.after_epochs=9',
     '--config.inference.window_stride=0.0',
   ]
   cmd = [EXE, 'pipeline', '--config', 'synthetic:tiny', '--workdir', str(tmp_path / 'w')]
@@ -150,7 +150,7 @@ def test_every_config_problem_at_once_and_nothing_runs(tmp_path):
     'label.score_threshold=1.5: expected a value in [0, 1]',
     'classify.batch_pairs=0: expected a value >= 1',
     "localize.method='cams': expected one of coattention, cam",
-    'classify.localize_after_epochs=9: expected 1..classify.epochs=2',
+    'localize.after_epochs=9: expected 1..classify.epochs=2',
     'inference.window_stride=0.0',
   ):
     assert any(expected in line for line in lines), (expected, lines)

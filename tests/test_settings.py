@@ -244,7 +244,7 @@ def test_settings_rejects_bad_seeds_and_real_datasets(tiny_config, tmp_path, see
 def test_setting3_trains_the_classifier_with_web_images(tmp_path):
   """One real run of the new data path: the tiny classifier on train + noisy web images."""
   cfg = _setting_config(tmp_path, 'setting3')
-  cfg.classify.epochs, cfg.classify.lr_decay_epochs, cfg.classify.localize_after_epochs = 1, (), 1
+  cfg.classify.epochs, cfg.classify.lr_decay_epochs, cfg.localize.after_epochs = 1, (), 1
   _, full = ablate.SETTING_VARIANTS[1]
   rcfg = ablate.settings_config(cfg, ablate.SETTINGS[2], full, 0)
   workdir = tmp_path / 'run'

@@ -11,7 +11,7 @@ from cows_jax import classify, run_dir, training
 
 def test_nan_learning_rate_stops_with_the_step_and_keeps_good_checkpoints(tiny_config, tmp_path):
   cfg = copy.deepcopy(tiny_config)
-  cfg.classify.epochs, cfg.classify.lr_decay_epochs, cfg.classify.localize_after_epochs = 2, (1,), 2
+  cfg.classify.epochs, cfg.classify.lr_decay_epochs, cfg.localize.after_epochs = 2, (1,), 2
   workdir = str(tmp_path / 'run')
   first = copy.deepcopy(cfg)
   first.classify.epochs = 1

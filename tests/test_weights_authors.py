@@ -51,8 +51,8 @@ def _classifier_config(tiny_config, provenance, **fields):
   cfg = tiny_config
   cfg.model.width, cfg.model.norm, cfg.input.size = CLS_BASE / 64, 'none', 64
   cfg.model.init_from = provenance['trained_model']['init_from']
-  cfg.classify.localize_after_epochs = provenance['trained_model']['config'][
-    'classify.localize_after_epochs'
+  cfg.localize.after_epochs = provenance['trained_model']['config'][
+    'localize.after_epochs'
   ]
   for field, value in fields.items():
     section, name = field.split('.')
@@ -63,7 +63,7 @@ def _classifier_config(tiny_config, provenance, **fields):
 def _restore_classifier(cfg, workdir):
   """The classifier as `localize` restores it: the checkpoint of the configured epoch."""
   run = run_dir.RunDir(workdir)
-  step = run_dir.classifier_epoch_step(run, cfg.classify.localize_after_epochs)
+  step = run_dir.classifier_epoch_step(run, cfg.localize.after_epochs)
   model = from_config.classifier(cfg)
   like = from_config.abstract_variables(model, cfg)
   return model, checkpoints.restore_variables(run.classifier(), step, like, 'classify')
@@ -100,7 +100,7 @@ def test_reference_classifier_checkpoint_matches_pytorch(classifier, tmp_path, t
     'model.width': CLS_BASE / 64,
     'model.feature_dim': 512,
     'model.norm': 'none',
-    'classify.localize_after_epochs': 2,
+    'localize.after_epochs': 2,
   }
   assert provenance['arch'] == 'vgg16' and provenance['input']['name'] == 'torchvision'
   assert provenance['ignored_keys'] == []
@@ -345,7 +345,7 @@ def test_import_cli_prints_the_flags_and_refuses_to_overwrite(
   out = capsys.readouterr().out
   assert f'-> {workdir}/classifier/44;' in out
   assert f'run localize on --workdir {workdir} with: --config.model.init_from=' in out
-  assert '--config.classify.localize_after_epochs=11' in out
+  assert '--config.localize.after_epochs=11' in out
   status = weights_import.main([*argv[2:], '--out', workdir])
   assert status == 1
   err = capsys.readouterr().err

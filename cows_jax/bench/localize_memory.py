@@ -23,7 +23,7 @@ def _memory_config(args, images: int, data_dir: str):
   cfg.data.train_size, cfg.data.val_size, cfg.data.data_dir = images, 4, data_dir
   cfg.data.image_size = cfg.input.size = args.size
   cfg.data.num_classes, cfg.model.width = 10, args.width
-  cfg.classify.epochs, cfg.classify.localize_after_epochs, cfg.classify.lr_decay_epochs = 1, 1, ()
+  cfg.classify.epochs, cfg.localize.after_epochs, cfg.classify.lr_decay_epochs = 1, 1, ()
   cfg.localize.feature_memory_mib = args.feature_memory_mib
   return cfg
 

@@ -47,17 +47,7 @@ def synthetic_spec(cfg) -> synthetic.SyntheticSpec | synthetic_parts.PartsSpec:
       val_size=d.val_size,
       seed=d.seed,
     )
-  return synthetic.SyntheticSpec(
-    num_classes=d.num_classes,
-    image_size=d.image_size,
-    train_size=d.train_size,
-    val_size=d.val_size,
-    seed=d.seed,
-    max_objects=d.max_objects,
-    single_label_size=d.single_label_size,
-    web_size=d.web_size,
-    web_noise_rate=d.web_noise_rate,
-  )
+  return synthetic.SyntheticSpec(**{name: d[name] for name in synthetic.SYNTHETIC_FIELDS})
 
 
 def _path(path: str) -> str:

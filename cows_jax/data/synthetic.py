@@ -31,6 +31,7 @@ from collections.abc import Callable
 import numpy as np
 import tensorflow_datasets as tfds
 
+from cows_jax.configs.defaults import FIELDS
 from cows_jax.data import builds, records
 
 # Bumped whenever rendering changes, so that datasets built by older code are not reused.
@@ -46,6 +47,11 @@ _SPLIT_FIELDS = {
   'single_label': ('single_label_size',),
   'web': ('web_size', 'web_noise_rate'),
 }
+# The spec's fields: config fields data.<name> (sources.synthetic_spec copies them).
+SYNTHETIC_FIELDS = (
+  'num_classes', 'image_size', 'train_size', 'val_size', 'seed', 'max_objects',
+  'single_label_size', 'web_size', 'web_noise_rate',
+)  # fmt: skip
 MIN_VISIBLE_FRACTION = 0.01  # objects with a smaller visible core are unlabelled (ignore)
 WEAK_SALIENCY_PROB = 0.10  # fraction of objects the simulated saliency nearly misses
 PARTIAL_SALIENCY_PROB = 0.15  # fraction of objects whose saliency misses one side
@@ -57,34 +63,37 @@ CLASS_NAMES = (
 )  # fmt: skip
 
 
+def _default(name: str):
+  """The default of config field data.`name` (configs/defaults.py)."""
+  return FIELDS[f'data.{name}'].default
+
+
 @dataclasses.dataclass(frozen=True)
 class SyntheticSpec:
-  """Everything that determines the dataset's content; its fingerprint names the build."""
+  """Everything that determines the dataset's content; its fingerprint names the build. Each
+  field is the config field data.<name>, with its default and allowed values."""
 
-  num_classes: int = 10
-  image_size: int = 96
-  train_size: int = 2000
-  val_size: int = 300
-  seed: int = 0
-  max_objects: int = 3
-  single_label_size: int = 500
-  web_size: int = 500
-  web_noise_rate: float = 0.3  # fraction of web images whose label set is wrong
+  num_classes: int = _default('num_classes')
+  image_size: int = _default('image_size')
+  train_size: int = _default('train_size')
+  val_size: int = _default('val_size')
+  seed: int = _default('seed')
+  max_objects: int = _default('max_objects')
+  single_label_size: int = _default('single_label_size')
+  web_size: int = _default('web_size')
+  web_noise_rate: float = _default('web_noise_rate')  # fraction of web images with wrong labels
 
   def __post_init__(self):
+    # The config's ranges (a spec may be made without a config), then this world's own.
+    for name in SYNTHETIC_FIELDS:
+      if problem := FIELDS[f'data.{name}'].problem(f'SyntheticSpec.{name}', getattr(self, name)):
+        raise ValueError(problem)
     if not 1 <= self.num_classes <= len(CLASS_NAMES):
       raise ValueError(
         f'SyntheticSpec.num_classes must be in 1..{len(CLASS_NAMES)}, got {self.num_classes}'
       )
     if not 32 <= self.image_size <= 512:
       raise ValueError(f'SyntheticSpec.image_size must be in 32..512, got {self.image_size}')
-    for field in ('train_size', 'val_size', 'single_label_size', 'web_size', 'max_objects'):
-      if getattr(self, field) < 1:
-        raise ValueError(f'SyntheticSpec.{field} must be >= 1, got {getattr(self, field)}')
-    if self.seed < 0:
-      raise ValueError(f'SyntheticSpec.seed must be >= 0, got {self.seed}')
-    if not 0 <= self.web_noise_rate <= 1:
-      raise ValueError(f'SyntheticSpec.web_noise_rate must be in 0..1, got {self.web_noise_rate}')
 
   def fingerprint(self, splits: tuple[str, ...] = DATASET_SPLITS) -> str:
     """Short stable hash of what the build of `splits` depends on: the fields, less those of

@@ -195,7 +195,7 @@ def import_trained(arch: str, src: str, out: str, epochs: int | None = None) -> 
     counter = meta['global_counter']  # steps so far: steps per epoch x epochs.
     per_epoch = counter // epochs if counter and counter % epochs == 0 else 1
     step, directory, fmt = per_epoch * epochs, run.classifier(), 'pytorch'
-    fields['classify.localize_after_epochs'] = epochs
+    fields['localize.after_epochs'] = epochs
     backbone = {'params': variables['params']['backbone']}
     backbone_arch, convention = 'vgg16', TORCHVISION_INPUT
   else:
