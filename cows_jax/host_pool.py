@@ -112,10 +112,6 @@ class HostPool:
         for _ in range(self.workers):
           self._processes.submit(os.getpid)
 
-  @property
-  def serial(self) -> bool:
-    return self.workers == 1
-
   def process(self, fn: Callable, *args) -> cf.Future:
     """fn(*args) in a worker process (fn and args picklable; fn's module light to import)."""
     if self._processes is None:
