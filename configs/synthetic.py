@@ -99,7 +99,7 @@ def parts(c):
   c.pretrain.num_classes = 27  # every body with every part (synthetic_parts.pretrain_classes).
   c.pretrain.image_size = 112
   c.pretrain.train_size, c.pretrain.val_size = 2700, 270  # 100 and 10 per class.
-  c.pretrain.epochs = 5  # 420 steps of 32 images: minutes on a 2-core CPU.
+  c.pretrain.epochs = 5  # 420 steps of 32 images: about 6 minutes on a 2-core CPU.
   c.pretrain.batch_size = 32
   c.pretrain.train_eval_size = 540
 

@@ -40,7 +40,7 @@ import tensorflow_datasets as tfds
 from cows_jax.data import builds, records, synthetic, synthetic_pretrain
 
 # Bumped whenever rendering changes, so that datasets built by older code are not reused.
-_GENERATOR_VERSION = 1
+_GENERATOR_VERSION = 2  # 2: low-contrast body textures, light part textures (the gate)
 SPLITS = ('train', 'val')
 PARTS_PER_FAMILY = 3
 # An object's part keeps at least this fraction of its area visible, an earlier object's
@@ -63,11 +63,12 @@ class _Body:
   second: str
 
 
-# Desaturated bodies (saturation <= 0.45): the saturated colours belong to the parts.
+# Desaturated bodies (saturation <= 0.45): the saturated colours belong to the parts. Body
+# textures are low-contrast ('shift': a hue shift of 0.05 to 0.08, 80% of the value).
 _BODIES = (
-  _Body('disc', synthetic._SHAPES[0], 0.08, (0.25, 0.45), (0.55, 0.80), synthetic._marble, 'dark'),
+  _Body('disc', synthetic._SHAPES[0], 0.08, (0.25, 0.45), (0.55, 0.80), synthetic._marble, 'shift'),
   _Body(
-    'square', synthetic._SHAPES[1], 0.55, (0.25, 0.45), (0.50, 0.75), synthetic._waves, 'light'
+    'square', synthetic._SHAPES[1], 0.55, (0.25, 0.45), (0.50, 0.75), synthetic._waves, 'shift'
   ),
   _Body(
     'hexagon',
@@ -85,7 +86,7 @@ _BODIES = (
     (0.20, 0.40),
     (0.60, 0.85),
     synthetic._rings,
-    'dark',
+    'shift',
   ),
 )
 MAX_FAMILIES = len(_BODIES)
@@ -106,7 +107,7 @@ def _part_appearance(k: int) -> synthetic._Appearance:
   class has its own (hue, texture) pair and siblings differ in both."""
   family, rank = divmod(k, PARTS_PER_FAMILY)
   texture = _PART_TEXTURES[(rank + family) % len(_PART_TEXTURES)][1]
-  return synthetic._Appearance(PART_HUES[rank], (0.80, 1.00), (0.80, 1.00), texture, 'dark')
+  return synthetic._Appearance(PART_HUES[rank], (0.80, 1.00), (0.80, 1.00), texture, 'light')
 
 
 MAX_CLASSES = MAX_FAMILIES * PARTS_PER_FAMILY
