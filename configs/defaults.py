@@ -312,7 +312,7 @@ def _declare() -> Section:
   c.segment.log_every_steps = field(100, 'steps between log lines', low=1)
   c.segment.checkpoint_every_steps = field(1000, 'steps between resume points', low=1)
 
-  c.inference = Section('The segmenter at test time (inference.py, test_time.py).')
+  c.inference = Section('The segmenter at test time (inference.py, tta.py).')
   c.inference.scales = field(
     (0.5, 0.75, 1.0, 1.25, 1.5), 'test scales; the probabilities are averaged', above=0
   )

@@ -11,7 +11,8 @@ The segmenter (default, `--model segmenter`):
                     versions that load it and the pip line of a loader without cows_jax)
     E/test_time.py  the numpy driver of the paper's test-time procedure (scales, sliding
                     windows, averaged softmax) and the export's Python API (`load`: one
-                    export, many images), a copy of cows_jax/test_time.py
+                    export, many images), a copy of cows_jax/tta.py (the
+                    file name an export has always had)
 
 The network runs inside the export and the procedure around it as the numpy driver: the
 number and size of windows depend on each image's size, which the export's symbolic shapes
@@ -30,7 +31,7 @@ import jax.numpy as jnp
 from etils import epath
 from jax import export as jax_export
 
-from cows_jax import checkpoints, config, inference, maps, run_dir, test_time, views, visualize
+from cows_jax import checkpoints, config, inference, maps, run_dir, tta, views, visualize
 from cows_jax.data import sources
 from cows_jax.models import from_config
 
@@ -40,9 +41,7 @@ PLATFORMS = ('cpu', 'cuda', 'rocm', 'tpu')  # jax.export's names ('gpu' is canon
 def parse_platforms(text: str) -> tuple[str, ...]:
   """'cpu,gpu' -> ('cpu', 'cuda'): each canonicalized as jax.export does (gpu -> cuda, or
   rocm on an AMD machine) and checked, duplicates dropped."""
-  platforms = tuple(
-    dict.fromkeys(test_time.canonical_platform(p) for p in text.split(',') if p.strip())
-  )
+  platforms = tuple(dict.fromkeys(tta.canonical_platform(p) for p in text.split(',') if p.strip()))
   bad = [p for p in platforms if p not in PLATFORMS]
   if not platforms or bad:
     raise ValueError(
@@ -53,12 +52,12 @@ def parse_platforms(text: str) -> tuple[str, ...]:
 
 def default_platforms() -> tuple[str, ...]:
   """This machine's platform, as jax.export names it (jax.default_backend() 'gpu' -> 'cuda')."""
-  return (test_time.machine_platform(),)
+  return (tta.machine_platform(),)
 
 
 def load_with(exported: jax_export.Exported) -> dict:
   """meta.json's `load_with`: the jax versions that load the export, by jax.export's
-  compatibility window, and the pip lines of a loader without cows_jax (test_time.check_jax
+  compatibility window, and the pip lines of a loader without cows_jax (tta.check_jax
   checks the window when the export is loaded).
 
   jax.export promises that an artifact loads with a jax up to 6 months newer than the one that
@@ -75,8 +74,8 @@ def load_with(exported: jax_export.Exported) -> dict:
     f'{convention} <= jax.export.maximum_supported_calling_convention_version): jax.export '
     'promises 6 months of backward compatibility; an older jax is refused (jax.export promises '
     '3 weeks of forward compatibility, which no version number expresses)',
-    'pip': test_time.PIP_CPU.format(jax=version),
-    'pip_cuda': test_time.PIP_CUDA.format(jax=version),
+    'pip': tta.PIP_CPU.format(jax=version),
+    'pip_cuda': tta.PIP_CUDA.format(jax=version),
   }
 
 
@@ -138,7 +137,7 @@ def export_segmenter(
     'versions': _versions(),
     'load_with': load_with(exported),
   }
-  driver = epath.Path(test_time.__file__).read_bytes()
+  driver = epath.Path(tta.__file__).read_bytes()
   run_dir.write_export(run_dir.ExportDir(out), exported.serialize(), meta, driver)
   return meta
 

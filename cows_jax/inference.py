@@ -3,13 +3,13 @@ mirrored, each scaled image cut into overlapping windows, softmax probabilities 
 
 The network part lives here: `window_probabilities` (softmax of a batch of windows, averaged
 with their mirror images when the mirror is per window). The procedure around it (scales,
-whole-image mirror, windows, stitching, resize back) is `test_time.predict` in numpy, which
+whole-image mirror, windows, stitching, resize back) is `tta.predict` in numpy, which
 exports ship, and `predict_on_device`, the same procedure with the stitching, the resize of
 the probabilities and the average on the device (the in-process predictor's; equal to
-test_time.predict within float32 rounding, tested). All windows of an image, at every scale,
+tta.predict within float32 rounding, tested). All windows of an image, at every scale,
 go to the device in one call (padded to a few batch sizes, so few compilations).
 `load_predictor` gives a run directory's trained segmenter as a function image ->
-probabilities, `load_export` an export as `test_time.Export`.
+probabilities, `load_export` an export as `tta.Export`.
 """
 
 import dataclasses
@@ -21,14 +21,14 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from cows_jax import checkpoints, crf, losses, maps, parallel, run_dir, test_time
+from cows_jax import checkpoints, crf, losses, maps, parallel, run_dir, tta
 from cows_jax.configs.defaults import SCHEMA
 from cows_jax.models import from_config, per_image
 
 
 @dataclasses.dataclass(frozen=True)
 class Settings:
-  """The test-time procedure of `inference` in the config (test_time.predict's arguments)."""
+  """The test-time procedure of `inference` in the config (tta.predict's arguments)."""
 
   scales: tuple = (1.0,)
   flip: bool = False
@@ -58,7 +58,7 @@ class Settings:
     return self.flip and not self.flip_whole_image
 
   def predict_kwargs(self) -> dict:
-    """test_time.predict's procedure arguments (an export's meta.json keeps them)."""
+    """tta.predict's procedure arguments (an export's meta.json keeps them)."""
     return {
       'scales': list(self.scales),
       'window': self.window,
@@ -120,7 +120,7 @@ def load_predictor(cfg, workdir: str, supervision: str = 'pseudo') -> Callable:
 
 
 def _bilinear_taps(in_size: int, out_size: int):
-  """test_time.resize_bilinear as (indices, weights) [out, 4] (two taps used)."""
+  """tta.resize_bilinear as (indices, weights) [out, 4] (two taps used)."""
   idx, w = np.zeros((out_size, 4), np.int64), np.zeros((out_size, 4))
   if in_size == out_size:
     idx[:, 0], w[:, 0] = np.arange(out_size), 1.0
@@ -143,7 +143,7 @@ def _resize_taps(interpolation, size, out, offset, mirror, bucket):
       idx, w = np.zeros((out[axis], 4), np.int64), np.zeros((out[axis], 4))
       idx[:, 1], w[:, 1] = np.arange(out[axis]), 1.0  # resize_cubic's identity.
     elif interpolation == 'cubic':
-      idx, w = test_time.cubic_taps(size[axis], out[axis])
+      idx, w = tta.cubic_taps(size[axis], out[axis])
     else:
       idx, w = _bilinear_taps(size[axis], out[axis])
     if axis == 1 and mirror:
@@ -166,7 +166,7 @@ def _combine(chunks, slots, layout):
   chunks: the probs_fn outputs [n, h, w, C]; per scale `slots` (window indices into its
   chunk, their (y, x) in the canvas, valid flags, then `_resize_taps`) and `layout` (chunk,
   canvas height, canvas width). Windows are added in order and divided by their count, as
-  test_time.stitch; the resize sums each output's taps in order, rows then columns."""
+  tta.stitch; the resize sums each output's taps in order, rows then columns."""
   total = 0.0
   for (chunk, height, width), (idx, ys, xs, valid, r_idx, r_w, c_idx, c_w) in zip(layout, slots):
     probs = chunks[chunk]
@@ -203,29 +203,29 @@ def predict_on_device(
   pad: str = 'bottom_right',
   interpolation: str = 'cubic',
 ) -> np.ndarray:
-  """test_time.predict's procedure and arguments (the scaled images and windows are made on
+  """tta.predict's procedure and arguments (the scaled images and windows are made on
   the host by the same code), with the stitching, the resize of the probabilities back to the
   image, the un-mirroring and the average in one device call and one transfer. Shapes are
   padded (canvases and the output to multiples of 32, windows per scale to a power of two), so
   images of nearby sizes share a compilation when windows are used."""
-  if interpolation not in test_time.INTERPOLATIONS:
-    raise ValueError(f'interpolation={interpolation!r}: expected one of {test_time.INTERPOLATIONS}')
+  if interpolation not in tta.INTERPOLATIONS:
+    raise ValueError(f'interpolation={interpolation!r}: expected one of {tta.INTERPOLATIONS}')
   cubic = interpolation == 'cubic'
   h, w = image.shape[:2]
   sizes = [(max(1, round(h * s)), max(1, round(w * s))) for s in scales]
   mirrors = [m for m in ((False, True) if flip_image else (False,)) for _ in sizes]
-  resize = test_time.resize_cubic if cubic else test_time.resize_image
+  resize = tta.resize_cubic if cubic else tta.resize_image
   scaled = [
-    test_time.normalize(resize(image[:, ::-1] if m else image, size), mean, std)
+    tta.normalize(resize(image[:, ::-1] if m else image, size), mean, std)
     for m, size in zip(mirrors, sizes * len(mirrors))
   ]
   bucket = (maps.size_bucket(h), maps.size_bucket(w))
   layout, slots = [], []
   if window:
-    tiles = [test_time.tile(x, window, stride, pad) for x in scaled]
+    tiles = [tta.tile(x, window, stride, pad) for x in scaled]
     crops = np.concatenate([t[0] for t in tiles])
     n = len(crops)
-    chunks = (probs_fn(np.concatenate([crops, np.repeat(crops[:1], test_time.bucket(n) - n, 0)])),)
+    chunks = (probs_fn(np.concatenate([crops, np.repeat(crops[:1], tta.bucket(n) - n, 0)])),)
     start = 0
     for (_, boxes, shape, offset), x, mirror in zip(tiles, scaled, mirrors):
       k = _window_bucket(len(boxes))
@@ -248,14 +248,14 @@ def predict_on_device(
   return np.asarray(_combine(chunks, tuple(slots), layout=tuple(layout)))[:h, :w]
 
 
-def load_export(export_dir: str) -> tuple[test_time.Export, dict]:
-  """An export (`cows-jax export`) as `test_time.Export` (the Python API exports ship: a
+def load_export(export_dir: str) -> tuple[tta.Export, dict]:
+  """An export (`cows-jax export`) as `tta.Export` (the Python API exports ship: a
   predictor of one image or of a list, same-size images in one call of the network), and its
   metadata. An export of a newer format, a changed model.jax, one lowered for another platform
   (platform names as jax.export canonicalizes them: 'gpu' is 'cuda'), or one this jax cannot
   load is a one-line error naming the fix."""
   data, meta = run_dir.read_export(run_dir.ExportDir(export_dir))
-  return test_time.from_bytes(data, meta, str(export_dir)), meta
+  return tta.from_bytes(data, meta, str(export_dir)), meta
 
 
 def label_maps(image: np.ndarray, probabilities: Callable, crf_params=None):

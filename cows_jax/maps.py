@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cows_jax import test_time, views
+from cows_jax import tta, views
 
 
 def aggregate(maps: jax.Array, gate: float) -> jax.Array:
@@ -73,7 +73,7 @@ def size_bucket(n: int, step: int = 32) -> int:
 
 
 def resize_taps(small: tuple[int, int], sizes, bucket: tuple[int, int]):
-  """`test_time.cubic_taps` from a map of size `small` to each image's (H, W), padded with zero
+  """`tta.cubic_taps` from a map of size `small` to each image's (H, W), padded with zero
   weights past H and W up to the bucket: row indices and weights [B, Hb, 4], columns
   [B, Wb, 4]."""
   taps = []
@@ -81,10 +81,10 @@ def resize_taps(small: tuple[int, int], sizes, bucket: tuple[int, int]):
     idx = np.zeros((len(sizes), bucket[axis], 4), np.int32)
     w = np.zeros((len(sizes), bucket[axis], 4), np.float32)
     for i, size in enumerate(sizes):
-      if size[axis] == small[axis]:  # the identity, as test_time.resize_cubic.
+      if size[axis] == small[axis]:  # the identity, as tta.resize_cubic.
         idx[i, : size[axis], 1], w[i, : size[axis], 1] = np.arange(size[axis]), 1.0
       else:
-        idx[i, : size[axis]], w[i, : size[axis]] = test_time.cubic_taps(small[axis], size[axis])
+        idx[i, : size[axis]], w[i, : size[axis]] = tta.cubic_taps(small[axis], size[axis])
     taps += [idx, w]
   return taps
 

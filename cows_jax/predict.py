@@ -122,7 +122,7 @@ def write_files(
   {'written': n, 'skipped': [paths]}.
 
   `probabilities`: a list of uint8 images -> their probabilities [H, W, C] (an export's
-  `test_time.Export`, which runs images of one size in one call of the network). The files
+  `tta.Export`, which runs images of one size in one call of the network). The files
   are grouped by image size (read from their headers), `batch` images of one size a call."""
   if crf_params is not None:
     crf.check_available()

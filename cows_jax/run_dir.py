@@ -298,7 +298,8 @@ EXPORT_FORMAT_VERSION = 1
 
 
 class ExportDir:
-  """The layout of an export: model.jax (Exported.serialize()), meta.json, test_time.py."""
+  """The layout of an export: model.jax (Exported.serialize()), meta.json, test_time.py (cows_jax/tta.py,
+  under the name exports have always shipped it)."""
 
   def __init__(self, directory: str | os.PathLike):
     self.root = path(directory)

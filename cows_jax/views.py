@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cows_jax import test_time
+from cows_jax import tta
 
 
 def make_view(images, view):
@@ -28,8 +28,8 @@ def map_back(maps, view, size: tuple[int, int]):
   if view == 'flip':
     return maps[:, :, ::-1]
   _, h, w, _ = maps.shape
-  rows = test_time.cubic_matrix(h, size[0]).astype(np.float32)
-  cols = test_time.cubic_matrix(w, size[1]).astype(np.float32)
+  rows = tta.cubic_matrix(h, size[0]).astype(np.float32)
+  cols = tta.cubic_matrix(w, size[1]).astype(np.float32)
   return jnp.einsum('oh,bhwc,pw->bopc', rows, maps, cols, precision='highest')
 
 

@@ -98,7 +98,7 @@ def test_torch_segmenter_reference_equals_the_jax_segmenter(stride_in_1x1):
 def test_inference_bench_times_the_test_time_procedure(capsys, tmp_path):
   args = '--image 40x30 --images 1 --window 24 --scales 0.75,1 --dtype bfloat16'
   out, report = _run(capsys, tmp_path, f'inference {args} {TINY_SEGMENTER}')
-  _check_rows(out, report, ['jax, test_time.predict'], 'image')
+  _check_rows(out, report, ['jax, tta.predict'], 'image')
   assert 'window 24' in out and report['rows'][0]['dtype'] == 'bfloat16'
 
 

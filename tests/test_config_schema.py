@@ -12,7 +12,7 @@ import sys
 import ml_collections
 import pytest
 
-from cows_jax import config, inference, test_time, validation
+from cows_jax import config, inference, tta, validation
 from cows_jax.configs import schema
 from cows_jax.configs.defaults import FIELDS, SCHEMA, paper_defaults
 from cows_jax.data import mixing, sources, synthetic, voc
@@ -66,8 +66,8 @@ def test_choices_are_the_ones_the_code_implements():
     'segment.head': deeplab.HEADS,
     'segment.head_init': tuple(deeplab.HEAD_INITS),
     'segment.dtype': ('float32', 'bfloat16', 'float16'),
-    'inference.pad': test_time.PADDINGS,
-    'inference.interpolation': test_time.INTERPOLATIONS,
+    'inference.pad': tta.PADDINGS,
+    'inference.interpolation': tta.INTERPOLATIONS,
   }
 
 

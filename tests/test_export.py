@@ -24,7 +24,7 @@ from cows_jax import (
   localize,
   predict,
   run_dir,
-  test_time,
+  tta,
   views,
 )
 from cows_jax.data import sources, transforms
@@ -82,10 +82,10 @@ def test_export_errors_name_the_problem(exported, tmp_path):
 
 
 def test_the_exports_own_loader_names_bad_input(exported, tmp_path):
-  """test_time.load (the API shipped in the export) reads what cows_jax reads, and bad files or
+  """tta.load (the API shipped in the export) reads what cows_jax reads, and bad files or
   arguments are one-line errors naming them."""
   _, _, out, _ = exported
-  segmenter = test_time.load(out)
+  segmenter = tta.load(out)
   image = np.zeros((20, 30, 3), np.uint8)
   assert segmenter.labels(image).shape == (20, 30)
   with pytest.raises(ValueError, match=r'label \[20, 29\] and image \[20, 30\] differ in size'):
@@ -95,11 +95,11 @@ def test_the_exports_own_loader_names_bad_input(exported, tmp_path):
   ):
     segmenter.labels([image[..., 0]])
   with pytest.raises(FileNotFoundError, match='meta.json is missing: .* is not a complete export'):
-    test_time.load(str(tmp_path))
+    tta.load(str(tmp_path))
   (tmp_path / 'meta.json').write_text('{"classes": [')
   (tmp_path / 'model.jax').write_bytes(b'')
   with pytest.raises(ValueError, match='meta.json is not JSON'):
-    test_time.load(str(tmp_path))
+    tta.load(str(tmp_path))
 
 
 def test_an_export_for_cpu_and_cuda_predicts_where_the_backend_says_gpu(
@@ -121,7 +121,7 @@ def test_an_export_for_cpu_and_cuda_predicts_where_the_backend_says_gpu(
   image = sources.load(cfg)['val'][0]['image']
 
   monkeypatch.setattr(jax, 'default_backend', lambda: 'gpu')
-  assert test_time.machine_platform() == 'cuda' and export.default_platforms() == ('cuda',)
+  assert tta.machine_platform() == 'cuda' and export.default_platforms() == ('cuda',)
   segmenter, _ = inference.load_export(both)
   np.testing.assert_allclose(segmenter(image), cpu_only(image), atol=1e-5)
   Image.fromarray(image).save(tmp_path / 'x.png')

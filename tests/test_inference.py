@@ -6,7 +6,7 @@ import jax
 import numpy as np
 import pytest
 
-from cows_jax import inference, losses, test_time
+from cows_jax import inference, losses, tta
 from cows_jax.configs.defaults import paper_defaults
 from cows_jax.data import transforms
 from cows_jax.models.deeplab import DeepLab
@@ -37,12 +37,12 @@ def test_one_scale_no_flip_equals_single_scale(tiny_model):
   model, variables = tiny_model
   image = _image(40, 56)
   probs_fn = functools.partial(inference.window_probabilities(model, False, True), variables)
-  got = test_time.predict(image, probs_fn, (1.0,), 0, 2 / 3, MEAN, STD)
+  got = tta.predict(image, probs_fn, (1.0,), 0, 2 / 3, MEAN, STD)
   want = jax.jit(functools.partial(_whole, model))(
     variables, transforms.normalize(image, MEAN, STD)
   )
   np.testing.assert_allclose(got, want, atol=1e-6)
-  twice = test_time.predict(image, probs_fn, (1.0, 1.0), 0, 2 / 3, MEAN, STD)
+  twice = tta.predict(image, probs_fn, (1.0, 1.0), 0, 2 / 3, MEAN, STD)
   np.testing.assert_allclose(twice, want, atol=1e-6)
 
 
@@ -53,10 +53,10 @@ def test_window_covering_the_image_equals_whole_padded_image(tiny_model):
   image = _image(40, 56)
   probs_fn = functools.partial(inference.window_probabilities(model, False, True), variables)
   x = transforms.normalize(image, MEAN, STD)
-  got = test_time.predict(image, probs_fn, (1.0,), 64, 2 / 3, MEAN, STD)
+  got = tta.predict(image, probs_fn, (1.0,), 64, 2 / 3, MEAN, STD)
   want = np.asarray(probs_fn(np.pad(x, ((0, 24), (0, 8), (0, 0)))[None]))[0, :40, :56]
   np.testing.assert_allclose(got, want, atol=1e-6)
-  got = test_time.predict(image, probs_fn, (1.0,), 64, 2 / 3, MEAN, STD, pad='centre')
+  got = tta.predict(image, probs_fn, (1.0,), 64, 2 / 3, MEAN, STD, pad='centre')
   want = np.asarray(probs_fn(np.pad(x, ((12, 12), (4, 4), (0, 0)))[None]))[0, 12:52, 4:60]
   np.testing.assert_allclose(got, want, atol=1e-6)
 
@@ -92,7 +92,7 @@ def test_reference_test_time_procedure(tiny_model):
       p = cv2.resize(p, (70, 50), interpolation=cv2.INTER_CUBIC)
       total = total + (p[:, ::-1] if mirrored else p)
   want = total / (2 * len(scales))
-  got = test_time.predict(
+  got = tta.predict(
     image, net, scales, win, 2 / 3, MEAN, STD, flip_image=True, interpolation='cubic'
   )
   # cv2's resized uint8 image can differ from ours by one level at a few pixels (see
@@ -108,10 +108,10 @@ def test_overlapping_windows_stitch_back_exactly():
   pixelwise = lambda x: np.asarray(jax.nn.softmax(x @ w, -1))
   for h in (40, 10):
     image = transforms.normalize(_image(h, 56), MEAN, STD)
-    crops, boxes, shape, pad = test_time.tile(image, 16, 2 / 3)
+    crops, boxes, shape, pad = tta.tile(image, 16, 2 / 3)
     assert len(boxes) == (4 if h == 40 else 1) * 5
     np.testing.assert_allclose(
-      test_time.stitch(pixelwise(crops), boxes, shape, pad, (h, 56)), pixelwise(image), atol=1e-6
+      tta.stitch(pixelwise(crops), boxes, shape, pad, (h, 56)), pixelwise(image), atol=1e-6
     )
 
 
@@ -145,12 +145,12 @@ def test_resize_and_settings():
   x = np.random.default_rng(0).normal(size=(6, 9, 2)).astype(np.float32)
   for size in ((12, 18), (4, 5), (6, 9), (13, 7)):
     want = jax.image.resize(x, (*size, 2), 'linear', antialias=False)
-    np.testing.assert_allclose(test_time.resize_bilinear(x, size), want, atol=1e-5)
-  assert [test_time.bucket(n) for n in (1, 3, 8, 9, 17)] == [1, 4, 8, 16, 24]
-  assert test_time.window_starts(401, 401, 267) == [0]
-  assert test_time.window_starts(750, 401, 267) == [0, 267, 349]
+    np.testing.assert_allclose(tta.resize_bilinear(x, size), want, atol=1e-5)
+  assert [tta.bucket(n) for n in (1, 3, 8, 9, 17)] == [1, 4, 8, 16, 24]
+  assert tta.window_starts(401, 401, 267) == [0]
+  assert tta.window_starts(750, 401, 267) == [0, 267, 349]
   # The reference's step: int(401 * 2 / 3) = 267.
-  _, boxes, _, _ = test_time.tile(np.zeros((401, 700, 3), np.float32), 401, 2 / 3)
+  _, boxes, _, _ = tta.tile(np.zeros((401, 700, 3), np.float32), 401, 2 / 3)
   assert [x for _, x in boxes] == [0, 267, 299]
   cfg = paper_defaults()
   assert inference.Settings.from_config(cfg) == inference.Settings(
@@ -173,13 +173,13 @@ def test_resize_and_settings():
 )
 def test_device_procedure_equals_the_numpy_one(tiny_model, kwargs):
   """inference.predict_on_device (stitching, resize back, mirror and mean on the device: the
-  in-process predictor) equals test_time.predict (numpy: what exports run) within 1e-5."""
+  in-process predictor) equals tta.predict (numpy: what exports run) within 1e-5."""
   model, variables = tiny_model
   probs_fn = jax.jit(
     functools.partial(inference.window_probabilities(model, False, True), variables)
   )
   for image in (_image(50, 70), _image(37, 29, seed=2)):
-    want = test_time.predict(image, probs_fn, mean=MEAN, std=STD, **kwargs)
+    want = tta.predict(image, probs_fn, mean=MEAN, std=STD, **kwargs)
     got = inference.predict_on_device(image, probs_fn, mean=MEAN, std=STD, **kwargs)
     assert got.shape == want.shape == (*image.shape[:2], 3)
     np.testing.assert_allclose(got, want, atol=1e-5)
@@ -200,9 +200,9 @@ def test_device_procedure_compiles_once_for_nearby_sizes(tiny_model):
 
 
 def test_bench_test_time_smoke(capsys):
-  from cows_jax.bench import test_time as bench_test_time
+  from cows_jax.bench import tta as bench_tta
 
   args = ['--stages', '1,1,1,1', '--width', '0.0625', '--image', '40x30', '--window', '24']
-  bench_test_time.main(args + ['--scales', '1.0', '--images', '1', '--classes', '2'])
+  bench_tta.main(args + ['--scales', '1.0', '--images', '1', '--classes', '2'])
   out = capsys.readouterr().out
   assert 'host / device' in out and '"bench": "test-time"' in out

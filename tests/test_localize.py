@@ -181,11 +181,11 @@ def test_kept_and_per_batch_related_features_give_the_same_maps(
 
 def _numpy_to_image_size(small, size, quantize):
   """The host procedure localize used before the device one: numpy, float64."""
-  from cows_jax import test_time
+  from cows_jax import tta
 
   x = np.moveaxis(np.asarray(small, np.float32), 0, -1)
   x = np.clip(x, 0, 255).astype(np.uint8) if quantize else x
-  return np.moveaxis(test_time.resize_cubic(x, size), -1, 0).astype(np.float32)
+  return np.moveaxis(tta.resize_cubic(x, size), -1, 0).astype(np.float32)
 
 
 def test_batched_resize_to_image_sizes_equals_the_host_resize():

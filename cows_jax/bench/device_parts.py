@@ -130,7 +130,7 @@ def _outside_ranges() -> list[str]:
 def devices(payload: dict) -> dict:
   import jax
 
-  from cows_jax import test_time
+  from cows_jax import tta
   from cows_jax.bench import common
 
   devices = jax.devices()
@@ -144,7 +144,7 @@ def devices(payload: dict) -> dict:
   names = ('jax', 'jaxlib', 'flax', 'optax', 'orbax-checkpoint', 'numpy', 'cows_jax')
   return {
     'backend': backend,
-    'export_platform': test_time.machine_platform(),
+    'export_platform': tta.machine_platform(),
     'dtype': 'float32' if backend == 'cpu' else 'bfloat16',
     'device_kind': kind,
     'count': len(devices),
@@ -220,11 +220,11 @@ def input_pipeline(payload: dict) -> dict:
 
 
 def export(payload: dict) -> dict:
-  from cows_jax import test_time
+  from cows_jax import tta
   from cows_jax.bench import export as bench
 
   args = _bench_args(bench, 'export', payload)
-  platform_ = test_time.machine_platform()
+  platform_ = tta.machine_platform()
   settings = {k: v for k, v in _settings(args).items() if k != 'platforms'}
   return {'platform': platform_, **bench.export_one(args, platform_), 'settings': settings}
 

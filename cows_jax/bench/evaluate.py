@@ -22,7 +22,7 @@ import jax
 import numpy as np
 
 from cows_jax import crf, host_pool, inference, predict, run_dir
-from cows_jax.bench import common, test_time
+from cows_jax.bench import common, tta
 from cows_jax.configs.defaults import paper_defaults
 from cows_jax.models import from_config, random_init
 
@@ -142,7 +142,7 @@ def run(args) -> dict:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-  test_time.add_arguments(parser)  # the segmenter, its test time, --image, --images.
+  tta.add_arguments(parser)  # the segmenter, its test time, --image, --images.
   parser.set_defaults(images=8)
   parser.add_argument(
     '--workers', type=int, default=0, help='host_workers of the overlapped rows (0: every core)'

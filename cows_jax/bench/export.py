@@ -8,7 +8,7 @@ import jax
 import numpy as np
 from jax import export as jax_export
 
-from cows_jax import export, test_time
+from cows_jax import export, tta
 from cows_jax.bench import common
 from cows_jax.configs.defaults import paper_defaults
 from cows_jax.models import from_config, random_init
@@ -30,7 +30,7 @@ def export_one(args, platform: str) -> dict:
   start = time.perf_counter()
   loaded = jax_export.deserialize(bytearray(data))
   out = {'mib': len(data) / 2**20, 'export_s': export_s, 'load_s': time.perf_counter() - start}
-  if platform == test_time.machine_platform():  # jax.default_backend() 'gpu' is 'cuda'.
+  if platform == tta.machine_platform():  # jax.default_backend() 'gpu' is 'cuda'.
     x = np.zeros((1, args.size, args.size, 3), np.float32)
     start = time.perf_counter()
     jax.block_until_ready(loaded.call(x))

@@ -1,5 +1,5 @@
 """`cows-jax bench inference`: images/s of the segmenter's test-time procedure
-(test_time.predict around inference.window_probabilities, as inference.load_predictor runs it)
+(tta.predict around inference.window_probabilities, as inference.load_predictor runs it)
 on random VOC-sized images."""
 
 import time
@@ -7,7 +7,7 @@ import time
 import jax
 import numpy as np
 
-from cows_jax import inference, test_time
+from cows_jax import inference, tta
 from cows_jax.bench import common
 from cows_jax.models import random_init
 
@@ -19,7 +19,7 @@ def inference_config(args):
 
 
 def measure(args) -> dict:
-  """The segmenter's test-time procedure (test_time.predict around
+  """The segmenter's test-time procedure (tta.predict around
   inference.window_probabilities, as inference.load_predictor runs it) on random VOC-sized
   images: scales, mirror, windows, softmax averaged, resized back."""
   cfg = inference_config(args)
@@ -38,7 +38,7 @@ def measure(args) -> dict:
   images = np.random.default_rng(0).integers(0, 256, (args.images + 1, h, w, 3), np.uint8)
 
   def predict(image):
-    return test_time.predict(
+    return tta.predict(
       image,
       lambda x: counted(variables, x),
       mean=cfg.segment.mean,
@@ -66,7 +66,7 @@ def measure(args) -> dict:
 def run(args) -> None:
   cfg = inference_config(args)
   i = cfg.inference
-  rows = [('jax, test_time.predict', common.isolated(measure, args))]
+  rows = [('jax, tta.predict', common.isolated(measure, args))]
   title = (
     f'bench inference: {args.backbone}-{args.head} (stages {args.stages}), width '
     f'{args.width}, {args.classes + 1} classes, {args.dtype}; images of {args.image} (w x h), '

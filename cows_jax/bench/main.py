@@ -25,8 +25,8 @@ from cows_jax.bench import (
   localize,
   localize_memory,
   segment_step,
-  test_time,
   train_step,
+  tta,
 )
 
 # Each command's module: its `run(args)` measures and prints.
@@ -40,7 +40,7 @@ BENCHES = {
   'localize-memory': localize_memory,
   'export': export,
   'conv': conv,
-  'test-time': test_time,
+  'test-time': tta,
   'evaluate': evaluate,
 }
 

@@ -7,7 +7,7 @@ shift in [-h, h] turns), the four adjustments applied in a random order.
 import numpy as np
 from PIL import Image
 
-from cows_jax.test_time import normalize, resize_image  # noqa: F401  (shared with exports)
+from cows_jax.tta import normalize, resize_image  # noqa: F401  (shared with exports)
 
 
 def resize_label(label: np.ndarray, size: tuple[int, int]) -> np.ndarray:

@@ -1,5 +1,5 @@
 """`cows-jax bench test-time`: the segmenter's test-time procedure with the stitching, the
-resize back and the average in numpy on the host (test_time.predict, what exports run)
+resize back and the average in numpy on the host (tta.predict, what exports run)
 against the same on the device (inference.predict_on_device, the in-process predictor), in
 one process, image by image back to back on the same network and random VOC-sized images.
 """
@@ -12,7 +12,7 @@ import time
 import jax
 import numpy as np
 
-from cows_jax import inference, test_time
+from cows_jax import inference, tta
 from cows_jax.bench import common
 from cows_jax.configs.defaults import paper_defaults
 from cows_jax.models import from_config, random_init
@@ -40,7 +40,7 @@ def run(args) -> dict:
   w, h = (int(x) for x in args.image.lower().split('x'))
   images = np.random.default_rng(0).integers(0, 256, (args.images + 1, h, w, 3), np.uint8)
   procedures = {
-    'host (test_time.predict)': test_time.predict,
+    'host (tta.predict)': tta.predict,
     'device (inference.predict_on_device)': inference.predict_on_device,
   }
   kwargs = dict(mean=cfg.segment.mean, std=cfg.segment.std, **settings.predict_kwargs())

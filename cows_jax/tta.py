@@ -10,8 +10,9 @@ back with the same cubic. The options name today's alternatives (centred padding
 resizes, a mirror per window inside `probs_fn`).
 
 This module imports nothing of cows_jax or flax, and jax only inside `load` and `Export`:
-`cows-jax export` copies it next to the exported network as the export's Python API, so an
-export runs with jax, flatbuffers, numpy and PIL alone (docs/export.md):
+`cows-jax export` copies it next to the exported network as the export's Python API, under
+the name exports have always shipped it, test_time.py, so an export runs with jax,
+flatbuffers, numpy and PIL alone (docs/export.md):
 
     sys.path.insert(0, 'runs/voc12/export')
     import test_time
