@@ -3,29 +3,35 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+from tolerances import FLOAT64
 
 from cows_jax import losses
 from cows_jax.models.coattention import CoAttentionNet, co_attend
 
 
 def test_co_attend_matches_explicit_softmax_per_row():
+  # In float64 (co_attend keeps float64 inputs in float64), against numpy in float64: both
+  # sides differ by float64 rounding only, so tolerances.FLOAT64 of the magnitude.
   rng = np.random.default_rng(0)
-  f_m = rng.normal(size=(2, 6, 4)).astype(np.float32)
-  f_n = rng.normal(size=(2, 9, 4)).astype(np.float32)
-  w = rng.normal(size=(4, 4)).astype(np.float32)
-  co_m, co_n = co_attend(f_m, f_n, w)
+  f_m = rng.normal(size=(2, 6, 4))
+  f_n = rng.normal(size=(2, 9, 4))
+  w = rng.normal(size=(4, 4))
+  with jax.enable_x64(True):
+    co_m, co_n = (np.asarray(x) for x in co_attend(f_m, f_n, w))
+  assert co_m.dtype == co_n.dtype == np.float64
   assert co_m.shape == (2, 6, 4) and co_n.shape == (2, 9, 4)
   for b in range(2):
     p = f_m[b] @ w @ f_n[b].T  # [6, 9]
     # Each m position: a convex combination of n's features, weights sum to 1 over n.
     a_m = np.exp(p - p.max(1, keepdims=True))
     a_m /= a_m.sum(1, keepdims=True)
-    np.testing.assert_allclose(a_m.sum(1), 1.0, rtol=1e-6)
-    np.testing.assert_allclose(co_m[b], a_m @ f_n[b], rtol=1e-4, atol=1e-5)
+    want = a_m @ f_n[b]
+    np.testing.assert_allclose(co_m[b], want, rtol=0, atol=FLOAT64 * np.abs(want).max())
     # Each n position: weights over m's positions (softmax over the m axis of P).
     a_n = np.exp(p - p.max(0, keepdims=True))
     a_n /= a_n.sum(0, keepdims=True)
-    np.testing.assert_allclose(co_n[b], a_n.T @ f_m[b], rtol=1e-4, atol=1e-5)
+    want = a_n.T @ f_m[b]
+    np.testing.assert_allclose(co_n[b], want, rtol=0, atol=FLOAT64 * np.abs(want).max())
 
 
 def test_co_attention_is_not_symmetric_in_softmax_axis():
