@@ -3,8 +3,10 @@
 import functools
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
+from tolerances import EPS32, FLOAT64
 
 from cows_jax import inference, losses, tta
 from cows_jax.configs.defaults import paper_defaults
@@ -104,26 +106,44 @@ def test_reference_test_time_procedure(tiny_model):
 def test_overlapping_windows_stitch_back_exactly():
   """A per-pixel model gives the same probabilities whatever the windows: 16 px windows with
   overlaps over 40x56 (and 10x56: padded rows) equal one whole-image pass."""
-  w = np.random.default_rng(0).normal(size=(3, 4)).astype(np.float32)
-  pixelwise = lambda x: np.asarray(jax.nn.softmax(x @ w, -1))
+  w = np.random.default_rng(0).normal(size=(3, 4))
+  # The model in float64 (numpy), so crops and the whole image give the same probabilities
+  # whatever order BLAS sums in; stitch averages up to 4 windows in float32: a few roundings
+  # of values up to 1, at most 8 eps32.
+  pixelwise = lambda x: np.asarray(jax.nn.softmax(x.astype(np.float64) @ w, -1))
   for h in (40, 10):
     image = transforms.normalize(_image(h, 56), MEAN, STD)
     crops, boxes, shape, pad = tta.tile(image, 16, 2 / 3)
     assert len(boxes) == (4 if h == 40 else 1) * 5
     np.testing.assert_allclose(
-      tta.stitch(pixelwise(crops), boxes, shape, pad, (h, 56)), pixelwise(image), atol=1e-6
+      tta.stitch(pixelwise(crops), boxes, shape, pad, (h, 56)), pixelwise(image), atol=8 * EPS32
     )
 
 
+def _float64(model, variables, x):
+  """The model, its variables and the windows in float64 (call under jax.enable_x64), and
+  the bound on two probabilities of it from sums in other orders: the softmax moves a
+  probability by at most half the largest change of a logit, and the logits of float64 runs
+  agree to FLOAT64 of their magnitude (this random network's reach 1e5: in float32, rounding
+  alone moves a probability near a tie by up to 1)."""
+  model = model.clone(dtype=jnp.float64)
+  variables = jax.tree.map(lambda v: jnp.asarray(v, jnp.float64), variables)
+  x = jnp.asarray(x, jnp.float64)
+  return model, variables, x, FLOAT64 * float(jnp.abs(model.apply(variables, x)).max())
+
+
 def test_flip_averages_the_mirrored_prediction(tiny_model):
-  model, variables = tiny_model
-  x = transforms.normalize(_image(32, 32)[None], MEAN, STD)
-  plain = np.asarray(inference.window_probabilities(model, False, True)(variables, x))
-  mirrored = np.asarray(
-    inference.window_probabilities(model, False, True)(variables, x[:, :, ::-1])
-  )
-  both = inference.window_probabilities(model, True, True)(variables, x)
-  np.testing.assert_allclose(both, (plain + mirrored[:, :, ::-1]) / 2, atol=1e-5)
+  with jax.enable_x64(True):
+    model, variables, x, atol = _float64(
+      *tiny_model, transforms.normalize(_image(32, 32)[None], MEAN, STD)
+    )
+    plain = np.asarray(inference.window_probabilities(model, False, True)(variables, x))
+    mirrored = np.asarray(
+      inference.window_probabilities(model, False, True)(variables, x[:, :, ::-1])
+    )
+    both = inference.window_probabilities(model, True, True)(variables, x)
+  assert both.dtype == jnp.float64
+  np.testing.assert_allclose(both, (plain + mirrored[:, :, ::-1]) / 2, atol=atol, rtol=0)
 
 
 def test_one_window_at_a_time_equals_the_batch(tiny_model, monkeypatch):
@@ -132,13 +152,14 @@ def test_one_window_at_a_time_equals_the_batch(tiny_model, monkeypatch):
   from cows_jax.models import per_image
 
   monkeypatch.setattr(per_image, 'MIN_PIXELS', 1)
-  model, variables = tiny_model
   x = transforms.normalize(np.stack([_image(32, 40, seed) for seed in (1, 2, 3)]), MEAN, STD)
-  scanned = inference.window_probabilities(model, True, True)(variables, x)
-  batched = inference.window_probabilities(model, True, True, one_at_a_time=False)(variables, x)
-  # This random network's logits reach 1e5 and agree to about 1e-6 of that (float rounding
-  # of convolutions at batch 1 and 6); the softmax turns it into up to ~3e-4.
-  np.testing.assert_allclose(scanned, batched, atol=1e-3)
+  # Convolutions at batch 1 and 6 sum in other orders: in float64 (see _float64).
+  with jax.enable_x64(True):
+    model, variables, x, atol = _float64(*tiny_model, x)
+    scanned = inference.window_probabilities(model, True, True)(variables, x)
+    batched = inference.window_probabilities(model, True, True, one_at_a_time=False)(variables, x)
+  assert scanned.dtype == jnp.float64
+  np.testing.assert_allclose(scanned, batched, atol=atol, rtol=0)
 
 
 def test_resize_and_settings():
