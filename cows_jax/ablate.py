@@ -124,7 +124,8 @@ def run(cfg, workdir: str, stages: Mapping[str, Callable]) -> list[dict]:
     stages['label'](vcfg, variant_dir)
     run = run_dir.RunDir(variant_dir)
     ids = run_dir.read_json(run.labels_index(), 'label')['ids']
-    report, _ = map_metrics.localization_report(vcfg, sources.load(vcfg)['train'], ids, run)
+    train = sources.load(vcfg)['train']
+    report, _ = map_metrics.localization_report(vcfg, train, ids, run)
     rows.append(
       {
         'variant': variant.name,
@@ -132,6 +133,7 @@ def run(cfg, workdir: str, stages: Mapping[str, Callable]) -> list[dict]:
         'training': variant.training,
         'inference': vcfg.localize.method,
         **report,
+        **_recalls(vcfg, train, ids, run, report['cam_bg_threshold']),
       }
     )
   out = run_dir.RunDir(workdir).reports()
@@ -143,14 +145,28 @@ def run(cfg, workdir: str, stages: Mapping[str, Callable]) -> list[dict]:
   return rows
 
 
+def _recalls(cfg, train, ids, run: run_dir.RunDir, threshold: float) -> dict:
+  """{'part_recall', 'body_recall'} (%) of the maps at the variant's best CAM threshold, when
+  the dataset has part masks (the parts world); else nothing."""
+  if not len(train) or 'part_mask' not in train[0]:
+    return {}
+  by_threshold = map_metrics.evaluate_part_recall(cfg, train, ids, run)
+  at = min(by_threshold, key=lambda e: abs(e['threshold'] - threshold))
+  return {'part_recall': 100 * at['part_recall'], 'body_recall': 100 * at['body_recall']}
+
+
 def markdown_table(rows: list[dict]) -> str:
-  lines = [
-    '| variant | CAM mIoU % (train) | pseudo-label mIoU % (train) | bg threshold |',
-    '|---|---:|---:|---:|',
-  ]
+  recalls = any('part_recall' in r for r in rows)
+  head = '| variant | CAM mIoU % (train) | pseudo-label mIoU % (train) | bg threshold |'
+  rule = '|---|---:|---:|---:|'
+  if recalls:
+    head += ' part recall % | body recall % |'
+    rule += '---:|---:|'
+  lines = [head, rule]
   lines += [
     f'| {r["variant"]} | {r["cam_miou"]:.1f} | {r["pseudo_label_miou"]:.1f} | '
     f'{r["cam_bg_threshold"]:.2f}{" (edge)" if r.get("cam_bg_threshold_at_edge") else ""} |'
+    + (f' {r["part_recall"]:.1f} | {r["body_recall"]:.1f} |' if recalls else '')
     for r in rows
   ]
   edge = any(r.get('cam_bg_threshold_at_edge') for r in rows)

@@ -84,3 +84,20 @@ def test_markdown_table_rows():
   table = ablate.markdown_table(rows)
   assert table.splitlines()[2] == '| a | 12.3 | 20.0 | 0.30 (edge) |'
   assert 'may be higher' in table
+
+
+def test_ablate_on_the_parts_world_reports_every_variant_with_its_recalls(tmp_path):
+  """synthetic:parts,tiny through `ablate` with the real stages: every variant and control has
+  a row, and each row its part and body recall (the dataset has part masks)."""
+  from cows_jax import run_dir, stages
+
+  c = config.load('synthetic:parts,tiny')
+  c.data.data_dir = str(tmp_path / 'data')
+  c.classify.epochs, c.classify.lr_decay_epochs, c.localize.after_epochs = 1, (), 1
+  rows = ablate.run(config.finalize(c), str(tmp_path / 'ablate'), stages.STAGES)
+  assert [r['slug'] for r in rows] == [v.slug for v in ablate.VARIANTS]
+  for r in rows:
+    assert 0 <= r['part_recall'] <= 100 and 0 <= r['body_recall'] <= 100, r
+  table = (run_dir.RunDir(str(tmp_path / 'ablate')).reports() / 'ablation.md').read_text()
+  assert '| part recall % | body recall % |' in table.splitlines()[0]
+  assert len(table.splitlines()) >= 2 + len(rows)
