@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax import export as jax_export
+from tolerances import FLOAT64
 
 from cows_jax.bench import conv as bench_conv
 from cows_jax.configs.defaults import paper_defaults
@@ -44,6 +45,9 @@ def _arrays(x_shape, w_shape, strides, padding, dilation, seed=0, dtype=jnp.floa
 
 
 def _close(a, b, rtol=1e-5):
+  """Agreement to rtol of b's largest magnitude. Float32 gradients here sum up to ~300
+  terms (2 x 13 x 11 pixels for a kernel gradient, 7 x 7 x 6 taps for an input gradient) in
+  other orders: about eps32 * sqrt(300) = 2e-6, so 1e-5 (bfloat16 inputs: 2e-2, eps16 4e-3)."""
   scale = float(jnp.max(jnp.abs(b)))
   np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=rtol, atol=rtol * scale)
 
@@ -59,6 +63,19 @@ def test_kernel_and_input_grads_equal_xla(size, stride, dilation, pad, hw):
       _close(conv.kernel_grad(x, g, (size, size), s, p, d, rows, layout), dw_xla)
   assert conv.input_grad_supported(s, d)
   _close(conv.input_grad(g, w, x.shape, s, p, d), dx_xla)
+
+
+def test_kernel_grad_keeps_float64():
+  """Float64 inputs accumulate in float64 (the float64 runs of tests/test_parallel.py): XLA's
+  kernel gradient to FLOAT64 of its magnitude, which a float32 accumulation misses by 1e3."""
+  s, p, d = (2, 2), ((1, 1), (1, 1)), (1, 1)
+  with jax.enable_x64(True):
+    x, w, g = _arrays((2, 13, 11, 5), (3, 3, 5, 6), s, p, d, dtype=jnp.float64)
+    _, dw_xla = _xla_grads(x, w, g, s, p, d)
+    for layout, rows in (('cf', 0), ('cl', 2)):
+      dw = conv.kernel_grad(x, g, (3, 3), s, p, d, rows, layout)
+      assert dw.dtype == jnp.float64
+      np.testing.assert_allclose(dw, dw_xla, rtol=0, atol=FLOAT64 * np.abs(dw_xla).max())
 
 
 def test_kernel_grad_against_numbers_by_hand():
