@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+from tolerances import FLOAT64
 
 from cows_jax import config, pretrain, synthetic_backbones, validation
 from cows_jax.data import synthetic, synthetic_pretrain
@@ -118,15 +119,21 @@ def _randomized_batchnorm(variables, seed=0):
 
 
 def test_folding_preserves_the_outputs_in_eval_mode():
-  x = jax.random.normal(jax.random.key(1), (2, 40, 40, 3))
-  with_bn = VGG16LargeFOV(width=0.125, norm='batch')
+  # In float64 (fold computes in float64 and keeps the kernels' dtype): the folded and the
+  # BatchNorm network differ by float64 rounding only, FLOAT64 of the outputs' magnitude.
+  x = np.asarray(jax.random.normal(jax.random.key(1), (1, 40, 40, 3)), np.float64)
+  with_bn = VGG16LargeFOV(width=0.125, norm='batch', dtype=jnp.float64)
   variables = _randomized_batchnorm(jax.tree.map(np.asarray, with_bn.init(jax.random.key(0), x)))
-  expected = np.asarray(with_bn.apply(variables, x))
-  folded = fold.fold_vgg16_batchnorm(variables)
-  assert set(folded) == {'params'} and set(folded['params']) == set(fold.conv_names())
-  got = np.asarray(VGG16LargeFOV(width=0.125, norm='none').apply(folded, x))
+  variables = jax.tree.map(lambda v: np.asarray(v, np.float64), variables)
+  with jax.enable_x64(True):
+    expected = np.asarray(jax.jit(with_bn.apply)(variables, x))
+    folded = fold.fold_vgg16_batchnorm(variables)
+    assert set(folded) == {'params'} and set(folded['params']) == set(fold.conv_names())
+    plain = VGG16LargeFOV(width=0.125, norm='none', dtype=jnp.float64)
+    got = np.asarray(jax.jit(plain.apply)(folded, x))
+  assert got.dtype == expected.dtype == np.float64
   assert 0.2 < np.mean(expected > 0) < 0.8  # the ReLUs cut: the shifts matter.
-  np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
+  np.testing.assert_allclose(got, expected, rtol=0, atol=FLOAT64 * np.abs(expected).max())
 
 
 def test_folding_a_network_without_batchnorm_is_an_error():
