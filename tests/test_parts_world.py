@@ -96,12 +96,13 @@ def test_parts_are_small_on_the_rim_and_at_least_two_map_cells(examples):
       ys, xs = np.nonzero(part == k)
       # at least 2 x 2 cells of a stride-8 map at 112 px
       assert min(np.ptp(ys), np.ptp(xs)) + 1 >= 16
-      # on the rim: the part's centre lies in the outer half of the object's radius
+      # on the rim: the part's centre lies in the outer part of the object's radius (0.45: a
+      # part of 15% of the object pulls the object's centroid toward itself)
       region = np.stack(np.nonzero(obj | (part == k)), 1)
       centre = region.mean(0)
       reach = np.hypot(*(region - centre).T).max()
-      assert np.hypot(*(np.array([ys.mean(), xs.mean()]) - centre)) >= 0.5 * reach
-  assert 0.08 <= np.median(fractions) <= 0.15
+      assert np.hypot(*(np.array([ys.mean(), xs.mean()]) - centre)) >= 0.45 * reach
+  assert 0.12 <= np.median(fractions) <= 0.19
   assert max(fractions) < 0.25
 
 

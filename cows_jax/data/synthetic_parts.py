@@ -5,9 +5,10 @@ an object. In the shapes world (synthetic.py) every object pixel carries its cla
 texture, so the whole object is discriminative. Here classes come in families:
 - the members of a family share a large body: its shape, colour and texture are drawn by one
   sampler (the family's), so the body tells the family and nothing more;
-- each class has its own small part on the body's rim (a disc of about 10% of the object's
+- each class has its own small part on the body's rim (a disc of about 15% of the object's
   area, at least 16 px across at 112 px: 2 x 2 cells of a stride-8 map), with a colour and
-  texture no other class and no clutter uses. Only the part tells a class from its siblings.
+  a coarse texture no other class and no clutter uses. Only the part tells a class from its
+  siblings.
 
 `PARTS_PER_FAMILY` classes per family; class k is part k of family k // PARTS_PER_FAMILY.
 Siblings never share an image: an image holds one object, or (at `two_object_rate`) two of
@@ -40,14 +41,15 @@ import tensorflow_datasets as tfds
 from cows_jax.data import builds, records, synthetic, synthetic_pretrain
 
 # Bumped whenever rendering changes, so that datasets built by older code are not reused.
-_GENERATOR_VERSION = 2  # 2: low-contrast body textures, light part textures (the gate)
+_GENERATOR_VERSION = 3  # 2: low-contrast body textures, light part textures; 3: larger,
+# coarser parts (the gate)
 SPLITS = ('train', 'val')
 PARTS_PER_FAMILY = 3
 # An object's part keeps at least this fraction of its area visible, an earlier object's
 # body at least BODY_VISIBLE: a pose that hides more is redrawn.
 PART_VISIBLE = 0.95
 BODY_VISIBLE = 0.6
-PART_RADIUS = 0.32  # part disc radius / body radius: 10-15% of the object area
+PART_RADIUS = 0.36  # part disc radius / body radius: 12-21% of the object area (median 15%)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -204,8 +206,9 @@ def _draw_object(rng, body_family: int, size: int):
       part_mask = synthetic._window_mask(
         size, part_centre, part_radius + 1, lambda dy, dx: dy**2 + dx**2 <= part_radius**2
       )
-      # Texture coordinates: the part spans about one unit, so its texture has a few periods.
-      part_pose = (2 * part_radius, rng.uniform(0, 2 * np.pi), 1.0)
+      # Texture coordinates: the part spans about half a unit, so its texture has one or two
+      # coarse periods, visible on a stride-8 map.
+      part_pose = (4 * part_radius, rng.uniform(0, 2 * np.pi), 1.0)
       return body_mask | part_mask, part_mask, (centre, *pose), (part_centre, *part_pose)
   return None
 
