@@ -7,6 +7,7 @@ import os
 import numpy as np
 import pytest
 from PIL import Image
+from tolerances import float32_sums
 
 from cows_jax import cli, evaluate, predict, run_dir
 
@@ -69,8 +70,12 @@ def test_tiny_pipeline_end_to_end(tiny_run):
   # ... and an interrupted localize (no index yet) makes only the missing one, the same.
   os.remove(run_dir.RunDir(workdir).maps_index())
   cli.run_stage('localize', tiny_config, workdir)
-  for a, b in zip(run_dir.load_maps(map_path), expected):
-    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-4)
+  # The image's features now come from another batch: float32 sums in other orders through
+  # the backbone (~1e4 terms) of maps up to 255, then stored as float16, where values that
+  # close may round to neighbouring float16 numbers, 2^-10 of the value apart.
+  maps_again, classes_again = run_dir.load_maps(map_path)
+  np.testing.assert_array_equal(classes_again, expected[1])
+  np.testing.assert_allclose(maps_again, expected[0], rtol=2**-10, atol=float32_sums(1e4, 255))
 
 
 @pytest.mark.parametrize(
