@@ -6,9 +6,10 @@ part alone and end to end, through the code `evaluate` and `predict-split` run
 
 The images are photo-like random colour fields of one VOC size (the CRF's bilateral filter
 costs more on pure noise than on photos); the segmenter is randomly initialised. The rows run
-in one process, one after the other, on the same images: the segmenter alone (its
-probabilities are kept), the CRF and the PNGs on those probabilities (serial, overlapped),
-then everything (serial, overlapped). The four runs must write the same files, byte for byte.
+in one process on the same images: the segmenter alone (its probabilities are kept), then
+`--rounds` times in turn the CRF and the PNGs on those probabilities (serial, overlapped)
+and everything (serial, overlapped); each row shows its fastest round (other jobs on the
+machine slow some rounds). Every run must write the same files, byte for byte.
 """
 
 import argparse
@@ -87,18 +88,20 @@ def run(args) -> dict:
   first = time.perf_counter() - start
   start = time.perf_counter()
   kept = {id(image): predictor(image) for image in images}
-  device = time.perf_counter() - start
-  rows, outputs = {'device only (the segmenter)': device}, {}
+  rows, outputs = {'device only (the segmenter)': time.perf_counter() - start}, []
   with tempfile.TemporaryDirectory() as tmp:
-    for part, probabilities in (
-      ('CRF + PNG', lambda image: kept[id(image)]),
-      ('end to end', predictor),
-    ):
-      for n in (1, workers):
-        name = f'{part}, {"serial (host_workers=1)" if n == 1 else f"host_workers={n}"}'
-        out = os.path.join(tmp, name.replace(' ', '_'))
-        rows[name], outputs[name] = _timed_writes(images, probabilities, params, n, out)
-  same = all(files == next(iter(outputs.values())) for files in outputs.values())
+    for r in range(args.rounds):  # serial and overlapped in turn; the fastest of the rounds.
+      for part, probabilities in (
+        ('CRF + PNG', lambda image: kept[id(image)]),
+        ('end to end', predictor),
+      ):
+        for n in (1, workers):
+          name = f'{part}, {"serial (host_workers=1)" if n == 1 else f"host_workers={n}"}'
+          out = os.path.join(tmp, f'{r}_{name.replace(" ", "_")}')
+          seconds, files = _timed_writes(images, probabilities, params, n, out)
+          rows[name] = min(rows.get(name, seconds), seconds)
+          outputs.append(files)
+  same = all(files == outputs[0] for files in outputs)
   per_image = {name: seconds / len(images) for name, seconds in rows.items()}
   names = list(per_image)
   speedups = {
@@ -119,7 +122,8 @@ def run(args) -> dict:
     speedup = '' if k in (0, 1, 3) else f'{speedups[name.split(",")[0]]:.2f}x'
     print(f'{name:{width}}  {seconds:8.3f}  {1 / seconds:8.3f}  {speedup:>7}')
   print(
-    f'the four runs wrote the same {len(images)} PNGs, byte for byte: {"yes" if same else "NO"}'
+    f'fastest of {args.rounds} rounds; the {len(outputs)} runs wrote the same {len(images)} '
+    f'PNGs, byte for byte: {"yes" if same else "NO"}'
   )
   report = {
     'bench': 'evaluate',
@@ -144,6 +148,7 @@ def run(args) -> dict:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
   tta.add_arguments(parser)  # the segmenter, its test time, --image, --images.
   parser.set_defaults(images=8)
+  parser.add_argument('--rounds', type=int, default=2, help='serial and overlapped in turn')
   parser.add_argument(
     '--workers', type=int, default=0, help='host_workers of the overlapped rows (0: every core)'
   )
