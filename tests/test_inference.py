@@ -120,42 +120,43 @@ def test_overlapping_windows_stitch_back_exactly():
     )
 
 
-def _float64(model, variables, x):
-  """The model, its variables and the windows in float64 (call under jax.enable_x64), and
-  the bound on two probabilities of it from sums in other orders: the softmax moves a
-  probability by at most half the largest change of a logit, and the logits of float64 runs
-  agree to FLOAT64 of their magnitude (this random network's reach 1e5: in float32, rounding
-  alone moves a probability near a tie by up to 1)."""
-  model = model.clone(dtype=jnp.float64)
-  variables = jax.tree.map(lambda v: jnp.asarray(v, jnp.float64), variables)
-  x = jnp.asarray(x, jnp.float64)
-  return model, variables, x, FLOAT64 * float(jnp.abs(model.apply(variables, x)).max())
-
-
-def test_flip_averages_the_mirrored_prediction(tiny_model):
+@pytest.fixture(scope='module')
+def tiny_model64(tiny_model):
+  """tiny_model in float64 (use under jax.enable_x64), three 16x24 windows, and the bound on
+  two of its probabilities from sums in other orders: the softmax moves a probability by at
+  most half the largest change of a logit, and the logits of float64 runs agree to FLOAT64
+  of their magnitude (this random network's reach 1e5: in float32, rounding alone moves a
+  probability near a tie by up to 1)."""
+  model, variables = tiny_model
+  x = transforms.normalize(np.stack([_image(16, 24, seed) for seed in (1, 2, 3)]), MEAN, STD)
   with jax.enable_x64(True):
-    model, variables, x, atol = _float64(
-      *tiny_model, transforms.normalize(_image(32, 32)[None], MEAN, STD)
-    )
-    plain = np.asarray(inference.window_probabilities(model, False, True)(variables, x))
-    mirrored = np.asarray(
-      inference.window_probabilities(model, False, True)(variables, x[:, :, ::-1])
-    )
-    both = inference.window_probabilities(model, True, True)(variables, x)
+    model = model.clone(dtype=jnp.float64)
+    variables = jax.tree.map(lambda v: jnp.asarray(v, jnp.float64), variables)
+    x = jnp.asarray(x, jnp.float64)
+    scale = float(jnp.abs(jax.jit(model.apply)(variables, x)).max())
+  return model, variables, x, FLOAT64 * scale
+
+
+def test_flip_averages_the_mirrored_prediction(tiny_model64):
+  model, variables, x, atol = tiny_model64
+  with jax.enable_x64(True):
+    one_way = inference.window_probabilities(model, False, True)
+    plain = np.asarray(one_way(variables, x[:1]))
+    mirrored = np.asarray(one_way(variables, x[:1, :, ::-1]))
+    both = inference.window_probabilities(model, True, True)(variables, x[:1])
   assert both.dtype == jnp.float64
   np.testing.assert_allclose(both, (plain + mirrored[:, :, ::-1]) / 2, atol=atol, rtol=0)
 
 
-def test_one_window_at_a_time_equals_the_batch(tiny_model, monkeypatch):
+def test_one_window_at_a_time_equals_the_batch(tiny_model64, monkeypatch):
   """The CPU's scan over windows (models/per_image.py, here for small windows too) gives the
   batched call's probabilities, flipped windows included."""
   from cows_jax.models import per_image
 
   monkeypatch.setattr(per_image, 'MIN_PIXELS', 1)
-  x = transforms.normalize(np.stack([_image(32, 40, seed) for seed in (1, 2, 3)]), MEAN, STD)
-  # Convolutions at batch 1 and 6 sum in other orders: in float64 (see _float64).
+  model, variables, x, atol = tiny_model64
+  # Convolutions at batch 1 and 6 sum in other orders: in float64 (see tiny_model64).
   with jax.enable_x64(True):
-    model, variables, x, atol = _float64(*tiny_model, x)
     scanned = inference.window_probabilities(model, True, True)(variables, x)
     batched = inference.window_probabilities(model, True, True, one_at_a_time=False)(variables, x)
   assert scanned.dtype == jnp.float64
