@@ -51,9 +51,7 @@ def _classifier_config(tiny_config, provenance, **fields):
   cfg = tiny_config
   cfg.model.width, cfg.model.norm, cfg.input.size = CLS_BASE / 64, 'none', 64
   cfg.model.init_from = provenance['trained_model']['init_from']
-  cfg.localize.after_epochs = provenance['trained_model']['config'][
-    'localize.after_epochs'
-  ]
+  cfg.localize.after_epochs = provenance['trained_model']['config']['localize.after_epochs']
   for field, value in fields.items():
     section, name = field.split('.')
     cfg[section][name] = value
