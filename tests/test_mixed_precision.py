@@ -226,7 +226,10 @@ def test_accelerator_arguments_change_precision_and_input_only(base, arg, worker
     ('voc12:gpu,tpu', 'names an argument twice or both gpu and tpu'),
     ('voc12:runlocal,runlocal', 'names an argument twice'),
     ('voc12:runlocal,fast', "unknown config argument 'fast' (known: runlocal)"),
-    ('synthetic:cuda', "unknown config argument 'cuda' (known: tiny, tiny_pretrained, scratch"),
+    (
+      'synthetic:cuda',
+      "unknown config argument 'cuda' (known: parts, tiny, tiny_pretrained, scratch",
+    ),
   ],
 )
 def test_bad_accelerator_argument_is_an_error(spec, message):
