@@ -68,6 +68,15 @@ def with_inference_args(cfg, args):
   return cfg
 
 
+def test_time_config(args):
+  """The paper's config with the segmenter of the arguments (--classes, --width, --backbone,
+  --head) and their test-time settings: bench test-time and evaluate."""
+  cfg = paper_defaults()
+  cfg.data.num_classes, cfg.model.width = args.classes, args.width
+  cfg.segment.backbone, cfg.segment.head = args.backbone, args.head
+  return with_inference_args(cfg, args)
+
+
 def photo(rng, height: int, width: int) -> np.ndarray:
   """A random uint8 image with photo-like structure (smooth colour fields, detail, noise):
   its JPEG decodes at about the cost of a photo of its size, unlike pure noise."""

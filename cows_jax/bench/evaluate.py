@@ -24,17 +24,9 @@ import numpy as np
 
 from cows_jax import crf, host_pool, inference, predict, run_dir
 from cows_jax.bench import common, tta
-from cows_jax.configs.defaults import paper_defaults
 from cows_jax.models import from_config, random_init
 
 HELP = 'images/s of the CRF and PNG writes: serial vs overlapped'
-
-
-def _config(args):
-  cfg = paper_defaults()
-  cfg.data.num_classes, cfg.model.width = args.classes, args.width
-  cfg.segment.backbone, cfg.segment.head = args.backbone, args.head
-  return common.with_inference_args(cfg, args)
 
 
 def _predictor(args, cfg):
@@ -78,7 +70,7 @@ def _timed_writes(images, probabilities, params, workers: int, out: str) -> tupl
 
 def run(args) -> dict:
   crf.check_available()
-  cfg = _config(args)
+  cfg = common.test_time_config(args)
   params = crf.Params.from_config(cfg.crf)
   workers = args.workers or host_pool.cores()
   images = _images(args)

@@ -14,21 +14,13 @@ import numpy as np
 
 from cows_jax import inference, tta
 from cows_jax.bench import common
-from cows_jax.configs.defaults import paper_defaults
 from cows_jax.models import from_config, random_init
 
 HELP = 'test time with stitching/resizes on the host vs the device'
 
 
-def _config(args):
-  cfg = paper_defaults()
-  cfg.data.num_classes, cfg.model.width = args.classes, args.width
-  cfg.segment.backbone, cfg.segment.head = args.backbone, args.head
-  return common.with_inference_args(cfg, args)
-
-
 def run(args) -> dict:
-  cfg = _config(args)
+  cfg = common.test_time_config(args)
   settings = inference.Settings.from_config(cfg)
   stages = tuple(int(x) for x in args.stages.split(','))
   model = from_config.segmenter(cfg).clone(resnet_stages=stages)
