@@ -13,7 +13,6 @@ machine slow some rounds). Every run must write the same files, byte for byte.
 """
 
 import argparse
-import functools
 import json
 import os
 import tempfile
@@ -24,21 +23,13 @@ import numpy as np
 
 from cows_jax import crf, host_pool, inference, predict, run_dir
 from cows_jax.bench import common, tta
-from cows_jax.models import from_config, random_init
 
 HELP = 'images/s of the CRF and PNG writes: serial vs overlapped'
 
 
 def _predictor(args, cfg):
   """The in-process predictor (inference.load_predictor's function) of a random segmenter."""
-  settings = inference.Settings.from_config(cfg)
-  stages = tuple(int(x) for x in args.stages.split(','))
-  model = from_config.segmenter(cfg).clone(resnet_stages=stages)
-  variables = jax.device_put(random_init.segmenter_variables(model, 64, 0))
-  probs = inference.window_probabilities(
-    model, settings.flip_windows, cfg.segment.upsample_align_corners
-  )
-  probs_fn = functools.partial(probs, variables)
+  settings, probs_fn = tta.random_segmenter(args, cfg)
   kwargs = dict(mean=cfg.segment.mean, std=cfg.segment.std, **settings.predict_kwargs())
   return lambda image: inference.predict_on_device(image, probs_fn, **kwargs)
 

@@ -19,8 +19,9 @@ from cows_jax.models import from_config, random_init
 HELP = 'test time with stitching/resizes on the host vs the device'
 
 
-def run(args) -> dict:
-  cfg = common.test_time_config(args)
+def random_segmenter(args, cfg):
+  """(the test-time settings, the probabilities function of the windows) of a random
+  segmenter with the arguments' --stages: bench test-time and evaluate."""
   settings = inference.Settings.from_config(cfg)
   stages = tuple(int(x) for x in args.stages.split(','))
   model = from_config.segmenter(cfg).clone(resnet_stages=stages)
@@ -28,7 +29,12 @@ def run(args) -> dict:
   probs = inference.window_probabilities(
     model, settings.flip_windows, cfg.segment.upsample_align_corners
   )
-  probs_fn = functools.partial(probs, variables)
+  return settings, functools.partial(probs, variables)
+
+
+def run(args) -> dict:
+  cfg = common.test_time_config(args)
+  settings, probs_fn = random_segmenter(args, cfg)
   w, h = (int(x) for x in args.image.lower().split('x'))
   images = np.random.default_rng(0).integers(0, 256, (args.images + 1, h, w, 3), np.uint8)
   procedures = {
