@@ -299,10 +299,11 @@ poll() {
   job=$(basename "$(readlink "$dir" 2>/dev/null)" 2>/dev/null) || job=
   if [[ -z $job ]]; then
     say 'state=none'
-  elif [[ -f $dir/worker-$worker.rc ]]; then
-    say "state=exited rc=$(cat "$dir/worker-$worker.rc") job=$job"
   elif job_running; then
     say "state=running job=$job"
+  elif [[ -f $dir/worker-$worker.rc ]]; then
+    # Checked after job_running: a job that ends between two checks has its status by then.
+    say "state=exited rc=$(cat "$dir/worker-$worker.rc") job=$job"
   else
     say "state=lost job=$job: the job died without an exit status"
   fi
