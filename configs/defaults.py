@@ -360,7 +360,7 @@ def _declare() -> Section:
   # with BatchNorm, trained as a single-label classifier on the synthetic pretraining set,
   # then BatchNorm folded into the convs; written to DATA_DIR/pretrained/<fingerprint>.
   c.pretrain = Section(
-    "`cows-jax pretrain`: the synthetic world's stand-in for ImageNet weights (pretrain.py)."
+    "`cows-jax pretrain`: the synthetic world's stand-in for ImageNet weights (imagenet_standin/)."
   )
   c.pretrain.num_classes = field(
     144, 'shape x appearance classes, the segmentation classes first', low=1

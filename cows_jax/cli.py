@@ -29,12 +29,12 @@ from cows_jax import (
   inference,
   predict,
   preemption,
-  pretrain,
   run_dir,
-  synthetic_backbones,
   validation,
 )
 from cows_jax.configs.defaults import SCHEMA
+from cows_jax.imagenet_standin import backbones
+from cows_jax.imagenet_standin import train as standin_train
 from cows_jax.stages import STAGES, run_stage  # noqa: F401  (cli.STAGES, cli.run_stage)
 
 USAGE = (
@@ -278,14 +278,16 @@ def _pretrain(positional: list[str]) -> None:
   if _DISTRIBUTED.value:
     _initialize_distributed()
   preemption.install()
-  provenance = pretrain.run(_CONFIG.value, _OUT.value)
-  out = pretrain.output_dir(_CONFIG.value, _OUT.value)
+  provenance = standin_train.run(_CONFIG.value, _OUT.value)
+  out = standin_train.output_dir(_CONFIG.value, _OUT.value)
   accuracy = provenance['pretrain']['accuracy']
   print(
     f'pretrained vgg16: train accuracy {accuracy["train"]:.3f}, val accuracy '
     f'{accuracy["val"]:.3f} -> {out}'
   )
-  print(f'start the classifier and the VGG16 segmenter from it with: {pretrain.config_flags(out)}')
+  print(
+    f'start the classifier and the VGG16 segmenter from it with: {standin_train.config_flags(out)}'
+  )
   sys.exit(0)
 
 
@@ -300,9 +302,9 @@ def _stage_command(command: str, action: Callable) -> Callable[[list[str]], None
       _initialize_distributed()
     preemption.install()  # after the distributed runtime, which watches SIGTERM on several hosts.
     _validate(command, _CONFIG.value)  # before finalizing, which reads the weights' files.
-    if command in validation.PRETRAINING_COMMANDS and synthetic_backbones.missing(_CONFIG.value):
+    if command in validation.PRETRAINING_COMMANDS and backbones.missing(_CONFIG.value):
       logging.info('=== pretrain (the config names its pretrained backbone; none exists yet) ===')
-      pretrain.run(_CONFIG.value)
+      standin_train.run(_CONFIG.value)
     cfg = config.finalize(_CONFIG.value)
     with _lock(_WORKDIR.value):
       action(cfg)

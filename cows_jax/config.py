@@ -13,8 +13,8 @@ import os
 import ml_collections
 from absl import logging
 
-from cows_jax import synthetic_backbones
 from cows_jax.configs.defaults import SCHEMA
+from cows_jax.imagenet_standin import backbones
 from cows_jax.models import pretrained
 
 
@@ -51,17 +51,17 @@ def finalize(cfg) -> ml_collections.FrozenConfigDict:
   """The config as a run uses it, read-only: a value set under a renamed field's old name moves
   to the new field (a logged warning names both; configs/defaults.py declares them);
   init_from='pretrain' becomes the directory of the config's pretrained backbone
-  (synthetic_backbones); the classifier's input mean/std follow the weights in
+  (imagenet_standin.backbones); the classifier's input mean/std follow the weights in
   model.init_from; the segmenter's mean/std and ResNet block layout follow segment.init_from.
   Idempotent."""
   c = ml_collections.ConfigDict(cfg.to_dict())
   for warning in SCHEMA.move_renamed(c):
     logging.warning('%s', warning)
-  synthetic_backbones.resolve(c)
-  if c.model.init_from not in ('', synthetic_backbones.PLACEHOLDER):
+  backbones.resolve(c)
+  if c.model.init_from not in ('', backbones.PLACEHOLDER):
     convention = pretrained.read_provenance(c.model.init_from)['input']
     c.input.mean, c.input.std = tuple(convention['mean']), tuple(convention['std'])
-  if c.segment.init_from not in ('', synthetic_backbones.PLACEHOLDER):
+  if c.segment.init_from not in ('', backbones.PLACEHOLDER):
     provenance = pretrained.read_provenance(c.segment.init_from)
     c.segment.mean = tuple(provenance['input']['mean'])
     c.segment.std = tuple(provenance['input']['std'])

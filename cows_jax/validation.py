@@ -10,9 +10,10 @@ import os
 
 import ml_collections
 
-from cows_jax import crf, run_dir, synthetic_backbones
+from cows_jax import crf, run_dir
 from cows_jax.configs.defaults import SCHEMA
 from cows_jax.data import sources, synthetic
+from cows_jax.imagenet_standin import backbones
 
 # The plain choices and ranges of every field are declared with it, in configs/defaults.py
 # (SCHEMA); what needs logic (fields checked together, paths, extras, weights) is here.
@@ -87,7 +88,7 @@ def _paths(cfg) -> list[str]:
       out.append(f'{field}={value}: does not exist')
   for field in ('model.init_from', 'segment.init_from'):
     value = _get(cfg, field)
-    if value == synthetic_backbones.PLACEHOLDER:
+    if value == backbones.PLACEHOLDER:
       continue  # the config's pretrained backbone: checked by `problems`, per command.
     if value and not os.path.isfile(os.path.join(os.path.expanduser(value), 'provenance.json')):
       out.append(
@@ -117,10 +118,10 @@ def problems(cfg, command: str = 'pipeline') -> list[str]:
   SCHEMA.move_renamed(cfg)  # config.finalize warns of an old name.
   out = _ranges(cfg)
   out += _paths(cfg)
-  if command not in PRETRAINING_COMMANDS and synthetic_backbones.missing(cfg):
+  if command not in PRETRAINING_COMMANDS and backbones.missing(cfg):
     out.append(
-      f"init_from='{synthetic_backbones.PLACEHOLDER}': this config's pretrained backbone "
-      f'({synthetic_backbones.weights_dir(cfg)}) is not made yet; make it with `cows-jax '
+      f"init_from='{backbones.PLACEHOLDER}': this config's pretrained backbone "
+      f'({backbones.weights_dir(cfg)}) is not made yet; make it with `cows-jax '
       'pretrain` and the same --config flags (the pipeline makes it itself)'
     )
   if cfg.evaluate.crf and command in CRF_COMMANDS:

@@ -10,8 +10,10 @@ import os
 import numpy as np
 import pytest
 
-from cows_jax import classify, config, localize, map_metrics, run_dir, synthetic_backbones
-from cows_jax.data import sources, synthetic, synthetic_parts, synthetic_pretrain
+from cows_jax import classify, config, localize, map_metrics, run_dir
+from cows_jax.data import sources, synthetic, synthetic_parts
+from cows_jax.imagenet_standin import backbones
+from cows_jax.imagenet_standin import dataset as standin_dataset
 
 SPEC = synthetic_parts.PartsSpec(train_size=60, val_size=4)  # 112 px, 9 classes
 
@@ -41,16 +43,16 @@ def test_the_shapes_world_is_unchanged():
   s12 = synthetic.SyntheticSpec(image_size=48, num_classes=12)
   assert _digest(synthetic.generate_example(s12, 'web', 2)) == '0d547aa29ebcfb03'
   assert _digest(synthetic.generate_example(s12, 'single_label', 1)) == '95e7d5e9223253fb'
-  p = synthetic_pretrain.PretrainSpec(image_size=48, train_size=20, val_size=5)
-  assert _digest(synthetic_pretrain.generate_example(p, 'train', 7)) == 'cfe6df220a4fe38c'
+  p = standin_dataset.PretrainSpec(image_size=48, train_size=20, val_size=5)
+  assert _digest(standin_dataset.generate_example(p, 'train', 7)) == 'cfe6df220a4fe38c'
   assert (s.fingerprint(), synthetic.SyntheticSpec().fingerprint()) == (
     '7af17e1494c3',
     'fa470677fec0',
   )
-  assert synthetic_pretrain.PretrainSpec().fingerprint() == '6e1ada286907'
+  assert standin_dataset.PretrainSpec().fingerprint() == '6e1ada286907'
   # the shipped backbones of the shapes world keep their names
-  assert synthetic_backbones.fingerprint(config.load('synthetic')) == '59cdbe6eb23d'
-  assert synthetic_backbones.fingerprint(config.load('synthetic:tiny_pretrained')) == '0ac52ddbebfb'
+  assert backbones.fingerprint(config.load('synthetic')) == '59cdbe6eb23d'
+  assert backbones.fingerprint(config.load('synthetic:tiny_pretrained')) == '0ac52ddbebfb'
   assert isinstance(sources.synthetic_spec(config.load('synthetic')), synthetic.SyntheticSpec)
 
 
@@ -188,12 +190,10 @@ def test_parts_config_names_the_world_and_its_backbone():
   assert isinstance(sources.synthetic_spec(cfg), synthetic_parts.PartsSpec)
   assert sources.class_names(cfg) == synthetic_parts.CLASS_NAMES[:9]
   assert cfg.data.image_size >= 112 and cfg.input.size >= 112
-  spec = synthetic_backbones.dataset_spec(cfg)
+  spec = backbones.dataset_spec(cfg)
   assert isinstance(spec, synthetic_parts.PartsPretrainSpec) and spec.num_classes == 27
-  where = synthetic_backbones.location(cfg)
-  assert where == os.path.join(
-    synthetic_backbones.SHIPPED_ROOT, synthetic_backbones.fingerprint(cfg)
-  )
+  where = backbones.location(cfg)
+  assert where == os.path.join(backbones.SHIPPED_ROOT, backbones.fingerprint(cfg))
   provenance = json.loads(open(os.path.join(where, 'provenance.json')).read())
   assert (
     '/tmp' not in json.dumps(provenance) and provenance['pretrain']['dataset']['num_classes'] == 27

@@ -15,44 +15,47 @@ import orbax.checkpoint as ocp
 import pytest
 from tolerances import FLOAT64
 
-from cows_jax import config, pretrain, synthetic_backbones, validation
-from cows_jax.data import synthetic, synthetic_pretrain
+from cows_jax import config, validation
+from cows_jax.data import synthetic
+from cows_jax.imagenet_standin import backbones
+from cows_jax.imagenet_standin import dataset as standin_dataset
+from cows_jax.imagenet_standin import train as standin_train
 from cows_jax.models import fold, from_config, pretrained
 from cows_jax.models.vgg import VGG16LargeFOV
 
-SMALL = synthetic_pretrain.PretrainSpec(image_size=48, train_size=300, val_size=30)
+SMALL = standin_dataset.PretrainSpec(image_size=48, train_size=300, val_size=30)
 
 
 # ----------------------------------------------------------------------------- the dataset
 
 
 def test_more_than_100_classes_with_the_segmentation_classes_among_them():
-  assert synthetic_pretrain.MAX_CLASSES >= 100 and SMALL.num_classes >= 100
-  assert len(set(synthetic_pretrain.CLASSES)) == synthetic_pretrain.MAX_CLASSES
-  assert len(set(synthetic_pretrain.CLASS_NAMES)) == synthetic_pretrain.MAX_CLASSES
+  assert standin_dataset.MAX_CLASSES >= 100 and SMALL.num_classes >= 100
+  assert len(set(standin_dataset.CLASSES)) == standin_dataset.MAX_CLASSES
+  assert len(set(standin_dataset.CLASS_NAMES)) == standin_dataset.MAX_CLASSES
   for k, name in enumerate(synthetic.CLASS_NAMES):  # shape k with appearance k: class k.
-    assert synthetic_pretrain.segmentation_class(k) == k
-    assert synthetic_pretrain.CLASSES[k] == (k, k)
-    assert synthetic_pretrain.CLASS_NAMES[k].endswith(f'_{name}')
+    assert standin_dataset.segmentation_class(k) == k
+    assert standin_dataset.CLASSES[k] == (k, k)
+    assert standin_dataset.CLASS_NAMES[k].endswith(f'_{name}')
   # Every shape with every appearance: neither alone names a class.
-  shapes = {s for s, _ in synthetic_pretrain.CLASSES}
-  appearances = {a for _, a in synthetic_pretrain.CLASSES}
-  assert len(shapes) * len(appearances) == synthetic_pretrain.MAX_CLASSES
+  shapes = {s for s, _ in standin_dataset.CLASSES}
+  appearances = {a for _, a in standin_dataset.CLASSES}
+  assert len(shapes) * len(appearances) == standin_dataset.MAX_CLASSES
 
 
 def test_examples_are_single_label_balanced_and_deterministic():
-  a = [synthetic_pretrain.generate_example(SMALL, 'train', i) for i in range(3)]
-  b = [synthetic_pretrain.generate_example(SMALL, 'train', i) for i in range(3)]
+  a = [standin_dataset.generate_example(SMALL, 'train', i) for i in range(3)]
+  b = [standin_dataset.generate_example(SMALL, 'train', i) for i in range(3)]
   for x, y in zip(a, b):
     assert np.array_equal(x['image'], y['image']) and x['label'] == y['label']
     assert x['image'].shape == (48, 48, 3) and x['image'].dtype == np.uint8
   assert [e['label'] for e in a] == [0, 1, 2]
-  other = synthetic_pretrain.generate_example(
-    synthetic_pretrain.PretrainSpec(image_size=48, train_size=300, val_size=30, seed=1), 'train', 0
+  other = standin_dataset.generate_example(
+    standin_dataset.PretrainSpec(image_size=48, train_size=300, val_size=30, seed=1), 'train', 0
   )
   assert not np.array_equal(a[0]['image'], other['image'])
   assert not np.array_equal(
-    a[0]['image'], synthetic_pretrain.generate_example(SMALL, 'val', 0)['image']
+    a[0]['image'], standin_dataset.generate_example(SMALL, 'val', 0)['image']
   )
 
 
@@ -60,7 +63,7 @@ def test_examples_are_single_label_balanced_and_deterministic():
   'kwargs, field',
   [
     ({'num_classes': 11}, 'num_classes'),
-    ({'num_classes': synthetic_pretrain.MAX_CLASSES + 1}, 'num_classes'),
+    ({'num_classes': standin_dataset.MAX_CLASSES + 1}, 'num_classes'),
     ({'image_size': 16}, 'image_size'),
     ({'train_size': 0}, 'train_size'),
     ({'seed': -1}, 'seed'),
@@ -68,13 +71,13 @@ def test_examples_are_single_label_balanced_and_deterministic():
 )
 def test_bad_spec_raises_naming_field(kwargs, field):
   with pytest.raises(ValueError, match=field):
-    synthetic_pretrain.PretrainSpec(**kwargs)
+    standin_dataset.PretrainSpec(**kwargs)
 
 
 def _build_digest(spec, data_dir) -> str:
   """sha256 of every record of every split, as the build stores them."""
   h = hashlib.sha256()
-  for split, source in synthetic_pretrain.load_sources(spec, data_dir).items():
+  for split, source in standin_dataset.load_sources(spec, data_dir).items():
     for i in range(len(source)):
       record = source._source[i]
       h.update(split.encode() + bytes(record['image']) + bytes(record['id']))
@@ -83,14 +86,14 @@ def _build_digest(spec, data_dir) -> str:
 
 
 def test_builds_are_byte_identical_and_decode_to_the_generated_examples(tmp_path):
-  spec = synthetic_pretrain.PretrainSpec(
+  spec = standin_dataset.PretrainSpec(
     num_classes=20, image_size=32, train_size=24, val_size=6, seed=3
   )
   first, second = _build_digest(spec, str(tmp_path / 'a')), _build_digest(spec, str(tmp_path / 'b'))
   assert first == second
-  source = synthetic_pretrain.load_sources(spec, str(tmp_path / 'a'))['val']
+  source = standin_dataset.load_sources(spec, str(tmp_path / 'a'))['val']
   assert len(source) == 6 and list(source.labels()) == list(range(6))
-  example = synthetic_pretrain.generate_example(spec, 'val', 5)
+  example = standin_dataset.generate_example(spec, 'val', 5)
   assert np.array_equal(source[5]['image'], example['image']) and source[5]['label'] == 5
 
 
@@ -152,38 +155,38 @@ def tiny_pretrained(tmp_path_factory):
   steps at width 0.125, 32 px, 12 classes."""
   cfg = config.load('synthetic:tiny')
   cfg.data.data_dir = str(tmp_path_factory.mktemp('pretrain') / 'data')
-  provenance = pretrain.run(cfg)
-  return cfg, synthetic_backbones.weights_dir(cfg), provenance
+  provenance = standin_train.run(cfg)
+  return cfg, backbones.weights_dir(cfg), provenance
 
 
 def test_pretrain_writes_a_weights_directory_with_its_provenance(tiny_pretrained):
   cfg, out, provenance = tiny_pretrained
-  assert out == os.path.join(cfg.data.data_dir, 'pretrained', synthetic_backbones.fingerprint(cfg))
+  assert out == os.path.join(cfg.data.data_dir, 'pretrained', backbones.fingerprint(cfg))
   assert os.path.isdir(os.path.join(out, 'backbone'))
   assert json.load(open(os.path.join(out, 'provenance.json'))) == provenance
   assert provenance['arch'] == 'vgg16'
   assert provenance['input']['mean'] == list(pretrained.IMAGENET_MEAN)
   p = provenance['pretrain']
   assert p['steps'] == 6 and p['dataset']['num_classes'] == 12
-  assert p['dataset']['fingerprint'] == synthetic_backbones.dataset_spec(cfg).fingerprint()
+  assert p['dataset']['fingerprint'] == backbones.dataset_spec(cfg).fingerprint()
   assert 0 <= p['accuracy']['train'] <= 1 and 0 <= p['accuracy']['val'] <= 1
   assert p['accuracy']['val_images'] == 12
   assert p['folding_max_logit_difference'] < 1e-3
   # Made once: a second call reuses it, and the log holds the 6 steps once.
-  assert pretrain.run(cfg) == provenance
+  assert standin_train.run(cfg) == provenance
   log = [json.loads(line) for line in open(os.path.join(out, 'training/logs/pretrain.jsonl'))]
   assert [r['step'] for r in log] == [2, 4, 6] and 'accuracy' in log[0]
 
 
 def test_the_fingerprint_follows_what_changes_the_weights(tiny_config):
-  base = synthetic_backbones.fingerprint(tiny_config)
+  base = backbones.fingerprint(tiny_config)
   tiny_config.pretrain.log_every_steps = 7
-  assert synthetic_backbones.fingerprint(tiny_config) == base
+  assert backbones.fingerprint(tiny_config) == base
   for field, value in (('model.width', 0.25), ('pretrain.epochs', 3), ('pretrain.seed', 1)):
     changed = config.load('synthetic:tiny')
     group, name = field.split('.')
     changed[group][name] = value
-    assert synthetic_backbones.fingerprint(changed) != base, field
+    assert backbones.fingerprint(changed) != base, field
 
 
 def test_classifier_and_vgg_segmenter_load_the_backbone(tiny_pretrained):
@@ -220,7 +223,7 @@ def test_a_width_other_than_the_backbone_is_a_one_line_error(tiny_pretrained):
 
 def test_bad_pretrain_fields_are_listed(tiny_config):
   tiny_config.pretrain.num_classes, tiny_config.pretrain.momentum = 5, 2.0
-  found = pretrain.problems(tiny_config)
+  found = standin_train.problems(tiny_config)
   assert any('pretrain.num_classes' in f for f in found)
   assert any('pretrain.momentum' in f for f in found)
 
@@ -249,7 +252,7 @@ def test_cli_pretrain_reuses_and_prints_the_flags(tiny_pretrained, tmp_path):
 
 
 def _shipped_dirs() -> list[str]:
-  root = synthetic_backbones.SHIPPED_ROOT
+  root = backbones.SHIPPED_ROOT
   return sorted(os.path.join(root, d) for d in os.listdir(root))
 
 
@@ -258,7 +261,7 @@ def test_the_shipped_tiny_backbone_is_what_the_command_makes(tiny_pretrained):
   the command, run here, makes the shipped one again (the demo's takes too long for CI; its
   provenance.json names the same command and code version)."""
   cfg, out, provenance = tiny_pretrained
-  shipped = os.path.join(synthetic_backbones.SHIPPED_ROOT, synthetic_backbones.fingerprint(cfg))
+  shipped = os.path.join(backbones.SHIPPED_ROOT, backbones.fingerprint(cfg))
   assert shipped in _shipped_dirs()
   with ocp.PyTreeCheckpointer() as ckptr:
     made, kept = (ckptr.restore(os.path.join(d, 'backbone')) for d in (out, shipped))
@@ -275,24 +278,24 @@ def test_the_shipped_tiny_backbone_is_what_the_command_makes(tiny_pretrained):
 
 def test_every_shipped_backbone_belongs_to_a_packaged_config_argument():
   fingerprints = {
-    synthetic_backbones.fingerprint(config.load(spec))
+    backbones.fingerprint(config.load(spec))
     for spec in ('synthetic', 'synthetic:tiny_pretrained', 'synthetic:parts')
   }
   for directory in _shipped_dirs():
     provenance = json.load(open(os.path.join(directory, 'provenance.json')))
     assert provenance['pretrain']['fingerprint'] == os.path.basename(directory)
-    assert provenance['pretrain']['version'] == synthetic_backbones.VERSION
+    assert provenance['pretrain']['version'] == backbones.VERSION
     assert os.path.basename(directory) in fingerprints, directory
 
 
 def test_init_from_pretrain_names_the_made_backbone_else_the_shipped_one(tmp_path):
   cfg = config.load('synthetic:tiny_pretrained')
   cfg.data.data_dir = str(tmp_path / 'data')
-  shipped = os.path.join(synthetic_backbones.SHIPPED_ROOT, synthetic_backbones.fingerprint(cfg))
+  shipped = os.path.join(backbones.SHIPPED_ROOT, backbones.fingerprint(cfg))
   final = config.finalize(cfg)
   assert final.model.init_from == final.segment.init_from == shipped
   assert tuple(final.input.mean) == pretrained.IMAGENET_MEAN  # its provenance's convention.
-  made = synthetic_backbones.weights_dir(cfg)
+  made = backbones.weights_dir(cfg)
   os.makedirs(made)
   for name in ('backbone', 'provenance.json'):
     src, dst = os.path.join(shipped, name), os.path.join(made, name)
@@ -303,7 +306,7 @@ def test_init_from_pretrain_names_the_made_backbone_else_the_shipped_one(tmp_pat
 def test_a_missing_backbone_is_one_line_for_a_stage_and_made_by_the_pipeline(tmp_path):
   cfg = config.load('synthetic:tiny_pretrained')
   cfg.data.data_dir, cfg.pretrain.seed = str(tmp_path / 'data'), 7  # nothing shipped or made.
-  assert synthetic_backbones.missing(cfg)
+  assert backbones.missing(cfg)
   found = validation.problems(cfg, 'classify')
   assert len(found) == 1 and "init_from='pretrain'" in found[0] and 'cows-jax pretrain' in found[0]
   assert validation.problems(cfg, 'pipeline') == []
@@ -321,7 +324,7 @@ def test_the_demo_recipe_runs_end_to_end_from_the_shipped_backbone(tmp_path):
   cfg.inference.scales = (1.0,)
   final = config.finalize(cfg)
   assert final.model.norm == 'none' and final.classify.self_views == ('flip', 0.75, 2.0)
-  assert final.model.init_from.startswith(synthetic_backbones.SHIPPED_ROOT)
+  assert final.model.init_from.startswith(backbones.SHIPPED_ROOT)
   cli.run_stage('pipeline', final, str(tmp_path / 'run'))
   summary = json.loads(
     (run_dir.RunDir(str(tmp_path / 'run')).reports() / 'summary.json').read_text()

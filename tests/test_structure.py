@@ -12,6 +12,7 @@ import sys
 import pytest
 
 from cows_jax import config
+from cows_jax.imagenet_standin import backbones
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STAGES = ('classify', 'localize', 'label', 'segment', 'evaluate', 'predict', 'ablate')
@@ -211,14 +212,16 @@ def test_help_lists_every_command_and_each_command_its_flags():
 
 
 def test_no_shipped_file_holds_an_absolute_path():
-  """The package's artifacts (the pretrained backbones) travel to other machines: their text
-  names paths relative to the artifact, or none."""
-  root = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'cows_jax')
+  """The package's artifacts (the shipped stand-in backbones) travel to other machines: their
+  text names paths relative to the artifact, or none."""
+  root = os.path.join(ROOT, 'cows_jax')
+  assert os.path.commonpath([root, backbones.SHIPPED_ROOT]) == root
   absolute = re.compile(rb'(?<![\w.])/(tmp|home|root|work|mnt|usr|var|opt|Users)/')
-  found = []
-  for base, _, files in os.walk(os.path.join(root, 'pretrained')):
+  found, checked = [], 0
+  for base, _, files in os.walk(backbones.SHIPPED_ROOT):
     for name in files:
+      checked += 1
       with open(os.path.join(base, name), 'rb') as f:
         if absolute.search(f.read()):
           found.append(os.path.relpath(os.path.join(base, name), root))
-  assert not found, found
+  assert checked and not found, found

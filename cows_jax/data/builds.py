@@ -1,5 +1,5 @@
 """Preparing a TFDS build once, also when several processes share its data_dir; the builder
-of the synthetic datasets' splits (synthetic.py, synthetic_pretrain.py)."""
+of the synthetic datasets' splits (synthetic.py, imagenet_standin/dataset.py)."""
 
 import abc
 import dataclasses

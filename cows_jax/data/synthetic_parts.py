@@ -38,7 +38,8 @@ import json
 import numpy as np
 import tensorflow_datasets as tfds
 
-from cows_jax.data import builds, records, synthetic, synthetic_pretrain
+from cows_jax.data import builds, records, synthetic
+from cows_jax.imagenet_standin import dataset as standin_dataset
 
 # Bumped whenever rendering changes, so that datasets built by older code are not reused.
 _GENERATOR_VERSION = 3  # 2: low-contrast body textures, light part textures; 3: larger,
@@ -470,7 +471,7 @@ class CowsSyntheticPartsPretrain(builds.SpecBuilder):
 
 def load_pretrain_sources(
   spec: PartsPretrainSpec, data_dir: str
-) -> dict[str, synthetic_pretrain.Source]:
+) -> dict[str, standin_dataset.Source]:
   """Builds if needed, then returns {'train': source, 'val': source} of decoded records."""
   prepared = builds.prepared_spec(
     CowsSyntheticPartsPretrain,
@@ -480,4 +481,4 @@ def load_pretrain_sources(
     spec.fingerprint(),
     f'synthetic parts pretraining dataset {spec}',
   )
-  return builds.split_sources(prepared, synthetic_pretrain.Source)
+  return builds.split_sources(prepared, standin_dataset.Source)

@@ -1,11 +1,10 @@
-"""The synthetic world's pretrained backbones: what identifies one, where it lives, and the
-name configs give it.
+"""The synthetic world's ImageNet stand-in backbones: what identifies one, where it lives,
+and the name configs give it.
 
-`cows-jax pretrain` (pretrain.py) makes the backbone of a config once, in
+`cows-jax pretrain` (train.py) makes the backbone of a config once, in
 DATA_DIR/pretrained/<fingerprint>; the fingerprint covers everything that changes the weights.
-Backbones of the packaged configs also ship with the package (cows_jax/pretrained/<fingerprint>,
-made by that command: docs/pretrain.md), so that the demo does not spend its time making
-one. `model.init_from='pretrain'` (and `segment.init_from`) names the config's backbone:
+Backbones of the packaged configs also ship with the package (shipped/<fingerprint>, made by
+that command: docs/pretrain.md), so that the demo does not spend its time making one. `model.init_from='pretrain'` (and `segment.init_from`) names the config's backbone:
 `config.finalize` replaces it with the directory that holds it.
 """
 
@@ -13,7 +12,8 @@ import hashlib
 import json
 import os
 
-from cows_jax.data import sources, synthetic_parts, synthetic_pretrain
+from cows_jax.data import sources, synthetic_parts
+from cows_jax.imagenet_standin import dataset
 
 # `model.init_from` / `segment.init_from`: the backbone `cows-jax pretrain` makes for the config.
 PLACEHOLDER = 'pretrain'
@@ -34,14 +34,14 @@ TRAINING_FIELDS = (
   'color_jitter',
 )
 # The backbones shipped with the package, one directory per fingerprint.
-SHIPPED_ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'pretrained')
+SHIPPED_ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'shipped')
 
 
-def dataset_spec(cfg) -> synthetic_pretrain.PretrainSpec | synthetic_parts.PartsPretrainSpec:
+def dataset_spec(cfg) -> dataset.PretrainSpec | synthetic_parts.PartsPretrainSpec:
   """The pretraining set of the config's world: the shapes world's shape x appearance
   classes, or (data.world='parts') the parts world's body x part classes."""
   p = cfg.pretrain
-  spec = synthetic_pretrain.PretrainSpec
+  spec = dataset.PretrainSpec
   if cfg.data.name == 'synthetic' and sources.world(cfg) == 'parts':
     spec = synthetic_parts.PartsPretrainSpec
   return spec(
@@ -54,10 +54,10 @@ def dataset_spec(cfg) -> synthetic_pretrain.PretrainSpec | synthetic_parts.Parts
 
 
 def load_sources(spec, data_dir: str) -> dict:
-  """{'train', 'val'} sources (synthetic_pretrain.Source) of a `dataset_spec`, built if needed."""
+  """{'train', 'val'} sources (dataset.Source) of a `dataset_spec`, built if needed."""
   if isinstance(spec, synthetic_parts.PartsPretrainSpec):
     return synthetic_parts.load_pretrain_sources(spec, data_dir)
-  return synthetic_pretrain.load_sources(spec, data_dir)
+  return dataset.load_sources(spec, data_dir)
 
 
 def training_fields(cfg) -> dict:

@@ -4,7 +4,7 @@ The paper starts both networks from an ImageNet-trained VGG16; no ImageNet weigh
 a width-scaled VGG. This stage makes the stand-in: it trains the VGG16 backbone of
 models/vgg.py at `model.width`, with BatchNorm after every conv, as a single-label classifier
 (global average pool + linear head) on the synthetic pretraining set
-(data/synthetic_pretrain.py: 144 shape x appearance classes, the segmentation classes among
+(dataset.py: 144 shape x appearance classes, the segmentation classes among
 them), then folds BatchNorm into the convs (models/fold.py). The result is a plain VGG16 of
 the paper's architecture (model.norm='none'), written as `cows-jax weights import` writes
 ImageNet weights:
@@ -15,7 +15,7 @@ ImageNet weights:
   DIR/training/         the classifier's checkpoints (a killed run resumes), its metric log
                         and TensorBoard events
 
-DIR is `synthetic_backbones.weights_dir(cfg)`: DATA_DIR/pretrained/<fingerprint> beside the
+DIR is `backbones.weights_dir(cfg)`: DATA_DIR/pretrained/<fingerprint> beside the
 datasets, the fingerprint covering everything that changes the weights (the dataset spec,
 model.width, model.dtype, the pretrain.* training fields, a version). The backbone is made
 once per fingerprint and reused; `model.init_from='pretrain'` (or DIR) loads it.
@@ -45,11 +45,11 @@ from cows_jax import (
   optim,
   parallel,
   run_dir,
-  synthetic_backbones,
   training,
   update_plan,
 )
 from cows_jax.data import input_pipeline, sources, transforms
+from cows_jax.imagenet_standin import backbones
 from cows_jax.models import fold, pretrained
 from cows_jax.models.vgg import VGG16LargeFOV
 
@@ -82,7 +82,7 @@ class BackboneClassifier(nn.Module):
 def output_dir(cfg, out: str | None = None) -> str:
   """The absolute path of `out` (a URL such as gs://... as it is), by default of
   `weights_dir(cfg)`."""
-  out = out or synthetic_backbones.weights_dir(cfg)
+  out = out or backbones.weights_dir(cfg)
   return out if '://' in out else os.path.abspath(os.path.expanduser(out))
 
 
@@ -94,7 +94,7 @@ def problems(cfg) -> list[str]:
   """Every problem of the pretrain.* fields, one line each; [] when it can run."""
   p, out = cfg.pretrain, []
   try:
-    synthetic_backbones.dataset_spec(cfg)
+    backbones.dataset_spec(cfg)
   except ValueError as e:
     out.append(str(e).replace('PretrainSpec.', 'pretrain.'))
   for field, low, high in (
@@ -212,22 +212,20 @@ def accuracy(model, variables, source, indices, cfg) -> tuple[float, np.ndarray]
 
 
 def run(cfg, out: str | None = None) -> dict:
-  """Makes the backbone of `cfg` in `out` (default `synthetic_backbones.weights_dir(cfg)`), or reuses a complete
+  """Makes the backbone of `cfg` in `out` (default `backbones.weights_dir(cfg)`), or reuses a complete
   one; returns its provenance."""
   cfg = ml_collections.FrozenConfigDict(cfg)
   found = problems(cfg)
   if found:
     raise ValueError('; '.join(found))
   out = output_dir(cfg, out)
-  done = _complete(out, synthetic_backbones.fingerprint(cfg))
+  done = _complete(out, backbones.fingerprint(cfg))
   if done:
     logging.info('pretrain: reusing the backbone in %s', out)
     return done
   # The directory's lock, held by process 0, as a run directory's.
   with run_dir.Lock(run_dir.RunDir(out)) if parallel.is_writer() else contextlib.nullcontext():
-    done = _complete(
-      out, synthetic_backbones.fingerprint(cfg)
-    )  # another job may have finished it meanwhile.
+    done = _complete(out, backbones.fingerprint(cfg))  # another job may have finished it meanwhile.
     return done or _train(cfg, out)
 
 
@@ -248,8 +246,8 @@ def _complete(out: str, fp: str) -> dict | None:
 
 def _train(cfg, out: str) -> dict:
   start_time = time.time()
-  spec = synthetic_backbones.dataset_spec(cfg)
-  splits = synthetic_backbones.load_sources(spec, sources.data_dir(cfg))
+  spec = backbones.dataset_spec(cfg)
+  splits = backbones.load_sources(spec, sources.data_dir(cfg))
   spe, p = steps_per_epoch(cfg), cfg.pretrain
   total = spe * p.epochs
   work = run_dir.RunDir(epath.Path(out) / 'training')
@@ -324,13 +322,13 @@ def _finish(cfg, model, spec, splits, work, total: int, out: str, seconds: float
     'input': INPUT,
     'ignored_keys': ['head/kernel', 'head/bias'],
     'pretrain': {
-      'fingerprint': synthetic_backbones.fingerprint(cfg),
-      'version': synthetic_backbones.VERSION,
+      'fingerprint': backbones.fingerprint(cfg),
+      'version': backbones.VERSION,
       'dataset': {**dataclasses.asdict(spec), 'fingerprint': spec.fingerprint()},
       # Relative paths only: the directory travels (the shipped backbones).
       'dataset_build': os.path.join(*epath.Path(splits['train'].build_dir).parts[-3:]),
       'model': {'width': cfg.model.width, 'dtype': cfg.model.dtype, 'norm_in_training': 'batch'},
-      'training': {**synthetic_backbones.training_fields(cfg), 'seed': p.seed},
+      'training': {**backbones.training_fields(cfg), 'seed': p.seed},
       'steps': total,
       'steps_per_epoch': steps_per_epoch(cfg),
       'batchnorm_folded': True,

@@ -164,7 +164,7 @@ class Source:
     return np.asarray([int(self._source[i]['label']) for i in range(len(self))], np.int64)
 
   def __repr__(self) -> str:
-    return f'synthetic_pretrain.Source({self.build_dir}, {len(self)} records)'
+    return f'imagenet_standin.dataset.Source({self.build_dir}, {len(self)} records)'
 
 
 def _prepared(spec: PretrainSpec, data_dir: str) -> CowsSyntheticPretrain:
