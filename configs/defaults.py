@@ -13,7 +13,7 @@ import sys
 import ml_collections
 
 from cows_jax.configs.schema import Schema, Section, field, renamed
-from cows_jax.models.pretrained import IMAGENET_MEAN, IMAGENET_STD
+from cows_jax.models.imported import IMAGENET_MEAN, IMAGENET_STD
 
 DTYPES = ('float32', 'bfloat16', 'float16')
 

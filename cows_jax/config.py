@@ -15,7 +15,7 @@ from absl import logging
 
 from cows_jax.configs.defaults import SCHEMA
 from cows_jax.imagenet_standin import backbones
-from cows_jax.models import pretrained
+from cows_jax.models import imported
 
 
 def packaged_names() -> list[str]:
@@ -59,10 +59,10 @@ def finalize(cfg) -> ml_collections.FrozenConfigDict:
     logging.warning('%s', warning)
   backbones.resolve(c)
   if c.model.init_from not in ('', backbones.PLACEHOLDER):
-    convention = pretrained.read_provenance(c.model.init_from)['input']
+    convention = imported.read_provenance(c.model.init_from)['input']
     c.input.mean, c.input.std = tuple(convention['mean']), tuple(convention['std'])
   if c.segment.init_from not in ('', backbones.PLACEHOLDER):
-    provenance = pretrained.read_provenance(c.segment.init_from)
+    provenance = imported.read_provenance(c.segment.init_from)
     c.segment.mean = tuple(provenance['input']['mean'])
     c.segment.std = tuple(provenance['input']['std'])
     if 'stride_in_1x1' in provenance:

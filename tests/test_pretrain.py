@@ -1,5 +1,5 @@
 """`cows-jax pretrain`: the synthetic pretraining set, BatchNorm folding, and a tiny run whose
-backbone the classifier and the VGG16 segmenter load through models/pretrained.py."""
+backbone the classifier and the VGG16 segmenter load through models/imported.py."""
 
 import hashlib
 import json
@@ -20,7 +20,7 @@ from cows_jax.data import synthetic
 from cows_jax.imagenet_standin import backbones
 from cows_jax.imagenet_standin import dataset as standin_dataset
 from cows_jax.imagenet_standin import train as standin_train
-from cows_jax.models import fold, from_config, pretrained
+from cows_jax.models import fold, from_config, imported
 from cows_jax.models.vgg import VGG16LargeFOV
 
 SMALL = standin_dataset.PretrainSpec(image_size=48, train_size=300, val_size=30)
@@ -165,7 +165,7 @@ def test_pretrain_writes_a_weights_directory_with_its_provenance(tiny_pretrained
   assert os.path.isdir(os.path.join(out, 'backbone'))
   assert json.load(open(os.path.join(out, 'provenance.json'))) == provenance
   assert provenance['arch'] == 'vgg16'
-  assert provenance['input']['mean'] == list(pretrained.IMAGENET_MEAN)
+  assert provenance['input']['mean'] == list(imported.IMAGENET_MEAN)
   p = provenance['pretrain']
   assert p['steps'] == 6 and p['dataset']['num_classes'] == 12
   assert p['dataset']['fingerprint'] == backbones.dataset_spec(cfg).fingerprint()
@@ -195,9 +195,9 @@ def test_classifier_and_vgg_segmenter_load_the_backbone(tiny_pretrained):
   cfg.model.norm, cfg.segment.backbone = 'none', 'vgg16'
   cfg.model.init_from = cfg.segment.init_from = out
   cfg = config.finalize(cfg)
-  assert tuple(cfg.input.mean) == pretrained.IMAGENET_MEAN
-  assert tuple(cfg.segment.std) == pretrained.IMAGENET_STD
-  stored = pretrained.load_backbone(
+  assert tuple(cfg.input.mean) == imported.IMAGENET_MEAN
+  assert tuple(cfg.segment.std) == imported.IMAGENET_STD
+  stored = imported.load_backbone(
     out,
     'vgg16',
     {
@@ -217,7 +217,7 @@ def test_a_width_other_than_the_backbone_is_a_one_line_error(tiny_pretrained):
   cfg = config.load('synthetic:tiny')
   cfg.model.norm, cfg.model.width, cfg.model.init_from = 'none', 0.25, out
   cfg = config.finalize(cfg)
-  with pytest.raises(pretrained.WeightsError, match='shape mismatch'):
+  with pytest.raises(imported.WeightsError, match='shape mismatch'):
     from_config.init_variables(from_config.classifier(cfg), cfg, jax.random.key(0))
 
 
@@ -294,7 +294,7 @@ def test_init_from_pretrain_names_the_made_backbone_else_the_shipped_one(tmp_pat
   shipped = os.path.join(backbones.SHIPPED_ROOT, backbones.fingerprint(cfg))
   final = config.finalize(cfg)
   assert final.model.init_from == final.segment.init_from == shipped
-  assert tuple(final.input.mean) == pretrained.IMAGENET_MEAN  # its provenance's convention.
+  assert tuple(final.input.mean) == imported.IMAGENET_MEAN  # its provenance's convention.
   made = backbones.weights_dir(cfg)
   os.makedirs(made)
   for name in ('backbone', 'provenance.json'):

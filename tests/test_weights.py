@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from cows_jax import config
-from cows_jax.models import from_config, pretrained
+from cows_jax.models import from_config, imported
 from cows_jax.models.vgg import VGG16LargeFOV
 from cows_jax.tools import weights_import, weights_layout
 
@@ -54,7 +54,7 @@ def _check_forward(torch_vgg, out_dir):
     expected = torch_vgg.features(torch.from_numpy(x)).numpy().transpose(0, 2, 3, 1)
   model = VGG16LargeFOV()
   like = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 40, 40, 3)))
-  variables = pretrained.load_backbone(out_dir, 'vgg16', dict(like))
+  variables = imported.load_backbone(out_dir, 'vgg16', dict(like))
   got = np.asarray(model.apply(variables, x.transpose(0, 2, 3, 1)))
   np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
 
@@ -107,24 +107,24 @@ def test_wrong_files_give_clear_errors(torch_vgg, tmp_path):
   truncated = tmp_path / 'truncated.pth'
   torch.save(state, truncated)
   truncated.write_bytes(truncated.read_bytes()[:1000])
-  with pytest.raises(pretrained.WeightsError, match='truncated.pth: not a readable PyTorch'):
+  with pytest.raises(imported.WeightsError, match='truncated.pth: not a readable PyTorch'):
     weights_import.import_weights('vgg16', str(truncated), str(tmp_path / 'a'))
 
   other = tmp_path / 'resnet_like.pth'
   torch.save({'conv1.weight': torch.zeros(64, 3, 7, 7), 'fc.weight': torch.zeros(10, 2048)}, other)
   with pytest.raises(
-    pretrained.WeightsError, match='resnet_like.pth: none of its keys.*another architecture'
+    imported.WeightsError, match='resnet_like.pth: none of its keys.*another architecture'
   ):
     weights_import.import_weights('vgg16', str(other), str(tmp_path / 'b'))
 
   bad_shape = {k: v for k, v in state.items()}
   bad_shape['features.0.weight'] = torch.zeros(32, 3, 3, 3)
   torch.save(bad_shape, tmp_path / 'bad.pth')
-  with pytest.raises(pretrained.WeightsError, match=r'conv1_1/kernel: file \(3, 3, 3, 32\)'):
+  with pytest.raises(imported.WeightsError, match=r'conv1_1/kernel: file \(3, 3, 3, 32\)'):
     weights_import.import_weights('vgg16', str(tmp_path / 'bad.pth'), str(tmp_path / 'c'))
 
   (tmp_path / 'junk.caffemodel').write_bytes(b'\xff' * 64)
-  with pytest.raises(pretrained.WeightsError, match='junk.caffemodel'):
+  with pytest.raises(imported.WeightsError, match='junk.caffemodel'):
     weights_import.import_weights('vgg16', str(tmp_path / 'junk.caffemodel'), str(tmp_path / 'd'))
   for out in 'abcd':
     assert not os.path.exists(tmp_path / out / 'provenance.json')
@@ -134,15 +134,13 @@ def test_load_checks_arch_and_width(torch_vgg, tmp_path):
   src = str(tmp_path / 'vgg16.pth')
   torch.save(torch_vgg.state_dict(), src)
   weights_import.import_weights('vgg16', src, str(tmp_path / 'out'))
-  with pytest.raises(
-    pretrained.WeightsError, match='holds vgg16 weights, the model needs resnet101'
-  ):
-    pretrained.load_backbone(str(tmp_path / 'out'), 'resnet101', {})
+  with pytest.raises(imported.WeightsError, match='holds vgg16 weights, the model needs resnet101'):
+    imported.load_backbone(str(tmp_path / 'out'), 'resnet101', {})
   small = jax.eval_shape(
     VGG16LargeFOV(width=0.5).init, jax.random.key(0), jnp.zeros((1, 32, 32, 3))
   )
-  with pytest.raises(pretrained.WeightsError, match='shape mismatch'):
-    pretrained.load_backbone(str(tmp_path / 'out'), 'vgg16', dict(small))
+  with pytest.raises(imported.WeightsError, match='shape mismatch'):
+    imported.load_backbone(str(tmp_path / 'out'), 'vgg16', dict(small))
 
 
 def test_classifier_starts_from_imported_backbone(torch_vgg, tmp_path, tiny_config, monkeypatch):
@@ -164,7 +162,7 @@ def test_classifier_starts_from_imported_backbone(torch_vgg, tmp_path, tiny_conf
   fresh = jax.tree.map(
     lambda a: np.zeros(a.shape, a.dtype), from_config.abstract_variables(model, cfg)
   )
-  variables = pretrained.with_pretrained_backbone(fresh, cfg.model.init_from, 'vgg16')
+  variables = imported.with_pretrained_backbone(fresh, cfg.model.init_from, 'vgg16')
   w = variables['params']['backbone']['conv2_1']['kernel']
   np.testing.assert_array_equal(w, state['features.5.weight'].transpose(2, 3, 1, 0))
   # conv1_1 came from a BGR Caffe model: RGB order now.
@@ -330,7 +328,7 @@ def test_full_size_resnet101_import_into_the_segmenter(tmp_path, tiny_config):
     lambda a: np.zeros(a.shape, a.dtype),
     from_config.abstract_variables(from_config.segmenter(cfg), cfg),
   )
-  variables = pretrained.with_pretrained_backbone(fresh, cfg.segment.init_from, 'resnet101')
+  variables = imported.with_pretrained_backbone(fresh, cfg.segment.init_from, 'resnet101')
   np.testing.assert_array_equal(
     variables['frozen_bn']['backbone']['layer3']['5']['bn2']['var'],
     model.layer3[5].bn2.running_var.numpy(),

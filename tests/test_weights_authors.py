@@ -12,7 +12,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from cows_jax import checkpoints, cli, config, run_dir
-from cows_jax.models import from_config, pretrained
+from cows_jax.models import from_config, imported
 from cows_jax.tools import weights_import
 
 torch = pytest.importorskip(
@@ -104,7 +104,7 @@ def test_reference_classifier_checkpoint_matches_pytorch(classifier, tmp_path, t
   assert provenance['ignored_keys'] == []
 
   cfg = _classifier_config(tiny_config, provenance)
-  assert cfg.input.mean == pretrained.IMAGENET_MEAN  # the reference's normalization.
+  assert cfg.input.mean == imported.IMAGENET_MEAN  # the reference's normalization.
   model, (variables, step) = _restore_classifier(cfg, str(tmp_path / 'run'))
   assert step == 14
 
@@ -139,7 +139,7 @@ def test_bare_state_dicts_need_epochs_and_import_alike(classifier, tmp_path, lay
     state = {f'module.{k}': v for k, v in state.items()}
   bare = str(tmp_path / 'bare.pth')
   torch.save(state, bare)
-  with pytest.raises(pretrained.WeightsError, match=r"bare.pth: no 'epoch' field.*--epochs N"):
+  with pytest.raises(imported.WeightsError, match=r"bare.pth: no 'epoch' field.*--epochs N"):
     weights_import.import_trained('coattention_vgg16', bare, str(tmp_path / 'a'))
   weights_import.import_trained('coattention_vgg16', ref, str(tmp_path / 'a'))
   provenance = weights_import.import_trained('coattention_vgg16', bare, str(tmp_path / 'b'), 3)

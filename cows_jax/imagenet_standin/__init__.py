@@ -4,7 +4,7 @@ The paper starts both networks from an ImageNet-trained VGG16, but no ImageNet w
 for the width-scaled VGG the synthetic configs train, so the synthetic world trains its own
 stand-in on a synthetic classification set (docs/pretrain.md). Loading imported ImageNet
 weights, the directories `cows-jax weights import` writes, is another matter:
-models/pretrained.py.
+models/imported.py.
 
   dataset.py    the stand-in's pretraining set: shape x appearance classes, the
                 segmentation classes among them (the parts world's is data/synthetic_parts.py)

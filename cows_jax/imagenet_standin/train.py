@@ -50,12 +50,12 @@ from cows_jax import (
 )
 from cows_jax.data import input_pipeline, sources, transforms
 from cows_jax.imagenet_standin import backbones
-from cows_jax.models import fold, pretrained
+from cows_jax.models import fold, imported
 from cows_jax.models.vgg import VGG16LargeFOV
 
 # The images are normalized as torchvision's ImageNet models expect (RGB / 255, ImageNet
 # mean and std); provenance.json records it and config.finalize applies it downstream.
-INPUT = pretrained.TORCHVISION_INPUT
+INPUT = imported.TORCHVISION_INPUT
 
 
 class BackboneClassifier(nn.Module):

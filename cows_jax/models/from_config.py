@@ -8,7 +8,7 @@ from the same fields.
 import jax
 import jax.numpy as jnp
 
-from cows_jax.models import pretrained
+from cows_jax.models import imported
 from cows_jax.models.coattention import CoAttentionNet
 from cows_jax.models.deeplab import DeepLab
 
@@ -59,7 +59,7 @@ def init_variables(model, cfg, rng) -> dict:
   """{'params': ..., and 'batch_stats' / 'frozen_bn' as the backbone has them}; the backbone
   from the imported ImageNet weights when the config names them (new layers keep their own
   init, as in the reference)."""
-  return pretrained.with_pretrained_backbone(
+  return imported.with_pretrained_backbone(
     _random_variables(model, cfg, rng), *_init_from(model, cfg)
   )
 

@@ -8,7 +8,7 @@ import re
 
 import numpy as np
 
-from cows_jax.models.pretrained import WeightsError
+from cows_jax.models.imported import WeightsError
 from cows_jax.tools import weights_layout as layout
 
 

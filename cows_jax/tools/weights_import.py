@@ -3,7 +3,7 @@
 ImageNet backbones (`--arch vgg16`, `resnet101`): the paper starts every network from ImageNet
 weights; users download those themselves and this tool converts them once: torchvision/timm
 state dicts (.pth/.pt/.bin or .safetensors) and Caffe models (.caffemodel), written as an
-orbax checkpoint of backbone variables plus `provenance.json` (models/pretrained.py reads both
+orbax checkpoint of backbone variables plus `provenance.json` (models/imported.py reads both
 at run time).
 
 The authors' trained models (`--arch coattention_vgg16`, `deeplab_v2_resnet101`): the
@@ -25,7 +25,7 @@ import sys
 import orbax.checkpoint as ocp
 
 from cows_jax import run_dir
-from cows_jax.models.pretrained import (
+from cows_jax.models.imported import (
   CAFFE_INPUT,
   TORCHVISION_INPUT,
   WeightsError,

@@ -4,7 +4,7 @@ to HWIO, and the check of converted arrays against a model's shapes."""
 
 import numpy as np
 
-from cows_jax.models.pretrained import WeightsError, flatten
+from cows_jax.models.imported import WeightsError, flatten
 
 # torchvision's vgg16 `features` indices of the 13 convs, in VGG16 order.
 VGG16_FEATURE_CONVS = (0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28)

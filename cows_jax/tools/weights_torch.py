@@ -6,7 +6,7 @@ import os
 
 import numpy as np
 
-from cows_jax.models.pretrained import WeightsError
+from cows_jax.models.imported import WeightsError
 from cows_jax.tools import weights_layout as layout
 
 

@@ -4,6 +4,8 @@ A directory holds `backbone/` (an orbax checkpoint of the backbone's variables) 
 `provenance.json` (source file and sha256, arch, and the input convention the weights expect).
 `model.init_from` and `segment.init_from` point at one: only the backbone is loaded, new layers
 keep their own initialization, and `config.finalize` takes the input mean/std from here.
+The synthetic world's stand-in backbones (imagenet_standin/) are written in the same layout
+and load the same way.
 """
 
 import json
