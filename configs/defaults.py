@@ -136,7 +136,8 @@ def _declare() -> Section:
   c.model.init_from = field(
     '',
     "directory made by `cows-jax weights import` the backbone starts from ('' = random init; "
-    "'pretrain' = the config's pretrained backbone)",
+    "'standin' = the config's ImageNet stand-in backbone, `cows-jax pretrain`'s; its old name "
+    "'pretrain' works, with a warning, for one release)",
   )
   # Random weights are a smoke test, not the paper.
   c.model.allow_random_init = field(

@@ -22,7 +22,7 @@ def get_config(arg: str | None = None):
   # 'shapes': data/synthetic.py; 'parts' (`:parts`): data/synthetic_parts.py.
   c.data.world = 'shapes'
   # Both networks start from the config's ImageNet stand-in backbone (imagenet_standin/).
-  c.model.init_from = c.segment.init_from = 'pretrain'
+  c.model.init_from = c.segment.init_from = 'standin'
   c.segment.backbone = 'vgg16'  # the paper's VGG16 setting.
 
   # ---- scaled: size and width.

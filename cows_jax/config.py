@@ -50,18 +50,18 @@ def load(spec: str) -> ml_collections.ConfigDict:
 def finalize(cfg) -> ml_collections.FrozenConfigDict:
   """The config as a run uses it, read-only: a value set under a renamed field's old name moves
   to the new field (a logged warning names both; configs/defaults.py declares them);
-  init_from='pretrain' becomes the directory of the config's pretrained backbone
-  (imagenet_standin.backbones); the classifier's input mean/std follow the weights in
-  model.init_from; the segmenter's mean/std and ResNet block layout follow segment.init_from.
-  Idempotent."""
+  init_from='standin' (or its old name 'pretrain', with a warning) becomes the directory of
+  the config's ImageNet stand-in backbone (imagenet_standin.backbones); the classifier's
+  input mean/std follow the weights in model.init_from; the segmenter's mean/std and ResNet
+  block layout follow segment.init_from. Idempotent."""
   c = ml_collections.ConfigDict(cfg.to_dict())
-  for warning in SCHEMA.move_renamed(c):
+  for warning in SCHEMA.move_renamed(c) + backbones.move_renamed(c):
     logging.warning('%s', warning)
   backbones.resolve(c)
-  if c.model.init_from not in ('', backbones.PLACEHOLDER):
+  if c.model.init_from not in ('', backbones.STANDIN):
     convention = imported.read_provenance(c.model.init_from)['input']
     c.input.mean, c.input.std = tuple(convention['mean']), tuple(convention['std'])
-  if c.segment.init_from not in ('', backbones.PLACEHOLDER):
+  if c.segment.init_from not in ('', backbones.STANDIN):
     provenance = imported.read_provenance(c.segment.init_from)
     c.segment.mean = tuple(provenance['input']['mean'])
     c.segment.std = tuple(provenance['input']['std'])

@@ -88,8 +88,8 @@ def _paths(cfg) -> list[str]:
       out.append(f'{field}={value}: does not exist')
   for field in ('model.init_from', 'segment.init_from'):
     value = _get(cfg, field)
-    if value == backbones.PLACEHOLDER:
-      continue  # the config's pretrained backbone: checked by `problems`, per command.
+    if value == backbones.STANDIN:
+      continue  # the config's stand-in backbone: checked by `problems`, per command.
     if value and not os.path.isfile(os.path.join(os.path.expanduser(value), 'provenance.json')):
       out.append(
         f'{field}={value}: no provenance.json there; make it with `cows-jax weights import`'
@@ -115,12 +115,13 @@ def problems(cfg, command: str = 'pipeline') -> list[str]:
   """Every problem of a config for `command`, one line each; [] when it can run. It needs no
   file the config names to be readable (the CLI runs it before `config.finalize`)."""
   cfg = ml_collections.ConfigDict(cfg.to_dict())
-  SCHEMA.move_renamed(cfg)  # config.finalize warns of an old name.
+  SCHEMA.move_renamed(cfg)  # config.finalize warns of an old name,
+  backbones.move_renamed(cfg)  # and of init_from's old value.
   out = _ranges(cfg)
   out += _paths(cfg)
   if command not in PRETRAINING_COMMANDS and backbones.missing(cfg):
     out.append(
-      f"init_from='{backbones.PLACEHOLDER}': this config's pretrained backbone "
+      f"init_from='{backbones.STANDIN}': this config's stand-in backbone "
       f'({backbones.weights_dir(cfg)}) is not made yet; make it with `cows-jax '
       'pretrain` and the same --config flags (the pipeline makes it itself)'
     )

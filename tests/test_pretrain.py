@@ -16,6 +16,7 @@ import pytest
 from tolerances import FLOAT64
 
 from cows_jax import config, validation
+from cows_jax.configs.defaults import FIELDS
 from cows_jax.data import synthetic
 from cows_jax.imagenet_standin import backbones
 from cows_jax.imagenet_standin import dataset as standin_dataset
@@ -288,7 +289,7 @@ def test_every_shipped_backbone_belongs_to_a_packaged_config_argument():
     assert os.path.basename(directory) in fingerprints, directory
 
 
-def test_init_from_pretrain_names_the_made_backbone_else_the_shipped_one(tmp_path):
+def test_init_from_standin_names_the_made_backbone_else_the_shipped_one(tmp_path):
   cfg = config.load('synthetic:tiny_pretrained')
   cfg.data.data_dir = str(tmp_path / 'data')
   shipped = os.path.join(backbones.SHIPPED_ROOT, backbones.fingerprint(cfg))
@@ -308,8 +309,30 @@ def test_a_missing_backbone_is_one_line_for_a_stage_and_made_by_the_pipeline(tmp
   cfg.data.data_dir, cfg.pretrain.seed = str(tmp_path / 'data'), 7  # nothing shipped or made.
   assert backbones.missing(cfg)
   found = validation.problems(cfg, 'classify')
-  assert len(found) == 1 and "init_from='pretrain'" in found[0] and 'cows-jax pretrain' in found[0]
+  assert len(found) == 1 and "init_from='standin'" in found[0] and 'cows-jax pretrain' in found[0]
   assert validation.problems(cfg, 'pipeline') == []
+
+
+def test_the_old_value_pretrain_resolves_as_standin_with_a_warning(tmp_path, monkeypatch):
+  """init_from='pretrain', the value's name before 'standin', works for one release."""
+  cfg = config.load('synthetic:tiny_pretrained')
+  cfg.data.data_dir = str(tmp_path / 'data')
+  assert cfg.model.init_from == cfg.segment.init_from == backbones.STANDIN == 'standin'
+  standin = config.finalize(cfg)
+  cfg.model.init_from = cfg.segment.init_from = backbones.OLD_STANDIN
+  assert validation.problems(cfg, 'classify') == []
+  warnings = []
+  monkeypatch.setattr(config.logging, 'warning', lambda fmt, *a: warnings.append(fmt % a))
+  old = config.finalize(cfg)
+  assert old.model.init_from == old.segment.init_from == standin.model.init_from
+  assert old.to_dict() == standin.to_dict()
+  assert len(warnings) == 2 and all(
+    "init_from='pretrain' is renamed 'standin'" in w for w in warnings
+  )
+  cfg.pretrain.seed = 7  # nothing shipped or made: the pipeline makes it.
+  assert backbones.missing(cfg)
+  meaning = FIELDS['model.init_from'].meaning  # --help-fields and docs/configs.md
+  assert f"'{backbones.STANDIN}'" in meaning and f"'{backbones.OLD_STANDIN}'" in meaning
 
 
 def test_the_demo_recipe_runs_end_to_end_from_the_shipped_backbone(tmp_path):

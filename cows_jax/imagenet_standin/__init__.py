@@ -9,7 +9,7 @@ models/imported.py.
   dataset.py    the stand-in's pretraining set: shape x appearance classes, the
                 segmentation classes among them (the parts world's is data/synthetic_parts.py)
   backbones.py  what identifies a backbone (its fingerprint), where it lives, and the
-                config value that names it (`model.init_from='pretrain'`)
+                config value that names it (`model.init_from='standin'`)
   train.py      `cows-jax pretrain`: trains the backbone of a config, then folds its BatchNorm
   shipped/      the backbones of the packaged configs, one directory per fingerprint
 """

@@ -4,7 +4,8 @@ and the name configs give it.
 `cows-jax pretrain` (train.py) makes the backbone of a config once, in
 DATA_DIR/pretrained/<fingerprint>; the fingerprint covers everything that changes the weights.
 Backbones of the packaged configs also ship with the package (shipped/<fingerprint>, made by
-that command: docs/pretrain.md), so that the demo does not spend its time making one. `model.init_from='pretrain'` (and `segment.init_from`) names the config's backbone:
+that command: docs/pretrain.md), so that the demo does not spend its time making one.
+`model.init_from='standin'` (and `segment.init_from`) names the config's backbone:
 `config.finalize` replaces it with the directory that holds it.
 """
 
@@ -16,7 +17,9 @@ from cows_jax.data import sources, synthetic_parts
 from cows_jax.imagenet_standin import dataset
 
 # `model.init_from` / `segment.init_from`: the backbone `cows-jax pretrain` makes for the config.
-PLACEHOLDER = 'pretrain'
+STANDIN = 'standin'
+# STANDIN's old name, kept for one release: `move_renamed` replaces it with a warning.
+OLD_STANDIN = 'pretrain'
 # Bumped whenever the training procedure changes, so that backbones made by older code are
 # not reused.
 VERSION = 1
@@ -98,23 +101,38 @@ def location(cfg) -> str:
   return made
 
 
-def uses_placeholder(cfg) -> bool:
-  """Whether the classifier or the segmenter starts from the config's pretrained backbone."""
-  return PLACEHOLDER in (cfg.model.init_from, cfg.segment.init_from)
+def move_renamed(cfg) -> list[str]:
+  """Replaces OLD_STANDIN in model.init_from and segment.init_from of a mutable config with
+  STANDIN, in place; a warning line each (config.finalize logs them)."""
+  out = []
+  for section in ('model', 'segment'):
+    if cfg[section].init_from == OLD_STANDIN:
+      cfg[section].init_from = STANDIN
+      out.append(
+        f"{section}.init_from='{OLD_STANDIN}' is renamed '{STANDIN}': the config's stand-in "
+        'backbone is used; the old name goes in the next release'
+      )
+  return out
+
+
+def uses_standin(cfg) -> bool:
+  """Whether the classifier or the segmenter starts from the config's stand-in backbone (by
+  its name or its old one: the CLI asks before `config.finalize`)."""
+  return bool({STANDIN, OLD_STANDIN} & {cfg.model.init_from, cfg.segment.init_from})
 
 
 def missing(cfg) -> bool:
   """Whether the config names its backbone and none has been made or shipped."""
-  return uses_placeholder(cfg) and not _is_complete(location(cfg))
+  return uses_standin(cfg) and not _is_complete(location(cfg))
 
 
 def resolve(cfg) -> None:
-  """Replaces the placeholder in model.init_from and segment.init_from of a mutable config
+  """Replaces STANDIN in model.init_from and segment.init_from of a mutable config
   with `location(cfg)` once the backbone exists there (before, it stays: `cows-jax config`
   still prints the config, and the stages' validation names the command that makes it)."""
   where = location(cfg)
   if not _is_complete(where):
     return
   for node in (cfg.model, cfg.segment):
-    if node.init_from == PLACEHOLDER:
+    if node.init_from == STANDIN:
       node.init_from = where

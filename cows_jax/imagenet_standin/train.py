@@ -18,7 +18,7 @@ ImageNet weights:
 DIR is `backbones.weights_dir(cfg)`: DATA_DIR/pretrained/<fingerprint> beside the
 datasets, the fingerprint covering everything that changes the weights (the dataset spec,
 model.width, model.dtype, the pretrain.* training fields, a version). The backbone is made
-once per fingerprint and reused; `model.init_from='pretrain'` (or DIR) loads it.
+once per fingerprint and reused; `model.init_from='standin'` (or DIR) loads it.
 """
 
 import contextlib
