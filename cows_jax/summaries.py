@@ -8,6 +8,7 @@ copied there when the writer closes.
 
 import os
 import shutil
+import sys
 import tempfile
 
 import jax
@@ -17,18 +18,32 @@ from etils import epath
 from cows_jax import run_dir
 
 
+def _summary_writer_class():
+  """tensorboardX's SummaryWriter, imported without torch where torch is installed and not
+  yet imported: tensorboardX imports it (1 to 2 s, every process) only to accept torch
+  tensors, which cows_jax never logs."""
+  if 'torch' in sys.modules:
+    from tensorboardX import SummaryWriter
+
+    return SummaryWriter
+  sys.modules['torch'] = None  # `import torch` raises ImportError, as without torch.
+  try:
+    from tensorboardX import SummaryWriter
+  finally:
+    del sys.modules['torch']
+  return SummaryWriter
+
+
 class Writer:
   """Scalars and images of one run part (a trained model, the evaluation)."""
 
   def __init__(self, logdir) -> None:
     self._tb, self._remote, self._local = None, None, None
     if jax.process_index() == 0:
-      from tensorboardX import SummaryWriter
-
       logdir = epath.Path(logdir)
       if not run_dir.is_local(logdir):
         self._remote, self._local = logdir, tempfile.mkdtemp(prefix='cows_tensorboard.')
-      self._tb = SummaryWriter(self._local or os.fspath(logdir))
+      self._tb = _summary_writer_class()(self._local or os.fspath(logdir))
 
   def scalars(self, step: int, values: dict) -> None:
     if self._tb is not None:
