@@ -154,9 +154,15 @@ def test_sigterm_to_every_process_in_classify_and_localize_then_reruns_equal_one
   maps = os.listdir(run_dir.RunDir(workdir).maps())
   assert 0 < len(maps) < 32 and not run_dir.RunDir(workdir).maps_index().exists()
 
-  _finish(_start('pipeline', workdir, data, *args))
-  _assert_same_outputs(straight, workdir, map_atol=0, label_flips=0)
-  assert _summary(straight) == _summary(workdir)
+  # The stages after localize read only its maps, and their own stops are tested on one
+  # process (test_reliability.py): the rerun ends with localize.
+  _finish(_start('localize', workdir, data, *args))
+  a, b = run_dir.RunDir(straight), run_dir.RunDir(workdir)
+  ids = run_dir.read_json(a.maps_index(), 'localize')['ids']
+  assert run_dir.read_json(b.maps_index(), 'localize')['ids'] == ids and len(ids) == 32
+  for i in ids:
+    for x, y in zip(run_dir.load_maps(a.map_file(i)), run_dir.load_maps(b.map_file(i))):
+      np.testing.assert_array_equal(x, y, err_msg=i)
 
 
 def test_two_processes_of_two_devices_from_scratch_write_what_one_device_writes(tiny_run, tmp_path):
