@@ -39,7 +39,6 @@ import glob
 import importlib.metadata
 import importlib.util
 import json
-import multiprocessing
 import os
 import platform
 import shlex
@@ -49,6 +48,7 @@ import tempfile
 import time
 import traceback
 
+from cows_jax.bench import common
 from cows_jax.bench import device_parts as parts
 
 HELP = "an accelerator's few minutes: every bench, one JSON"
@@ -87,7 +87,7 @@ SIZES = {
 }
 
 
-# --- the parent: shares, fresh processes, the JSON --------------------------------------------
+# --- the parent: shares, processes of their own, the JSON ------------------------------------
 
 
 def _child(conn, fn, payload: dict) -> None:
@@ -115,18 +115,11 @@ def _end(process) -> None:
   process.join(10)
 
 
-# What every part imports, imported once by the fork server that starts the parts' processes
-# (about 2 s a part otherwise). None of it starts a JAX backend or a thread, so each part
-# still starts its own backend in a process of its own.
-PRELOAD = ['cows_jax.stages', 'cows_jax.export', 'cows_jax.predict', 'cows_jax.bench.main']
-
-
 def _isolated(fn, payload: dict, timeout: float) -> dict:
   """fn(payload) in a process of its own given `timeout` seconds: its numbers, or {'skipped'}
   or {'error'} (with what it had measured so far); 'seconds': the part's wall time, the start
   of its process included."""
-  ctx = multiprocessing.get_context('forkserver')
-  ctx.set_forkserver_preload(PRELOAD)
+  ctx = common.fork_server_context()
   receive, send = ctx.Pipe(duplex=False)
   process = ctx.Process(target=_child, args=(send, fn, payload), daemon=False)
   start = time.monotonic()

@@ -5,8 +5,8 @@ PyTorch reference (cows_jax/tools/torch_reference.py), on random images and rand
 initialised networks; the input pipeline against the training step; the host's work against
 the device's. common.py holds what they share: timing, FLOP counting, MFU, the tables.
 
-Each measurement runs in its own fresh process, so that its peak memory is its own and one
-framework's threads do not compete with the other's. Besides the time, each row shows the
+Each measurement runs in a process of its own (common.isolated), so that its peak memory is
+its own and one framework's threads do not compete with the other's. Besides the time, each row shows the
 FLOPs of its procedure (XLA's cost analysis of the compiled programs; torch's FlopCounterMode
 for the PyTorch rows), the FLOP/s achieved and the MFU against the device's peak
 (`common.PEAK_TFLOPS`); `--json FILE` writes the same table as JSON.
