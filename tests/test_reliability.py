@@ -49,9 +49,10 @@ def test_sigterm_mid_epoch_checkpoints_that_step_and_the_rerun_equals_an_uninter
     '--config.localize.after_epochs=8',
     '--config.classify.log_every_steps=1',
   ]
+  cfg = copy.deepcopy(tiny_config)
+  cfg.classify.epochs, cfg.classify.lr_decay_epochs, cfg.localize.after_epochs = 8, (6,), 8
   straight, stopped = str(tmp_path / 'straight'), str(tmp_path / 'stopped')
-  done = subprocess.run([EXE, 'classify', '--workdir', straight, *args], capture_output=True)
-  assert done.returncode == 0, done.stderr[-3000:]
+  classify.train(cfg, straight)  # the same device as the runs below: this process's one.
 
   proc = subprocess.Popen(
     [EXE, 'classify', '--workdir', stopped, *args], stderr=subprocess.PIPE, text=True
@@ -68,8 +69,6 @@ def test_sigterm_mid_epoch_checkpoints_that_step_and_the_rerun_equals_an_uninter
 
   done = subprocess.run([EXE, 'classify', '--workdir', stopped, *args], capture_output=True)
   assert done.returncode == 0, done.stderr[-3000:]
-  cfg = copy.deepcopy(tiny_config)
-  cfg.classify.epochs, cfg.classify.lr_decay_epochs = 8, (6,)
   (a, s1), (b, s2) = _final_params(cfg, straight), _final_params(cfg, stopped)
   assert s1 == s2 == 32
   _assert_same(a, b)
