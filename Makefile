@@ -29,11 +29,14 @@ demo: install
 	$(BIN)/cows-jax pipeline --config $(CONFIG) --workdir $(WORKDIR)
 	@cat $(WORKDIR)/reports/summary.json
 
-# The tests run on the CPU, whatever the machine has, unless the caller sets JAX_PLATFORMS.
+# The tests run on the CPU, whatever the machine has, unless the caller sets JAX_PLATFORMS,
+# on TEST_WORKERS pytest-xdist workers (each holds a few GiB: more than 2 only with the memory).
+TEST_WORKERS ?= 2
 test: install
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
-	JAX_PLATFORMS=$(or $(JAX_PLATFORMS),cpu) $(BIN)/python -m pytest tests --durations=15
+	JAX_PLATFORMS=$(or $(JAX_PLATFORMS),cpu) $(BIN)/python -m pytest tests --durations=15 \
+	  -n $(TEST_WORKERS) --dist loadgroup
 
 clean:
 	rm -rf $(VENV) workdir

@@ -28,6 +28,27 @@ if 'JAX_COMPILATION_CACHE_DIR' not in os.environ:
   os.environ['JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES'] = '0'
 
 
+# Test modules whose tests start processes of several devices each. Under pytest-xdist
+# (`make test`: 2 workers, --dist loadgroup) one worker runs them one after the other while
+# the other runs the rest, so that no two of them share the 2 cores.
+PROCESS_HEAVY = (
+  'test_bench_device',
+  'test_chaos',
+  'test_distributed',
+  'test_multihost_build',
+  'test_object_store',
+  'test_parallel',
+  'test_reliability',
+  'test_update_plan',
+)
+
+
+def pytest_collection_modifyitems(items):
+  for item in items:
+    if item.path.stem in PROCESS_HEAVY:
+      item.add_marker(pytest.mark.xdist_group('processes'))
+
+
 @pytest.fixture
 def tiny_config(tmp_path):
   """configs/synthetic.py:tiny with the dataset built under tmp_path."""
