@@ -31,16 +31,7 @@ if 'JAX_COMPILATION_CACHE_DIR' not in os.environ:
 # Test modules whose tests start processes of several devices each. Under pytest-xdist
 # (`make test`: 2 workers, --dist loadgroup) one worker runs them one after the other while
 # the other runs the rest, so that no two of them share the 2 cores.
-PROCESS_HEAVY = (
-  'test_bench_device',
-  'test_chaos',
-  'test_distributed',
-  'test_multihost_build',
-  'test_object_store',
-  'test_parallel',
-  'test_reliability',
-  'test_update_plan',
-)
+PROCESS_HEAVY = ('test_distributed', 'test_multihost_build', 'test_parallel', 'test_update_plan')
 
 
 def pytest_collection_modifyitems(items):
