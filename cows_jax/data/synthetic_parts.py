@@ -453,20 +453,11 @@ def generate_pretrain_example(spec: PartsPretrainSpec, split: str, index: int) -
   return {'image': np.round(255 * np.clip(image, 0, 1)).astype(np.uint8), 'label': label}
 
 
-class CowsSyntheticPartsPretrain(builds.SpecBuilder):
+class CowsSyntheticPartsPretrain(standin_dataset.ClassificationBuilder):
   """TFDS builder of one PartsPretrainSpec; the config name is the spec fingerprint."""
 
   DESCRIPTION = 'CoWS synthetic parts world pretraining (ImageNet stand-in) data'
-
-  def features(self) -> dict:
-    return {
-      'image': tfds.features.Tensor(shape=(), dtype=np.object_),
-      'label': tfds.features.Tensor(shape=(), dtype=np.int64),
-    }
-
-  def record(self, split: str, index: int) -> dict:
-    example = generate_pretrain_example(self.spec, split, index)
-    return {'image': records.encode_png(example['image']), 'label': example['label']}
+  GENERATE = generate_pretrain_example
 
 
 def load_pretrain_sources(

@@ -126,10 +126,12 @@ def generate_example(spec: PretrainSpec, split: str, index: int) -> dict:
 # ----------------------------------------------------------------------------- TFDS storage
 
 
-class CowsSyntheticPretrain(builds.SpecBuilder):
-  """TFDS builder of one PretrainSpec; the config name is the spec fingerprint."""
+class ClassificationBuilder(builds.SpecBuilder, skip_registration=True):
+  """A SpecBuilder of single-label images (this stand-in's and the parts world's pretraining
+  sets): a PNG and its class id a record, from the subclass's GENERATE(spec, split, index)
+  -> {'image', 'label'}."""
 
-  DESCRIPTION = 'CoWS synthetic pretraining (ImageNet stand-in) classification data'
+  GENERATE = None
 
   def features(self) -> dict:
     return {
@@ -138,8 +140,15 @@ class CowsSyntheticPretrain(builds.SpecBuilder):
     }
 
   def record(self, split: str, index: int) -> dict:
-    example = generate_example(self.spec, split, index)
+    example = type(self).GENERATE(self.spec, split, index)
     return {'image': records.encode_png(example['image']), 'label': example['label']}
+
+
+class CowsSyntheticPretrain(ClassificationBuilder):
+  """TFDS builder of one PretrainSpec; the config name is the spec fingerprint."""
+
+  DESCRIPTION = 'CoWS synthetic pretraining (ImageNet stand-in) classification data'
+  GENERATE = generate_example
 
 
 class Source:
