@@ -227,17 +227,13 @@ def deeplab_from_caffe(layers: dict, src: str) -> tuple[dict, list[str], dict]:
     for *_, conv, bn, scale in layout.resnet_layers()
     for name, count in ((conv, 1), (bn, 2), (scale, 2))
   ]
-  missing = [name for name, _ in required if name not in layers]
-  if len(missing) == len(required):
-    raise WeightsError(
-      f'{src}: none of its layers are DeepLab-v2 ResNet-101 layers (it has '
-      f'{", ".join(sorted(layers)[:4])}, ...); another architecture?'
-    )
-  if missing:
-    raise WeightsError(
-      f'{src}: {len(missing)} ResNet-101 layers are missing: {", ".join(missing)}; '
-      'a truncated or different model?'
-    )
+  layout.require_all(
+    layers,
+    [name for name, _ in required],
+    src,
+    ('layers are DeepLab-v2 ResNet-101 layers', 'ResNet-101 layers'),
+    ('another architecture?', 'a truncated or different model?'),
+  )
   few = [f'{n} has {len(layers[n])} blobs, expected {c}' for n, c in required if len(layers[n]) < c]
   if few:
     raise WeightsError(f'{src}: ' + ' | '.join(few))

@@ -6,6 +6,23 @@ import numpy as np
 
 from cows_jax.models.imported import WeightsError, flatten
 
+
+def require_all(
+  found, required: list[str], src: str, names: tuple[str, str], hints: tuple[str, str]
+):
+  """A WeightsError unless `found` holds every name of `required`. With none of them the file
+  is another model: the message shows a few of its own names. With some, it lists the missing
+  ones. `names`: how the messages name what is looked for, (none of its ..., N ... are
+  missing); `hints`: what the user does in each case."""
+  missing = [name for name in required if name not in found]
+  if len(missing) == len(required):
+    first = ', '.join(sorted(found)[:4])
+    raise WeightsError(f'{src}: none of its {names[0]} (it has {first}, ...); {hints[0]}')
+  if missing:
+    listed = ', '.join(missing)
+    raise WeightsError(f'{src}: {len(missing)} {names[1]} are missing: {listed}; {hints[1]}')
+
+
 # torchvision's vgg16 `features` indices of the 13 convs, in VGG16 order.
 VGG16_FEATURE_CONVS = (0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28)
 

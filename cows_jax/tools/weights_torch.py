@@ -128,18 +128,19 @@ def coattention_from_reference(tensors: dict, src: str) -> tuple[dict, list[str]
   """(variables of models/coattention.py, ignored keys, the config fields the model needs)
   from the reference classifier's state dict."""
   keys = list(_coattention_keys())
-  missing = [k for k, _, _ in keys if k not in tensors]
-  if len(missing) == len(keys):
-    raise WeightsError(
-      f"{src}: none of its keys are the reference co-attention classifier's (it has "
-      f'{", ".join(sorted(tensors)[:4])}, ...); ImageNet VGG16 files import with --arch vgg16'
-    )
-  if missing:
-    raise WeightsError(
-      f'{src}: {len(missing)} keys of the reference co-attention classifier are missing: '
-      f'{", ".join(missing)}; import the whole checkpoint its scripts/train.py saves '
-      '(pascal_voc_epoch_N.pth)'
-    )
+  layout.require_all(
+    tensors,
+    [k for k, _, _ in keys],
+    src,
+    (
+      "keys are the reference co-attention classifier's",
+      'keys of the reference co-attention classifier',
+    ),
+    (
+      'ImageNet VGG16 files import with --arch vgg16',
+      'import the whole checkpoint its scripts/train.py saves (pascal_voc_epoch_N.pth)',
+    ),
+  )
   rank = {'kernel': 4, 'bias': 1, 'co_weight': 2}
   wrong = [
     f'{key}: {tensors[key].ndim}-d, expected {rank[path[-1]]}-d'
