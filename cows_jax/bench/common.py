@@ -1,7 +1,7 @@
-"""What the benchmarks of `cows-jax bench` share: processes of their own, timing, FLOP counting (XLA's
-cost analysis; torch's FlopCounterMode for the PyTorch rows), the devices' peak FLOP/s and the
-MFU, the table and its JSON, and the configs, random inputs and images the benches build from
-their arguments."""
+"""What the benchmarks of `cows-jax bench` share: processes of their own, timing, FLOP
+counting (XLA's cost analysis; torch's FlopCounterMode for the PyTorch rows), the devices' peak
+FLOP/s and the MFU, the table and its JSON, and the configs, random inputs and images the
+benches build from their arguments."""
 
 import concurrent.futures
 import contextlib

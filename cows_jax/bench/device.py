@@ -3,8 +3,7 @@
 Each part runs in a process of its own (forked from a server that has imported the code;
 neither it nor the parent starts a JAX backend, so each part has the GPU or TPU to itself)
 within a bounded share of the time budget (`--budget`, 450 s: the whole ends within 8
-minutes). The parts, with the paper's sizes (`--smoke`: tiny ones, on the
-CPU):
+minutes). The parts, with the paper's sizes (`--smoke`: tiny ones, on the CPU):
 
   devices              the JAX devices, the versions and whether they are in pyproject's
                        ranges, the optional extras found, the device's peak FLOP/s
