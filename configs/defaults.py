@@ -25,7 +25,7 @@ def _declare() -> Section:
   c.host_workers = field(
     0,
     'worker processes of the dense CRF and threads that encode and write the files of '
-    'localize, label, evaluate and predict-split (0 = every core; 1 = serial)',
+    'localize, label, evaluate, predict-split and predict (0 = every core; 1 = serial)',
     low=0,
   )
 

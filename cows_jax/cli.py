@@ -26,6 +26,7 @@ from cows_jax import (
   ablate,
   config,
   export,
+  host_pool,
   inference,
   predict,
   preemption,
@@ -94,6 +95,12 @@ _MODEL = flags.DEFINE_enum(
 _EXPORT = flags.DEFINE_string('export', None, 'predict: an export directory (`cows-jax export`).')
 _OVERLAY = flags.DEFINE_bool('overlay', False, 'predict: also write <name>_overlay.png.')
 _CRF = flags.DEFINE_bool('crf', False, 'predict: refine with the dense CRF (extra cows_jax[crf]).')
+_HOST_WORKERS = flags.DEFINE_integer(
+  'host_workers',
+  None,
+  'predict: processes for the CRF and threads for the PNG writes (1: serial; 0: every core; '
+  "default: the config's host_workers, or every core with --export).",
+)
 _SETTINGS = flags.DEFINE_bool(
   'settings',
   False,
@@ -256,14 +263,20 @@ def _predict(paths: list[str]) -> None:
     # Images of one size go through the exported network together.
     probabilities, meta = inference.load_export(_EXPORT.value)
     crf_params = ml_collections.ConfigDict(meta['crf']) if _CRF.value else None
+    workers = host_pool.cores()
   elif _CONFIG.value is not None and _WORKDIR.value is not None:
     cfg = config.finalize(_CONFIG.value)
     one = inference.load_predictor(cfg, _WORKDIR.value)
     probabilities = lambda images: [one(image) for image in images]
     crf_params = cfg.crf if _CRF.value else None
+    workers = host_pool.workers(cfg)
   else:
     raise app.UsageError('predict needs --export E, or --config and --workdir')
-  result = predict.write_files(probabilities, paths, _OUT.value, _OVERLAY.value, crf_params)
+  if _HOST_WORKERS.value is not None:
+    workers = host_pool.count(_HOST_WORKERS.value)
+  result = predict.write_files(
+    probabilities, paths, _OUT.value, _OVERLAY.value, crf_params, workers=workers
+  )
   print(
     f'{result["written"]} label maps -> {_OUT.value}; {len(result["skipped"])} skipped'
     + ''.join(f'\n  skipped (not a readable image): {p}' for p in result['skipped'])

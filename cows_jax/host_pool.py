@@ -52,7 +52,12 @@ def cores() -> int:
 
 def workers(cfg) -> int:
   """`host_workers` of the config: 0 is every core of this host."""
-  n = int(cfg.host_workers)
+  return count(cfg.host_workers)
+
+
+def count(n: int) -> int:
+  """A `host_workers` value as a worker count: 0 is every core of this host."""
+  n = int(n)
   if n < 0:
     raise ValueError(f'host_workers={n}: expected 0 (every core) or a positive count')
   return n or cores()

@@ -275,7 +275,12 @@ def label_maps_pooled(image: np.ndarray, probabilities: Callable, crf_params, po
   """`label_maps` with the CRF in a worker of `pool` (a host_pool.HostPool): the
   probabilities on this thread (the device call), then (argmax label map, a future of the map
   after the CRF, or None) at once, so the next image's device call overlaps this CRF."""
-  probs = probabilities(image)
+  return labels_pooled(image, probabilities(image), crf_params, pool)
+
+
+def labels_pooled(image: np.ndarray, probs: np.ndarray, crf_params, pool):
+  """`labels_of` with the CRF in a worker of `pool`: (argmax label map, a future of the map
+  after the CRF, or None)."""
   plain = np.argmax(probs, -1).astype(np.uint8)
   if crf_params is None:
     return plain, None

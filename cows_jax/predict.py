@@ -71,6 +71,14 @@ def write_labels(records, total: int, probabilities, crf_params, out, pool) -> N
   counter.close()
 
 
+def _write_prediction(directory, stem: str, image, label, overlay: bool) -> None:
+  """<stem>.png (class indices) and, with `overlay`, <stem>_overlay.png."""
+  run_dir.save_label_png(directory / f'{stem}.png', label)
+  if overlay:
+    blend = 0.5 * image + 0.5 * visualize.colorize(label)
+    run_dir.save_png(directory / f'{stem}_overlay.png', blend.round().astype(np.uint8))
+
+
 def image_files(paths: list[str]) -> list[epath.Path]:
   """The files named, and the image files (by suffix) of the directories named, sorted."""
   out = []
@@ -116,6 +124,7 @@ def write_files(
   overlay: bool = False,
   crf_params=None,
   batch: int = BATCH_IMAGES,
+  workers: int = 1,
 ) -> dict:
   """A palette PNG of class indices per image (and an overlay PNG of its colours over the
   image) in `out`; files that are not readable images are skipped and counted. Returns
@@ -123,7 +132,10 @@ def write_files(
 
   `probabilities`: a list of uint8 images -> their probabilities [H, W, C] (an export's
   `tta.Export`, which runs images of one size in one call of the network). The files
-  are grouped by image size (read from their headers), `batch` images of one size a call."""
+  are grouped by image size (read from their headers), `batch` images of one size a call.
+  With `workers` > 1 the CRFs run in that many worker processes and the PNGs are written by
+  worker threads (host_pool.HostPool) while the next images go through the network; the
+  files are the same either way."""
   if crf_params is not None:
     crf.check_available()
   files, directory, skipped = image_files(paths), run_dir.path(out), []
@@ -141,24 +153,26 @@ def write_files(
       skip(i)
     else:
       same_size.setdefault(size, []).append(i)
-  for indices in same_size.values():
-    for start in range(0, len(indices), batch):
-      read = [(i, read_image(files[i])) for i in indices[start : start + batch]]
-      for i in [i for i, image in read if image is None]:
-        skip(i)
-      read = [(i, image) for i, image in read if image is not None]
-      probs = probabilities([image for _, image in read]) if read else []
-      for (i, image), p in zip(read, probs):
-        plain, refined = inference.labels_of(image, p, crf_params)
-        label = plain if refined is None else refined
-        run_dir.save_label_png(directory / f'{files[i].stem}.png', label)
-        if overlay:
-          blend = 0.5 * image + 0.5 * visualize.colorize(label)
-          run_dir.save_png(
-            directory / f'{files[i].stem}_overlay.png', blend.round().astype(np.uint8)
+  with host_pool.HostPool(workers, 'predict', processes=crf_params is not None) as pool:
+    for indices in same_size.values():
+      for start in range(0, len(indices), batch):
+        read = [(i, read_image(files[i])) for i in indices[start : start + batch]]
+        for i in [i for i, image in read if image is None]:
+          skip(i)
+        read = [(i, image) for i, image in read if image is not None]
+        probs = probabilities([image for _, image in read]) if read else []
+        for (i, image), p in zip(read, probs):
+          plain, refined = inference.labels_pooled(image, p, crf_params, pool)
+          written = pool.thread(
+            _write_prediction,
+            directory,
+            files[i].stem,
+            image,
+            plain if refined is None else refined,
+            overlay,
           )
-        counter.update()
-      preemption.check('predict')
+          pool.then(lambda _: counter.update(), written)
+        preemption.check('predict')
   counter.close()
   written = len(files) - len(skipped)
   logging.info('predict: %d label maps -> %s, %d files skipped', written, directory, len(skipped))

@@ -12,10 +12,12 @@ import textwrap
 import time
 
 import pytest
+from PIL import Image
 
 from cows_jax import (
   evaluate,
   host_pool,
+  inference,
   label,
   localize,
   predict,
@@ -23,6 +25,7 @@ from cows_jax import (
   run_dir,
   validation,
 )
+from cows_jax.data import sources
 
 POOLED = 3  # more workers than this project's 2 cores: every pool path runs anywhere.
 REPORTS = (
@@ -94,6 +97,30 @@ def test_pooled_evaluate_and_predict_split_equal_serial_byte_for_byte(
   assert all(predictions['serial'].get(f) == b for f, b in stopped.items())
   monkeypatch.undo()
   assert _files(predict.write_split(cfg, workdir, 'val')) == predictions['serial']
+
+
+def test_pooled_predict_of_image_files_equals_serial_byte_for_byte(tiny_run, tmp_path):
+  """`cows-jax predict`'s CRF in worker processes and PNGs by worker threads."""
+  cfg, workdir = tiny_run
+  assert cfg.evaluate.crf
+  photos = tmp_path / 'photos'
+  photos.mkdir()
+  val = sources.load(cfg)['val']
+  for i in range(3):
+    Image.fromarray(val[i]['image']).save(photos / f'{i}.png')
+  Image.fromarray(val[3]['image'][:30, :41]).save(photos / 'crop.png')  # a second size.
+  one = inference.load_predictor(cfg, workdir)
+  probabilities = lambda images: [one(image) for image in images]
+  written = {}
+  for name, workers in (('serial', 1), ('pooled', POOLED)):
+    out = tmp_path / name
+    result = predict.write_files(
+      probabilities, [str(photos)], str(out), overlay=True, crf_params=cfg.crf, workers=workers
+    )
+    assert result == {'written': 4, 'skipped': []}
+    written[name] = _files(out)
+  assert len(written['serial']) == 8
+  assert written['pooled'] == written['serial']
 
 
 def test_pooled_localize_and_label_write_the_same_files(tiny_run, tmp_path, monkeypatch):
