@@ -1,6 +1,6 @@
 """The parts world (data/synthetic_parts.py): its builder, its rules (siblings never share an
 image, parts small and on the rim, unique part palettes), the shapes world left unchanged,
-`part_body_recall`, and the config `synthetic:parts,tiny` through classify and localize."""
+`part_body_recall`, and the gate (tools/parts_gate.py) on `synthetic:parts,tiny`."""
 
 import colorsys
 import hashlib
@@ -10,10 +10,11 @@ import os
 import numpy as np
 import pytest
 
-from cows_jax import classify, config, localize, map_metrics, run_dir
+from cows_jax import config, map_metrics
 from cows_jax.data import sources, synthetic, synthetic_parts
 from cows_jax.imagenet_standin import backbones
 from cows_jax.imagenet_standin import dataset as standin_dataset
+from cows_jax.tools import parts_gate
 
 SPEC = synthetic_parts.PartsSpec(train_size=60, val_size=4)  # 112 px, 9 classes
 
@@ -201,19 +202,36 @@ def test_parts_config_names_the_world_and_its_backbone():
   assert config.finalize(cfg).model.init_from == where
 
 
-def test_parts_tiny_classifies_and_localizes(tmp_path):
-  c = config.load('synthetic:parts,tiny')
-  c.data.data_dir = str(tmp_path / 'data')
-  c.classify.epochs, c.classify.lr_decay_epochs, c.classify.localize_after_epochs = 1, (), 1
-  c.localize.method = 'cam'
-  cfg = config.finalize(c)
-  assert cfg.data.world == 'parts' and cfg.data.image_size == 48
-  workdir = str(tmp_path / 'run')
-  classify.train(cfg, workdir)
-  localize.run(cfg, workdir)
-  run = run_dir.RunDir(workdir)
-  train = sources.load(cfg)['train']
-  ids = [train[i]['id'] for i in range(len(train))]
-  out = map_metrics.evaluate_part_recall(cfg, train, ids, run)
-  assert len(out) == len(cfg.evaluate.cam_thresholds)
-  assert all(0 <= r['part_recall'] <= 1 and 0 <= r['body_recall'] <= 1 for r in out)
+def test_parts_gate_on_parts_tiny_reports_the_sweep_and_resumes(tmp_path, capsys):
+  """The gate's command (tools/parts_gate.py) on synthetic:parts,tiny: variant 1's classifier,
+  its CAMs, the recall sweep; the figures at the best threshold and the verdict follow from
+  the sweep, and a rerun reuses the finished stages and reports the same."""
+  args = [
+    '--config',
+    'synthetic:parts,tiny',
+    '--workdir',
+    str(tmp_path / 'gate'),
+    f'data.data_dir={tmp_path / "data"}',
+    'classify.epochs=1',
+    'classify.lr_decay_epochs=[]',
+    'localize.after_epochs=1',
+  ]
+  result = parts_gate.main(args)
+  cfg = config.load('synthetic:parts,tiny')
+  assert [r['threshold'] for r in result['sweep']] == list(cfg.evaluate.cam_thresholds)
+  best = max(result['sweep'], key=lambda r: r['miou'])
+  assert (result['best_bg_threshold'], result['cam_miou']) == (best['threshold'], best['miou'])
+  assert (result['part_recall'], result['body_recall']) == (
+    best['part_recall'],
+    best['body_recall'],
+  )
+  assert all(0 <= r['part_recall'] <= 1 and 0 <= r['body_recall'] <= 1 for r in result['sweep'])
+  assert len(result['part_recall_per_class']) == cfg.data.num_classes
+  assert result['passed'] == (
+    result['part_recall'] >= 0.8 and result['body_recall'] <= 0.3 and best['threshold'] <= 0.5
+  )
+  saved = json.loads((tmp_path / 'gate' / 'reports' / 'parts_gate.json').read_text())
+  assert saved == json.loads(json.dumps(result))
+  capsys.readouterr()
+  assert parts_gate.main(args) == result
+  assert 'part_recall' in capsys.readouterr().out

@@ -15,6 +15,8 @@ import argparse
 import json
 import os
 
+from absl import logging
+
 from cows_jax import ablate, classify, config, localize, map_metrics, run_dir
 from cows_jax.data import sources
 
@@ -68,6 +70,7 @@ def main(argv=None) -> dict:
   parser.add_argument('--workdir', required=True)
   parser.add_argument('overrides', nargs='*', help='config KEY=VALUE')
   args = parser.parse_args(argv)
+  logging.set_verbosity(logging.INFO)  # the stages' progress lines, as the CLI shows them.
   c = config.load(args.config)
   for item in args.overrides:
     key, _, value = item.partition('=')
