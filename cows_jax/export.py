@@ -31,7 +31,7 @@ import jax.numpy as jnp
 from etils import epath
 from jax import export as jax_export
 
-from cows_jax import checkpoints, config, inference, maps, run_dir, tta, views, visualize
+from cows_jax import checkpoints, config, inference, localize, maps, run_dir, tta, views, visualize
 from cows_jax.data import sources
 from cows_jax.models import from_config
 
@@ -167,10 +167,7 @@ def export_classifier(cfg, workdir: str, out: str, platforms=None) -> dict:
   cfg = config.finalize(cfg)
   platforms = parse_platforms(','.join(platforms)) if platforms else default_platforms()
   run = run_dir.RunDir(workdir)
-  step = run_dir.classifier_epoch_step(run, cfg.localize.after_epochs)
-  model = from_config.classifier(cfg)
-  like = from_config.abstract_variables(model, cfg)
-  variables, step = checkpoints.restore_variables(run.classifier(), step, like, 'classify')
+  model, variables, step = localize.restore_classifier(cfg, run)
   exported = classifier_function(model, jax.device_get(variables), cfg, platforms)
   meta = {
     'model': 'classifier',

@@ -280,6 +280,16 @@ def cam_maps(
   return (out, counts) if on_device else _per_image(out, counts)
 
 
+def restore_classifier(cfg, run: run_dir.RunDir):
+  """(model, variables, step) of the classifier checkpoint the maps come from: the end of
+  epoch localize.after_epochs of the run's classifier."""
+  step = run_dir.classifier_epoch_step(run, cfg.localize.after_epochs)
+  model = from_config.classifier(cfg)
+  like = from_config.abstract_variables(model, cfg)
+  variables, step = checkpoints.restore_variables(run.classifier(), step, like, 'classify')
+  return model, variables, step
+
+
 def run(cfg, workdir: str) -> None:
   """Maps for every training image; skips images whose maps exist."""
   cfg = config.finalize(cfg)
@@ -288,10 +298,7 @@ def run(cfg, workdir: str) -> None:
     return
   SCHEMA.require(cfg, 'localize.')  # the CLI validated them; a Python caller may not have.
   method = cfg.localize.method
-  step = run_dir.classifier_epoch_step(run, cfg.localize.after_epochs)
-  model = from_config.classifier(cfg)
-  like = from_config.abstract_variables(model, cfg)
-  variables, step = checkpoints.restore_variables(run.classifier(), step, like, 'classify')
+  model, variables, step = restore_classifier(cfg, run)
   logging.info(
     'localize: classifier checkpoint of step %d (after %d epochs)',
     step,
