@@ -230,8 +230,21 @@ def test_parts_gate_on_parts_tiny_reports_the_sweep_and_resumes(tmp_path, capsys
   assert result['passed'] == (
     result['part_recall'] >= 0.8 and result['body_recall'] <= 0.3 and best['threshold'] <= 0.5
   )
+  occluded = result['raw_cam_means']
+  assert occluded['objects'] > 0 and all(np.isfinite(v) for v in occluded.values())
   saved = json.loads((tmp_path / 'gate' / 'reports' / 'parts_gate.json').read_text())
   assert saved == json.loads(json.dumps(result))
   capsys.readouterr()
   assert parts_gate.main(args) == result
   assert 'part_recall' in capsys.readouterr().out
+
+
+def test_paint_over_parts_replaces_only_part_pixels_by_the_body_median():
+  record = synthetic_parts.generate_example(SPEC, 'train', 3)
+  image, mask, parts = record['image'], record['mask'], record['part_mask']
+  painted = parts_gate.paint_over_parts(image, mask, parts)
+  np.testing.assert_array_equal(painted[parts == 0], image[parts == 0])
+  for k in np.unique(parts[parts > 0]):
+    body = (mask == k) & (parts != k)
+    want = np.median(image[body], axis=0).round()
+    assert (painted[parts == k] == want).all()

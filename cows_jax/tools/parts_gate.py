@@ -7,20 +7,78 @@ DIR/train/single, makes its CAMs (localize.method=cam) in DIR/baseline_cam, swee
 background threshold (evaluate.cam_thresholds) and, at the threshold of the best CAM mIoU,
 reports the part recall and body recall (map_metrics.part_body_recall: means over the
 classes). Both stages resume. The gate: part recall >= 0.8, body recall <= 0.3, best
-threshold <= 0.5. Writes DIR/reports/parts_gate.json and prints it. KEY=VALUE arguments
-override config fields (`data.data_dir=/tmp/data`).
+threshold <= 0.5. Also reports `raw_cam_means` (`occlusion`): whether the body's CAM comes
+from the body's pixels or from the part's. Writes DIR/reports/parts_gate.json and prints it.
+KEY=VALUE arguments override config fields (`data.data_dir=/tmp/data`).
 """
 
 import argparse
 import json
 import os
 
+import numpy as np
 from absl import logging
 
 from cows_jax import ablate, classify, config, localize, map_metrics, run_dir
-from cows_jax.data import sources
+from cows_jax.data import sources, transforms
 
 PART_RECALL_MIN, BODY_RECALL_MAX, THRESHOLD_MAX = 0.8, 0.3, 0.5
+OCCLUSION_IMAGES = 200  # train images of the occlusion check
+
+
+def paint_over_parts(image: np.ndarray, mask: np.ndarray, part_mask: np.ndarray) -> np.ndarray:
+  """The image with each object's part painted in the median colour of the object's other
+  pixels: the object as the classifier would see it without its part."""
+  out = image.copy()
+  for k in np.unique(part_mask[part_mask > 0]):
+    body = (mask == k) & (part_mask != k)
+    if body.any():
+      out[part_mask == k] = np.median(image[body], axis=0).round().astype(np.uint8)
+  return out
+
+
+def occlusion(cfg, run: run_dir.RunDir, train, n: int = OCCLUSION_IMAGES) -> dict:
+  """Where a class's CAM over its body comes from. The mean raw class-k CAM (before the ReLU
+  and the max normalization) over the map cells of k's part, of k's body and of the
+  background, for the first `n` train images as they are and with their parts painted over
+  (`paint_over_parts`). A body CAM that falls with the part painted over is the part's
+  evidence spread over the body (the receptive field), not the body's own."""
+  model, variables, _ = localize.restore_classifier(cfg, run)
+  computer = localize.MapComputer(model, variables)
+  sums = {
+    f'{region}{suffix}': []
+    for region in ('part', 'body', 'background')
+    for suffix in ('', '_painted')
+  }
+  bs = cfg.localize.batch_size
+  for start in range(0, min(n, len(train)), bs):
+    records = [train[i] for i in range(start, min(start + bs, n, len(train)))]
+    images = {
+      '': [r['image'] for r in records],
+      '_painted': [paint_over_parts(r['image'], r['mask'], r['part_mask']) for r in records],
+    }
+    cams = {}
+    for suffix, batch in images.items():
+      x = localize.input_batch([{'image': im} for im in batch], range(len(batch)), cfg)
+      cams[suffix] = computer.cams(computer.features(x))  # [B, h, w, C]
+    h, w = cams[''].shape[1:3]
+    for j, r in enumerate(records):
+      part_cells = transforms.resize_label(r['part_mask'], (h, w))
+      mask_cells = transforms.resize_label(r['mask'], (h, w))
+      for k in np.unique(part_cells[part_cells > 0]):
+        regions = {
+          'part': part_cells == k,
+          'body': (mask_cells == k) & (part_cells != k),
+          'background': mask_cells == 0,
+        }
+        if not all(where.any() for where in regions.values()):
+          continue
+        for suffix, cam in cams.items():
+          for region, where in regions.items():
+            sums[region + suffix].append(float(cam[j, ..., k - 1][where].mean()))
+  return {key: float(np.mean(v)) if v else float('nan') for key, v in sums.items()} | {
+    'objects': len(sums['part'])
+  }
 
 
 def _value(text: str):
@@ -56,6 +114,7 @@ def measure(cfg, workdir: str) -> dict:
       for (t, m), r in zip(curve, recall)
     ],
   }
+  result['raw_cam_means'] = occlusion(vcfg, run, train)
   result['passed'] = bool(
     result['part_recall'] >= PART_RECALL_MIN
     and result['body_recall'] <= BODY_RECALL_MAX
