@@ -232,6 +232,9 @@ def test_parts_gate_on_parts_tiny_reports_the_sweep_and_resumes(tmp_path, capsys
   )
   occluded = result['raw_cam_means']
   assert occluded['objects'] > 0 and all(np.isfinite(v) for v in occluded.values())
+  by_distance = result['body_cam_by_distance']
+  assert [r['cells'] for r in by_distance] == sorted({r['cells'] for r in by_distance})
+  assert all(r['body_cells'] > 0 and np.isfinite(r['body_over_part']) for r in by_distance)
   saved = json.loads((tmp_path / 'gate' / 'reports' / 'parts_gate.json').read_text())
   assert saved == json.loads(json.dumps(result))
   capsys.readouterr()

@@ -7,12 +7,14 @@ DIR/train/single, makes its CAMs (localize.method=cam) in DIR/baseline_cam, swee
 background threshold (evaluate.cam_thresholds) and, at the threshold of the best CAM mIoU,
 reports the part recall and body recall (map_metrics.part_body_recall: means over the
 classes). Both stages resume. The gate: part recall >= 0.8, body recall <= 0.3, best
-threshold <= 0.5. Also reports `raw_cam_means` (`occlusion`): whether the body's CAM comes
-from the body's pixels or from the part's. Writes DIR/reports/parts_gate.json and prints it.
+threshold <= 0.5. Also reports `raw_cam_means` and `body_cam_by_distance` (`occlusion`):
+whether the body's CAM comes from the body's pixels or from the part's, and how far from the
+part it reaches. Writes DIR/reports/parts_gate.json and prints it.
 KEY=VALUE arguments override config fields (`data.data_dir=/tmp/data`).
 """
 
 import argparse
+import collections
 import json
 import os
 
@@ -37,12 +39,16 @@ def paint_over_parts(image: np.ndarray, mask: np.ndarray, part_mask: np.ndarray)
   return out
 
 
-def occlusion(cfg, run: run_dir.RunDir, train, n: int = OCCLUSION_IMAGES) -> dict:
-  """Where a class's CAM over its body comes from. The mean raw class-k CAM (before the ReLU
-  and the max normalization) over the map cells of k's part, of k's body and of the
-  background, for the first `n` train images as they are and with their parts painted over
-  (`paint_over_parts`). A body CAM that falls with the part painted over is the part's
-  evidence spread over the body (the receptive field), not the body's own."""
+def occlusion(cfg, run: run_dir.RunDir, train, n: int = OCCLUSION_IMAGES) -> tuple[dict, list]:
+  """Where a class's CAM over its body comes from, on the first `n` train images.
+
+  (1) The mean raw class-k CAM (before the ReLU and the max normalization) over the map cells
+  of k's part, of k's body and of the background, for the images as they are and with their
+  parts painted over (`paint_over_parts`). A body CAM that falls with the part painted over
+  is the part's evidence spread over the body through the receptive field, not the body's
+  own. (2) How far it spreads: per distance from the part's centre (in map cells, rounded),
+  the mean over body cells of CAM / the object's mean part CAM (objects whose part CAM is
+  positive)."""
   model, variables, _ = localize.restore_classifier(cfg, run)
   computer = localize.MapComputer(model, variables)
   sums = {
@@ -50,6 +56,7 @@ def occlusion(cfg, run: run_dir.RunDir, train, n: int = OCCLUSION_IMAGES) -> dic
     for region in ('part', 'body', 'background')
     for suffix in ('', '_painted')
   }
+  ratios = collections.defaultdict(list)
   bs = cfg.localize.batch_size
   for start in range(0, min(n, len(train)), bs):
     records = [train[i] for i in range(start, min(start + bs, n, len(train)))]
@@ -62,6 +69,7 @@ def occlusion(cfg, run: run_dir.RunDir, train, n: int = OCCLUSION_IMAGES) -> dic
       x = localize.input_batch([{'image': im} for im in batch], range(len(batch)), cfg)
       cams[suffix] = computer.cams(computer.features(x))  # [B, h, w, C]
     h, w = cams[''].shape[1:3]
+    yy, xx = np.mgrid[:h, :w]
     for j, r in enumerate(records):
       part_cells = transforms.resize_label(r['part_mask'], (h, w))
       mask_cells = transforms.resize_label(r['mask'], (h, w))
@@ -76,9 +84,19 @@ def occlusion(cfg, run: run_dir.RunDir, train, n: int = OCCLUSION_IMAGES) -> dic
         for suffix, cam in cams.items():
           for region, where in regions.items():
             sums[region + suffix].append(float(cam[j, ..., k - 1][where].mean()))
-  return {key: float(np.mean(v)) if v else float('nan') for key, v in sums.items()} | {
-    'objects': len(sums['part'])
-  }
+        cam, part = cams[''][j, ..., k - 1], regions['part']
+        if cam[part].mean() <= 0:  # a part the classifier does not see: no scale to read.
+          continue
+        distance = np.hypot(yy - yy[part].mean(), xx - xx[part].mean()).round().astype(int)
+        for d, value in zip(distance[regions['body']], cam[regions['body']]):
+          ratios[int(d)].append(value / cam[part].mean())
+  means = {key: float(np.mean(v)) if v else float('nan') for key, v in sums.items()}
+  means['objects'] = len(sums['part'])
+  by_distance = [
+    {'cells': d, 'body_over_part': float(np.mean(ratios[d])), 'body_cells': len(ratios[d])}
+    for d in sorted(ratios)
+  ]
+  return means, by_distance
 
 
 def _value(text: str):
@@ -114,7 +132,7 @@ def measure(cfg, workdir: str) -> dict:
       for (t, m), r in zip(curve, recall)
     ],
   }
-  result['raw_cam_means'] = occlusion(vcfg, run, train)
+  result['raw_cam_means'], result['body_cam_by_distance'] = occlusion(vcfg, run, train)
   result['passed'] = bool(
     result['part_recall'] >= PART_RECALL_MIN
     and result['body_recall'] <= BODY_RECALL_MAX
@@ -142,12 +160,16 @@ def main(argv=None) -> dict:
   out = run_dir.RunDir(args.workdir).reports()
   out.mkdir(parents=True, exist_ok=True)
   run_dir.write_json(out / 'parts_gate.json', result)
-  print(json.dumps({k: v for k, v in result.items() if k != 'sweep'}, indent=1))
+  tables = ('sweep', 'body_cam_by_distance')
+  print(json.dumps({k: v for k, v in result.items() if k not in tables}, indent=1))
   for row in result['sweep']:
     print(
       f'{row["threshold"]:.2f}  mIoU {row["miou"]:5.1f}  part {row["part_recall"]:.3f}  '
       f'body {row["body_recall"]:.3f}'
     )
+  print('body CAM / part CAM by distance from the part (map cells):')
+  for row in result['body_cam_by_distance']:
+    print(f'{row["cells"]:3d}  {row["body_over_part"]:6.2f}  ({row["body_cells"]} cells)')
   return result
 
 
