@@ -1,7 +1,9 @@
 """Stage 3: train the DeepLab segmenter (VGG16 or ResNet-101, LargeFOV or ASPP head) on pseudo
 labels (ignore label 255), and on ground-truth masks for the fully supervised upper bound."""
 
+import dataclasses
 import functools
+import json
 
 import jax
 import jax.numpy as jnp
@@ -9,7 +11,7 @@ import numpy as np
 import optax
 from absl import logging
 
-from cows_jax import config, losses, optim, run_dir, training, update_plan
+from cows_jax import config, losses, optim, parallel, run_dir, training, update_plan
 from cows_jax.data import input_pipeline, sources
 from cows_jax.models import from_config
 from cows_jax.models.deeplab import PRETRAINED_GROUPS
@@ -104,10 +106,45 @@ def train(cfg, workdir: str) -> None:
     _train(cfg, run_dir.RunDir(workdir), supervision)
 
 
+def recorded_plan_allows(directory, plan: update_plan.UpdatePlan, iterations: int) -> bool:
+  """Whether to train a segmenter in `directory` under `plan`: checkpoint steps count
+  micro-steps, so a run resumes only under the micro-steps per update it was started with
+  (`update_plan.json`, written at its start). A run that finished under another plan is
+  complete (False); an unfinished one is a one-line error naming the devices to resume on."""
+  record = directory / 'update_plan.json'
+  if not record.is_file():
+    if parallel.is_writer():
+      run_dir.write_json(record, dataclasses.asdict(plan))
+    return True
+  before = update_plan.UpdatePlan(**json.loads(record.read_text()))
+  if before.micro_steps == plan.micro_steps:
+    return True
+  steps = [int(p.name) for p in directory.iterdir() if p.name.isdigit()]
+  if max(steps, default=0) >= iterations * before.micro_steps:
+    logging.info(
+      '%s: complete (trained with %d micro-steps per update on %d devices), skipping',
+      directory,
+      before.micro_steps,
+      before.devices,
+    )
+    return False
+  devices = lambda n: f'{n} device' + 's' * (n != 1)
+  raise ValueError(
+    f'{directory} was started with {before.micro_steps} micro-steps per update on '
+    f'{devices(before.devices)} and cannot resume with {plan.micro_steps} on '
+    f'{devices(plan.devices)} (its steps count micro-steps): resume it on '
+    f'{devices(before.devices)} with the same segment.fold_accumulation, or train in another '
+    'WORKDIR'
+  )
+
+
 def _train(cfg, run: run_dir.RunDir, supervision: str) -> None:
   s = cfg.segment
   plan = update_plan_of(cfg)
   micro_steps = s.iterations * plan.micro_steps
+  run.segmenter(supervision).mkdir(parents=True, exist_ok=True)
+  if not recorded_plan_allows(run.segmenter(supervision), plan, s.iterations):
+    return
   if supervision == 'pseudo':
     # Before the data: a missing stage input is named first.
     ids = run_dir.read_json(run.labels_index(), 'label')['ids']

@@ -1,14 +1,18 @@
 """A classifier run resumed from its epoch-1 checkpoint ends with exactly the params of an
-uninterrupted run: data order, partners and optimizer state all come back."""
+uninterrupted run: data order, partners and optimizer state all come back. A segmenter
+resumes only under the update plan it started with."""
 
 import copy
+import dataclasses
+import json
 import os
+import shutil
 
 import jax
 import numpy as np
 import pytest
 
-from cows_jax import checkpoints, classify, run_dir
+from cows_jax import checkpoints, classify, config, run_dir, segment
 from cows_jax.models import from_config
 
 
@@ -63,3 +67,35 @@ def test_an_imported_model_is_not_resumed_nor_set_aside(tmp_path):
     checkpoints.check_resumable(directory, 10, 'classify')
   assert (directory / '3' / 'variables').exists()
   checkpoints.check_resumable(directory, 3, 'classify')  # complete: nothing to resume.
+
+
+def test_a_segmenter_resumes_only_under_the_update_plan_it_started_with(
+  tiny_run, tmp_path, monkeypatch
+):
+  """Segmenter steps count micro-steps, whose number per update depends on the devices when
+  the accumulation is folded: a run finished under another plan is complete, an unfinished
+  one is a one-line error naming the devices to resume on."""
+  cfg, original = tiny_run
+  workdir = tmp_path / 'run'
+  shutil.copytree(original, workdir, symlinks=True)
+  run = run_dir.RunDir(str(workdir))
+  plan = segment.update_plan_of(config.finalize(cfg))
+  record = json.loads((run.segmenter() / 'update_plan.json').read_text())
+  assert record == dataclasses.asdict(plan)
+  iterations = cfg.segment.iterations
+  assert segment.recorded_plan_allows(run.segmenter(), plan, iterations)
+
+  # Finished with `plan`; asked again with twice the micro-steps per update: skipped whole.
+  other = dataclasses.replace(plan, micro_steps=2 * plan.micro_steps, devices=8)
+  monkeypatch.setattr(segment, 'update_plan_of', lambda cfg: other)
+  before = sorted(p.name for p in run.segmenter().iterdir())
+  segment.train(cfg, str(workdir))
+  assert sorted(p.name for p in run.segmenter().iterdir()) == before
+
+  # Unfinished under its plan: no resume with another.
+  for step in [p for p in run.segmenter().iterdir() if p.name.isdigit()]:
+    shutil.rmtree(step)
+  with pytest.raises(
+    ValueError, match='started with .* on 1 device and cannot resume with .* on 8 devices'
+  ):
+    segment.recorded_plan_allows(run.segmenter(), other, iterations)
