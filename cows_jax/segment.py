@@ -11,7 +11,7 @@ import numpy as np
 import optax
 from absl import logging
 
-from cows_jax import config, losses, optim, parallel, run_dir, training, update_plan
+from cows_jax import checkpoints, config, losses, optim, parallel, run_dir, training, update_plan
 from cows_jax.data import input_pipeline, sources
 from cows_jax.models import from_config
 from cows_jax.models.deeplab import PRETRAINED_GROUPS
@@ -107,20 +107,26 @@ def train(cfg, workdir: str) -> None:
 
 
 def recorded_plan_allows(directory, plan: update_plan.UpdatePlan, iterations: int) -> bool:
-  """Whether to train a segmenter in `directory` under `plan`: checkpoint steps count
-  micro-steps, so a run resumes only under the micro-steps per update it was started with
-  (`update_plan.json`, written at its start). A run that finished under another plan is
-  complete (False); an unfinished one is a one-line error naming the devices to resume on."""
+  """Whether to train a segmenter in `directory` under `plan`. Checkpoint steps count
+  micro-steps, so a run resumes only under the micro-steps per update it started with
+  (`update_plan.json`, written with no checkpoint yet). A run that finished under another
+  plan is complete (False); an unfinished one is a one-line error. Checkpoints without a
+  record (an earlier version's run, an imported model) are taken as they are."""
   record = directory / 'update_plan.json'
-  if not record.is_file():
+  mngr = checkpoints.manager(directory, read_only=True)
+  steps = mngr.all_steps()
+  mngr.close()
+  if not steps:
     if parallel.is_writer():
       run_dir.write_json(record, dataclasses.asdict(plan))
+    return True
+  if not record.is_file():
+    logging.warning('%s: no update_plan.json; its steps are read as %s', directory, plan)
     return True
   before = update_plan.UpdatePlan(**json.loads(record.read_text()))
   if before.micro_steps == plan.micro_steps:
     return True
-  steps = [int(p.name) for p in directory.iterdir() if p.name.isdigit()]
-  if max(steps, default=0) >= iterations * before.micro_steps:
+  if max(steps) >= iterations * before.micro_steps:
     logging.info(
       '%s: complete (trained with %d micro-steps per update on %d devices), skipping',
       directory,
@@ -128,13 +134,13 @@ def recorded_plan_allows(directory, plan: update_plan.UpdatePlan, iterations: in
       before.devices,
     )
     return False
-  devices = lambda n: f'{n} device' + 's' * (n != 1)
+  devices = f'{before.devices} device' + 's' * (before.devices != 1)
   raise ValueError(
-    f'{directory} was started with {before.micro_steps} micro-steps per update on '
-    f'{devices(before.devices)} and cannot resume with {plan.micro_steps} on '
-    f'{devices(plan.devices)} (its steps count micro-steps): resume it on '
-    f'{devices(before.devices)} with the same segment.fold_accumulation, or train in another '
-    'WORKDIR'
+    f'{directory} was started with {before.micro_steps} micro-steps per update '
+    f'({before.micro_batch} examples each on {devices}) and cannot resume with '
+    f'{plan.micro_steps} (its steps count micro-steps): resume it with the devices and the '
+    'segment.batch_size, accumulation_steps and fold_accumulation it started with, or train '
+    'in another WORKDIR'
   )
 
 

@@ -92,10 +92,17 @@ def test_a_segmenter_resumes_only_under_the_update_plan_it_started_with(
   segment.train(cfg, str(workdir))
   assert sorted(p.name for p in run.segmenter().iterdir()) == before
 
-  # Unfinished under its plan: no resume with another.
-  for step in [p for p in run.segmenter().iterdir() if p.name.isdigit()]:
-    shutil.rmtree(step)
+  # Unfinished under its plan (its last checkpoint an earlier step): no resume with another.
+  final = max(int(p.name) for p in run.segmenter().iterdir() if p.name.isdigit())
+  os.rename(run.segmenter() / str(final), run.segmenter() / str(final - 1))
+  assert segment.recorded_plan_allows(run.segmenter(), plan, iterations)
   with pytest.raises(
-    ValueError, match='started with .* on 1 device and cannot resume with .* on 8 devices'
+    ValueError,
+    match=r'started with \d+ micro-steps per update \(\d+ examples each on 1 device\) and cannot resume with',
   ):
     segment.recorded_plan_allows(run.segmenter(), other, iterations)
+
+  # No checkpoint yet: the plan of this run is recorded, whatever an earlier start wrote.
+  shutil.rmtree(run.segmenter() / str(final - 1))
+  assert segment.recorded_plan_allows(run.segmenter(), other, iterations)
+  assert json.loads((run.segmenter() / 'update_plan.json').read_text())['devices'] == 8
