@@ -100,6 +100,7 @@ _HOST_WORKERS = flags.DEFINE_integer(
   None,
   'predict: processes for the CRF and threads for the PNG writes (1: serial; 0: every core; '
   "default: the config's host_workers, or every core with --export).",
+  lower_bound=0,
 )
 _SETTINGS = flags.DEFINE_bool(
   'settings',

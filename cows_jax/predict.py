@@ -79,8 +79,9 @@ def _write_prediction(directory, stem: str, image, label, overlay: bool) -> None
     run_dir.save_png(directory / f'{stem}_overlay.png', blend.round().astype(np.uint8))
 
 
-def image_files(paths: list[str]) -> list[epath.Path]:
-  """The files named, and the image files (by suffix) of the directories named, sorted."""
+def image_files(paths: list[str], overlay: bool = False) -> list[epath.Path]:
+  """The files named, and the image files (by suffix) of the directories named, sorted; an
+  error when two would write the same output (with `overlay`, <name>_overlay.png too)."""
   out = []
   for p in map(epath.Path, paths):
     if p.is_dir():
@@ -89,7 +90,7 @@ def image_files(paths: list[str]) -> list[epath.Path]:
       out.append(p)
     else:
       raise FileNotFoundError(f'{p} does not exist')
-  stems = [f.stem for f in out]
+  stems = [f.stem for f in out] + ([f'{f.stem}_overlay' for f in out] if overlay else [])
   twice = sorted({s for s in stems if stems.count(s) > 1})
   if twice:
     raise ValueError(f'two inputs would write the same output: {", ".join(twice)}')
@@ -138,7 +139,7 @@ def write_files(
   files are the same either way."""
   if crf_params is not None:
     crf.check_available()
-  files, directory, skipped = image_files(paths), run_dir.path(out), []
+  files, directory, skipped = image_files(paths, overlay), run_dir.path(out), []
   counter = progress.Progress('predict', len(files))
 
   def skip(i):
@@ -153,7 +154,9 @@ def write_files(
       skip(i)
     else:
       same_size.setdefault(size, []).append(i)
-  with host_pool.HostPool(workers, 'predict', processes=crf_params is not None) as pool:
+  # One image in flight per worker: a photo's probabilities can take a gigabyte.
+  processes = crf_params is not None
+  with host_pool.HostPool(workers, 'predict', processes=processes, depth=workers) as pool:
     for indices in same_size.values():
       for start in range(0, len(indices), batch):
         read = [(i, read_image(files[i])) for i in indices[start : start + batch]]

@@ -331,3 +331,14 @@ def test_exported_classifier_maps_equal_localize(tiny_run, tmp_path):
     got = np.asarray(call(images[:1], images[related], *given))
     assert got.shape[0] == cfg.data.num_classes
     np.testing.assert_allclose(got[0], want[0], rtol=1e-4, atol=1e-3)
+
+
+def test_predict_refuses_inputs_whose_outputs_collide(tmp_path):
+  for name in ('a.png', 'a_overlay.png', 'b.jpg'):
+    Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(tmp_path / name)
+  assert len(predict.image_files([str(tmp_path)])) == 3
+  with pytest.raises(ValueError, match='two inputs would write the same output: a_overlay$'):
+    predict.image_files([str(tmp_path)], overlay=True)
+  (tmp_path / 'b.png').write_bytes((tmp_path / 'a.png').read_bytes())
+  with pytest.raises(ValueError, match='same output: b$'):
+    predict.image_files([str(tmp_path)])

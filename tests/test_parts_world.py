@@ -231,7 +231,9 @@ def test_parts_gate_on_parts_tiny_reports_the_sweep_and_resumes(tmp_path, capsys
     result['part_recall'] >= 0.8 and result['body_recall'] <= 0.3 and best['threshold'] <= 0.5
   )
   occluded = result['raw_cam_means']
-  assert occluded['objects'] > 0 and all(np.isfinite(v) for v in occluded.values())
+  assert occluded['objects'] > 0 and all(
+    v is not None and np.isfinite(v) for v in occluded.values()
+  )
   by_distance = result['body_cam_by_distance']
   assert [r['cells'] for r in by_distance] == sorted({r['cells'] for r in by_distance})
   assert all(r['body_cells'] > 0 and np.isfinite(r['body_over_part']) for r in by_distance)

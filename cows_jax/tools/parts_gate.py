@@ -9,7 +9,7 @@ reports the part recall and body recall (map_metrics.part_body_recall: means ove
 classes). Both stages resume. The gate: part recall >= 0.8, body recall <= 0.3, best
 threshold <= 0.5. Also reports `raw_cam_means` and `body_cam_by_distance` (`occlusion`):
 whether the body's CAM comes from the body's pixels or from the part's, and how far from the
-part it reaches. Writes DIR/reports/parts_gate.json and prints it.
+part's centre it reaches. Writes DIR/reports/parts_gate.json and prints it.
 KEY=VALUE arguments override config fields (`data.data_dir=/tmp/data`).
 """
 
@@ -90,7 +90,7 @@ def occlusion(cfg, run: run_dir.RunDir, train, n: int = OCCLUSION_IMAGES) -> tup
         distance = np.hypot(yy - yy[part].mean(), xx - xx[part].mean()).round().astype(int)
         for d, value in zip(distance[regions['body']], cam[regions['body']]):
           ratios[int(d)].append(value / cam[part].mean())
-  means = {key: float(np.mean(v)) if v else float('nan') for key, v in sums.items()}
+  means = {key: float(np.mean(v)) if v else None for key, v in sums.items()}  # None: no object
   means['objects'] = len(sums['part'])
   by_distance = [
     {'cells': d, 'body_over_part': float(np.mean(ratios[d])), 'body_cells': len(ratios[d])}
@@ -167,7 +167,7 @@ def main(argv=None) -> dict:
       f'{row["threshold"]:.2f}  mIoU {row["miou"]:5.1f}  part {row["part_recall"]:.3f}  '
       f'body {row["body_recall"]:.3f}'
     )
-  print('body CAM / part CAM by distance from the part (map cells):')
+  print("body CAM / part CAM by distance from the part's centre (map cells):")
   for row in result['body_cam_by_distance']:
     print(f'{row["cells"]:3d}  {row["body_over_part"]:6.2f}  ({row["body_cells"]} cells)')
   return result
