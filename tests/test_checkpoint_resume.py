@@ -74,7 +74,7 @@ def test_a_segmenter_resumes_only_under_the_update_plan_it_started_with(
 ):
   """Segmenter steps count micro-steps, whose number per update depends on the devices when
   the accumulation is folded: a run finished under another plan is complete, an unfinished
-  one is a one-line error naming the devices to resume on."""
+  one is a one-line error saying what it started with."""
   cfg, original = tiny_run
   workdir = tmp_path / 'run'
   shutil.copytree(original, workdir, symlinks=True)

@@ -84,12 +84,13 @@ def occlusion(cfg, run: run_dir.RunDir, train, n: int = OCCLUSION_IMAGES) -> tup
         for suffix, cam in cams.items():
           for region, where in regions.items():
             sums[region + suffix].append(float(cam[j, ..., k - 1][where].mean()))
-        cam, part = cams[''][j, ..., k - 1], regions['part']
-        if cam[part].mean() <= 0:  # a part the classifier does not see: no scale to read.
+        cam, part, body = cams[''][j, ..., k - 1], regions['part'], regions['body']
+        part_mean = cam[part].mean()
+        if part_mean <= 0:  # a part the classifier does not see: no scale to read.
           continue
         distance = np.hypot(yy - yy[part].mean(), xx - xx[part].mean()).round().astype(int)
-        for d, value in zip(distance[regions['body']], cam[regions['body']]):
-          ratios[int(d)].append(value / cam[part].mean())
+        for d, value in zip(distance[body], cam[body] / part_mean):
+          ratios[int(d)].append(value)
   means = {key: float(np.mean(v)) if v else None for key, v in sums.items()}  # None: no object
   means['objects'] = len(sums['part'])
   by_distance = [
