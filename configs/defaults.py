@@ -48,6 +48,13 @@ def _declare() -> Section:
   c.data.val_size = field(300, 'synthetic: images of the val split', low=1)
   c.data.seed = field(0, "synthetic: the generator's seed", low=0)
   c.data.max_objects = field(3, 'synthetic: most objects in an image', low=1)
+  c.data.unlabelled_rate = field(
+    0.0,
+    'synthetic parts world: fraction of images that also hold an unlabelled body (a '
+    "family's body without a part, background in the mask)",
+    low=0,
+    high=1,
+  )
   # The extra splits data.extra.layout='split' reads (settings 2 and 3), each built only when
   # read: one object per image on a plainer background; images drawn like train whose label
   # set is wrong at web_noise_rate (data/synthetic.py).

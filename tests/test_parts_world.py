@@ -3,6 +3,7 @@ image, parts small and on the rim, unique part palettes), the shapes world left 
 `part_body_recall`, and the gate (tools/parts_gate.py) on `synthetic:parts,tiny`."""
 
 import colorsys
+import dataclasses
 import hashlib
 import json
 import os
@@ -107,6 +108,39 @@ def test_parts_are_small_on_the_rim_and_at_least_two_map_cells(examples):
       assert np.hypot(*(np.array([ys.mean(), xs.mean()]) - centre)) >= 0.45 * reach
   assert 0.12 <= np.median(fractions) <= 0.19
   assert max(fractions) < 0.25
+
+
+def test_unlabelled_bodies_are_background_and_leave_the_world_without_them_unchanged():
+  # Without unlabelled bodies the world is generator version 3's, image for image and by
+  # name (digests and fingerprint from commit c201f6c), so its builds and backbone are reused.
+  before = synthetic_parts.PartsSpec(image_size=64, train_size=8, val_size=4)
+  assert before.fingerprint() == '231e716ef543'
+  for (split, index), digest in {
+    ('train', 0): 'ec9747bceec70072',
+    ('train', 5): '3f60e225278c9d65',
+    ('val', 3): '61c127747946cdb6',
+  }.items():
+    assert _digest(synthetic_parts.generate_example(before, split, index)) == digest
+  with_bodies = dataclasses.replace(SPEC, unlabelled_rate=1.0)
+  assert with_bodies.fingerprint() != SPEC.fingerprint()
+  # an unlabelled body: a family's body with no part, drawn after the labelled objects
+  rng = np.random.default_rng(0)
+  drawn = synthetic_parts._objects(rng, with_bodies)
+  assert drawn[-1][1] is None and all(k is not None for _, k in drawn[:-1])
+  image, instances, classes, owner, _ = synthetic_parts._scene(rng, 112, [(1, None)], 3)
+  assert classes == [None] and (instances == 0).sum() > 0.05 * 112**2 and (owner < 0).all()
+  for i in range(12):
+    plain = synthetic_parts.generate_example(SPEC, 'train', i)
+    e = synthetic_parts.generate_example(with_bodies, 'train', i)
+    # the labels are drawn first, so both worlds hold the same labelled classes ...
+    np.testing.assert_array_equal(e['labels'], plain['labels'])
+    labelled = set(np.flatnonzero(e['labels']) + 1)
+    assert set(np.unique(e['part_mask'])) - {0} == labelled
+    assert set(np.unique(e['mask'])) - {0, 255} <= labelled
+    # ... and the extra body changes the image, not the mask's classes
+    assert not np.array_equal(e['image'], plain['image'])
+  with pytest.raises(ValueError, match='unlabelled_rate'):
+    synthetic_parts.PartsSpec(unlabelled_rate=1.5)
 
 
 def test_part_palettes_are_unique_and_survive_the_jitter():

@@ -46,6 +46,7 @@ def synthetic_spec(cfg) -> synthetic.SyntheticSpec | synthetic_parts.PartsSpec:
       train_size=d.train_size,
       val_size=d.val_size,
       seed=d.seed,
+      unlabelled_rate=d.unlabelled_rate,
     )
   return synthetic.SyntheticSpec(**{name: d[name] for name in synthetic.SYNTHETIC_FIELDS})
 

@@ -12,7 +12,9 @@ texture, so the whole object is discriminative. Here classes come in families:
 
 `PARTS_PER_FAMILY` classes per family; class k is part k of family k // PARTS_PER_FAMILY.
 Siblings never share an image: an image holds one object, or (at `two_object_rate`) two of
-different families. Part colours survive the paper's colour jitter (hue +-0.1 turn,
+different families; at `unlabelled_rate` it also holds an unlabelled body (a family's body
+without a part, background in the mask), so that bodies turn up in images that hold none of
+their family's classes. Part colours survive the paper's colour jitter (hue +-0.1 turn,
 saturation x0.7..1.3, one draw per image): the parts of one family differ in hue by a third
 of a turn, parts of one hue differ in texture, parts are saturated (>= 0.8, >= 0.56 after
 the jitter) where bodies and the random clutter colours are not (<= 0.45), and the random
@@ -136,6 +138,7 @@ class PartsSpec:
   val_size: int = 200
   seed: int = 0
   two_object_rate: float = 0.5  # fraction of images drawn with two objects
+  unlabelled_rate: float = 0.0  # fraction of images that also hold an unlabelled body
 
   def __post_init__(self):
     if self.num_classes % PARTS_PER_FAMILY or not 1 <= self.num_classes <= MAX_CLASSES:
@@ -152,6 +155,8 @@ class PartsSpec:
       raise ValueError(f'data.seed must be >= 0, got {self.seed}')
     if not 0 <= self.two_object_rate <= 1:
       raise ValueError(f'two_object_rate must be in 0..1, got {self.two_object_rate}')
+    if not 0 <= self.unlabelled_rate <= 1:
+      raise ValueError(f'data.unlabelled_rate must be in 0..1, got {self.unlabelled_rate}')
 
   @property
   def num_families(self) -> int:
@@ -160,6 +165,8 @@ class PartsSpec:
   def fingerprint(self, splits: tuple[str, ...] = SPLITS) -> str:
     """Short stable hash of every field, the world and the generator version."""
     payload = dict(dataclasses.asdict(self), world='parts', generator_version=_GENERATOR_VERSION)
+    if not self.unlabelled_rate:  # the world before unlabelled bodies keeps its builds' names
+      del payload['unlabelled_rate']
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
 
   def split_size(self, split: str) -> int:
@@ -183,10 +190,11 @@ def _rim_distance(body: np.ndarray, centre, direction, limit: float) -> float:
   return float(t[np.flatnonzero(hit)[-1]]) if hit.any() else 0.0
 
 
-def _draw_object(rng, body_family: int, size: int):
-  """A body of `body_family` with a part disc on its rim, the part entirely inside the
-  image; returns (body mask, part mask, body placement, part placement) or None when the
-  drawn pose leaves no room for the part."""
+def _draw_object(rng, body_family: int, size: int, with_part: bool = True):
+  """A body of `body_family` with (`with_part`) a part disc on its rim, the part entirely
+  inside the image; returns (object mask, part mask, body placement, part placement) or None
+  when the drawn pose leaves no room for the part. Without a part: an empty part mask and no
+  part placement."""
   body = _BODIES[body_family]
   radius = size * rng.uniform(0.23, 0.28)
   centre = rng.uniform(0.8 * radius, size - 0.8 * radius, 2)
@@ -197,6 +205,8 @@ def _draw_object(rng, body_family: int, size: int):
     1.45 * radius + 1,
     lambda dy, dx: body.shape(*synthetic._local_coords(dy, dx, *pose)),
   )
+  if not with_part:
+    return body_mask, np.zeros_like(body_mask), (centre, *pose), None
   part_radius = PART_RADIUS * radius
   for _ in range(8):
     angle = rng.uniform(0, 2 * np.pi)
@@ -214,16 +224,17 @@ def _draw_object(rng, body_family: int, size: int):
   return None
 
 
-def _place_objects(rng, classes: list[int], body_of, size: int):
-  """Draws the objects one by one, each on top of the earlier ones; a pose is redrawn (up to
-  30 times, then the object is left out) when it would hide more than (1 - PART_VISIBLE) of
-  an earlier part or (1 - BODY_VISIBLE) of an earlier object."""
+def _place_objects(rng, objects_to_draw: list[tuple[int, int | None]], size: int):
+  """Draws the objects ((body family, part class or None: no part) each) one by one, each on
+  top of the earlier ones; a pose is redrawn (up to 30 times, then the object is left out)
+  when it would hide more than (1 - PART_VISIBLE) of an earlier part or (1 - BODY_VISIBLE)
+  of an earlier object."""
   instances = np.full((size, size), -1, np.int32)
   parts = np.zeros((size, size), bool)  # visible part pixels of any placed object
   objects = []
-  for cls in classes:
+  for body_family, cls in objects_to_draw:
     for _attempt in range(30):
-      drawn = _draw_object(rng, body_of(cls), size)
+      drawn = _draw_object(rng, body_family, size, with_part=cls is not None)
       if drawn is None:
         continue
       mask, part, placement, part_placement = drawn
@@ -235,7 +246,7 @@ def _place_objects(rng, classes: list[int], body_of, size: int):
       if np.all(kept >= BODY_VISIBLE * areas) and np.all(part_kept >= PART_VISIBLE * part_areas):
         instances[mask] = n
         parts = (parts & ~mask) | part
-        objects.append((cls, mask, part, placement, part_placement))
+        objects.append((body_family, cls, mask, part, placement, part_placement))
         break
   return objects, instances, parts
 
@@ -247,6 +258,16 @@ def _classes(rng, spec: PartsSpec) -> list[int]:
     return [first]
   others = [k for k in range(spec.num_classes) if family(k) != family(first)]
   return [first, int(others[rng.integers(len(others))])]
+
+
+def _objects(rng, spec: PartsSpec) -> list[tuple[int, int | None]]:
+  """(body family, part class) of the image's labelled objects, then (at unlabelled_rate)
+  an unlabelled body: a random family's body without a part, drawn last. Its family may be a
+  labelled object's: only labelled siblings never share an image."""
+  drawn = [(family(k), k) for k in _classes(rng, spec)]
+  if spec.unlabelled_rate and rng.random() < spec.unlabelled_rate:
+    drawn.append((int(rng.integers(spec.num_families)), None))
+  return drawn
 
 
 def _clutter_color(rng, num_families: int) -> np.ndarray:
@@ -265,16 +286,13 @@ def _body_appearance(f: int) -> synthetic._Appearance:
   return synthetic._Appearance(b.hue, b.sat, b.val, b.texture, b.second)
 
 
-def _scene(rng, size: int, objects_to_draw: list[tuple[int, int]], num_families: int):
-  """Background, clutter and objects ((body family, part class) each); returns the float
-  image, instance ids, the kept objects' part classes, per-pixel part owner (-1: none) and
-  the clutter masks."""
+def _scene(rng, size: int, objects_to_draw: list[tuple[int, int | None]], num_families: int):
+  """Background, clutter and objects ((body family, part class or None) each); returns the
+  float image, instance ids, the kept objects' part classes (None: an unlabelled body),
+  per-pixel part owner (-1: none) and the clutter masks."""
   yy, xx = synthetic._grid(size)
   image = synthetic._background(rng, size, yy, xx)
-  body_of = {p: f for f, p in objects_to_draw}
-  objects, instances, part_pixels = _place_objects(
-    rng, [p for _, p in objects_to_draw], body_of.__getitem__, size
-  )
+  objects, instances, part_pixels = _place_objects(rng, objects_to_draw, size)
   clutter = [
     (synthetic._clutter_mask(rng, size), _clutter_color(rng, num_families))
     for _ in range(rng.integers(3, 9))
@@ -282,16 +300,17 @@ def _scene(rng, size: int, objects_to_draw: list[tuple[int, int]], num_families:
   on_top = rng.random(len(clutter)) < 0.2
   for mask, color in (c for c, top in zip(clutter, on_top) if not top):
     image[mask] = color
-  for index, (cls, mask, part, placement, part_placement) in enumerate(objects):
-    synthetic._paint(rng, image, mask, placement, _body_appearance(body_of[cls]), yy, xx)
-    synthetic._paint(rng, image, part, part_placement, _part_appearance(cls), yy, xx)
+  for body_family, cls, mask, part, placement, part_placement in objects:
+    synthetic._paint(rng, image, mask, placement, _body_appearance(body_family), yy, xx)
+    if cls is not None:
+      synthetic._paint(rng, image, part, part_placement, _part_appearance(cls), yy, xx)
   for mask, color in (c for c, top in zip(clutter, on_top) if top):
     mask = mask & ~part_pixels  # clutter never covers a part
     image[mask] = color
     instances[mask] = -1
   image = synthetic._soften(image) + rng.normal(0, 0.025, image.shape)
   owner = np.where(part_pixels, instances, -1)
-  return image, instances, [o[0] for o in objects], owner, [m for m, _ in clutter]
+  return image, instances, [o[1] for o in objects], owner, [m for m, _ in clutter]
 
 
 def generate_example(spec: PartsSpec, split: str, index: int) -> dict:
@@ -299,6 +318,7 @@ def generate_example(spec: PartsSpec, split: str, index: int) -> dict:
 
   Returns {'image': uint8[H,W,3], 'mask': uint8[H,W], 'saliency': uint8[H,W],
   'labels': uint8[C], 'part_mask': uint8[H,W]} (part_mask: k+1 on class k's visible part).
+  The saliency map also covers unlabelled bodies: an off-the-shelf model sees any object.
   """
   if not 0 <= index < spec.split_size(split):
     raise IndexError(
@@ -307,14 +327,19 @@ def generate_example(spec: PartsSpec, split: str, index: int) -> dict:
   # A fifth seed word keeps these streams apart from the shapes world's.
   rng = np.random.default_rng([spec.seed, SPLITS.index(split), index, 0, 2])
   while True:  # re-draw the rare scene in which no object stays visible enough
-    drawn = [(family(k), k) for k in _classes(rng, spec)]
     image, instances, classes, owner, clutter = _scene(
-      rng, spec.image_size, drawn, spec.num_families
+      rng, spec.image_size, _objects(rng, spec), spec.num_families
     )
-    mask, labels = synthetic._ground_truth(instances, classes, spec.num_classes)
+    # Unlabelled bodies are background in the mask, as unlabelled objects are in VOC's.
+    labelled = [i for i, c in enumerate(classes) if c is not None]
+    renumber = np.full(len(classes) + 1, -1)  # index -1 (background) picks the trailing -1
+    renumber[labelled] = np.arange(len(labelled))
+    mask, labels = synthetic._ground_truth(
+      renumber[instances], [classes[i] for i in labelled], spec.num_classes
+    )
     if labels.any():
       break
-  lookup = np.array([c + 1 if labels[c] else 0 for c in classes] + [0], np.uint8)
+  lookup = np.array([c + 1 if c is not None and labels[c] else 0 for c in classes] + [0], np.uint8)
   return {
     'image': np.round(255 * np.clip(image, 0, 1)).astype(np.uint8),
     'mask': mask,
