@@ -14,6 +14,11 @@ Variant 3, 4 and their controls share one trained classifier, as 1 and baseline_
 DIR/<variant> (maps, pseudo labels) and the classifiers live in DIR/train/<training>; all of
 it resumes like the pipeline does. The table goes to DIR/reports/ablation.{json,md}.
 
+`--seeds` (`run_seeds`): all of that once per seed in DIR/seed<k>, then the pre-registered
+paired analysis (`paired_report`: mean and standard error of each measure, and the per-seed
+differences of full_method and related_only from baseline_views with their verdicts) ->
+DIR/reports/ablation_seeds.{json,md}.
+
 `--settings` (`run_settings`): the paper's three data settings in the synthetic world
 (configs/synthetic.py's setting2 and setting3 arguments) x {variant 1, variant 4}, each run
 through the whole pipeline once per seed in DIR/settings/<setting>/seed<k>/<variant>; the
@@ -172,6 +177,134 @@ def markdown_table(rows: list[dict]) -> str:
   edge = any(r.get('cam_bg_threshold_at_edge') for r in rows)
   note = '\n(edge): the best threshold is at the end of the sweep; the CAM mIoU may be higher.\n'
   return '\n'.join(lines) + '\n' + (note if edge else '')
+
+
+# --------------------------------------------------------------------- the variants over seeds
+
+# The pre-registered analysis (docs/ablation.md, "Parts world: the analysis plan"): each
+# measure's mean and standard error over the seeds, and the per-seed paired differences of a
+# variant against its control. A difference counts only when its mean exceeds
+# DECISION_STANDARD_ERRORS standard errors and at least DECISION_AGREEING of the seeds
+# (4 of 5) share its sign.
+SEED_MEASURES = (
+  ('cam_miou', 'CAM mIoU %'),
+  ('pseudo_label_miou', 'pseudo-label mIoU %'),
+  ('part_recall', 'part recall %'),
+  ('body_recall', 'body recall %'),
+)
+PAIRED = (('full_method', 'baseline_views'), ('related_only', 'baseline_views'))
+PAIRED_MEASURES = ('cam_miou', 'pseudo_label_miou', 'part_recall')
+DECISION_STANDARD_ERRORS = 2.0
+DECISION_AGREEING = 0.8
+
+
+def seed_config(cfg, seed: int):
+  """The finalized config of one seed: seed and localize.seed (the dataset, data.seed, stays)."""
+  return config.with_overrides(cfg, (('seed', seed), ('localize.seed', seed)))
+
+
+def run_seeds(cfg, workdir: str, stages: Mapping[str, Callable], seeds: Sequence[int]) -> dict:
+  """`run` once per seed in DIR/seed<k> (each resumes as `run` does), then the paired
+  analysis (`paired_report`) -> DIR/reports/ablation_seeds.{json,md}."""
+  if not seeds or len(set(seeds)) < len(seeds):
+    raise ValueError(f'--seeds={",".join(map(str, seeds))}: give distinct seeds, e.g. 0,1,2')
+  rows = {}
+  for seed in seeds:
+    logging.info('=== ablate: seed %d ===', seed)
+    rows[seed] = run(seed_config(cfg, seed), os.path.join(workdir, f'seed{seed}'), stages)
+  report = paired_report(rows)
+  out = run_dir.RunDir(workdir).reports()
+  if parallel.is_writer():
+    run_dir.write_json(out / 'ablation_seeds.json', report)
+    run_dir.write_text(out / 'ablation_seeds.md', seeds_table(report))
+  parallel.barrier('ablate --seeds')
+  logging.info('ablate --seeds:\n%s', seeds_table(report))
+  return report
+
+
+def _mean_se(values: list[float]) -> dict:
+  """Mean and standard error (sample standard deviation / sqrt(n); None for one value)."""
+  n = len(values)
+  se = float(np.std(values, ddof=1) / np.sqrt(n)) if n > 1 else None
+  return {'mean': float(np.mean(values)), 'se': se, 'values': [float(v) for v in values]}
+
+
+def decide(differences: list[float]) -> str:
+  """'gain', 'loss' or 'no measurable difference' by the pre-registered rule."""
+  stat = _mean_se(differences)
+  if stat['se'] is None or abs(stat['mean']) <= DECISION_STANDARD_ERRORS * stat['se']:
+    return 'no measurable difference'
+  sign = np.sign(stat['mean'])
+  if np.sum(np.sign(differences) == sign) < DECISION_AGREEING * len(differences):
+    return 'no measurable difference'
+  return 'gain' if sign > 0 else 'loss'
+
+
+def paired_report(rows_by_seed: Mapping[int, list[dict]]) -> dict:
+  """{'seeds', 'variants': {slug: {measure: mean/se/values}}, 'paired': [{variant, control,
+  measure, difference: mean/se/values, agreeing, verdict}]} from each seed's `run` rows.
+  Measures a dataset lacks (recalls outside the parts world) are left out."""
+  seeds = list(rows_by_seed)
+  by_slug = [{r['slug']: r for r in rows_by_seed[s]} for s in seeds]
+  slugs = [r['slug'] for r in rows_by_seed[seeds[0]]]
+  variants = {
+    slug: {
+      key: _mean_se([rows[slug][key] for rows in by_slug])
+      for key, _ in SEED_MEASURES
+      if all(key in rows[slug] for rows in by_slug)
+    }
+    for slug in slugs
+  }
+  paired = []
+  for slug, control in PAIRED:
+    for key in PAIRED_MEASURES:
+      if key not in variants[slug] or key not in variants[control]:
+        continue
+      differences = [rows[slug][key] - rows[control][key] for rows in by_slug]
+      stat = _mean_se(differences)
+      paired.append(
+        {
+          'variant': slug,
+          'control': control,
+          'measure': key,
+          'difference': stat,
+          'agreeing': int(np.sum(np.sign(differences) == np.sign(stat['mean']))),
+          'verdict': decide(differences),
+        }
+      )
+  return {'seeds': seeds, 'variants': variants, 'paired': paired}
+
+
+def _cell(stat: dict | None) -> str:
+  if stat is None:
+    return '–'
+  return f'{stat["mean"]:.1f}' + ('' if stat['se'] is None else f' ± {stat["se"]:.1f}')
+
+
+def seeds_table(report: dict) -> str:
+  """Markdown: mean ± standard error of each measure per variant, then the paired
+  differences and their verdicts."""
+  columns = [(k, t) for k, t in SEED_MEASURES if any(k in v for v in report['variants'].values())]
+  n = len(report['seeds'])
+  lines = [
+    f'Mean ± standard error over {n} seeds ({", ".join(map(str, report["seeds"]))}).',
+    '',
+    '| variant | ' + ' | '.join(t for _, t in columns) + ' |',
+    '|---|' + '---:|' * len(columns),
+  ]
+  for slug, stats in report['variants'].items():
+    lines.append(f'| {slug} | ' + ' | '.join(_cell(stats.get(k)) for k, _ in columns) + ' |')
+  lines += [
+    '',
+    '| paired difference | measure | mean ± standard error | seeds with its sign | verdict |',
+    '|---|---|---:|---:|---|',
+  ]
+  for p in report['paired']:
+    lines.append(
+      f'| {p["variant"]} − {p["control"]} | {p["measure"]} | {_cell(p["difference"])} | '
+      f'{p["agreeing"]} of {n} | {p["verdict"]} |'
+    )
+  return '\n'.join(lines) + '\n'
 
 
 # ------------------------------------------------------------------- the paper's data settings

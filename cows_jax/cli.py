@@ -110,7 +110,10 @@ _SETTINGS = flags.DEFINE_bool(
   'WORKDIR/reports/settings.{md,json}',
 )
 _SEEDS = flags.DEFINE_list(
-  'seeds', ['0', '1', '2'], 'ablate --settings: the seeds (seed and localize.seed) of each run.'
+  'seeds',
+  ['0', '1', '2'],
+  'ablate: the seeds (seed and localize.seed) of each run; given without --settings, every '
+  'variant once per seed and the paired analysis -> WORKDIR/reports/ablation_seeds.{md,json}',
 )
 _TRACEBACK = flags.DEFINE_bool(
   'traceback',
@@ -340,7 +343,8 @@ def _ablate(cfg) -> None:
     ablate.run_settings(cfg, _WORKDIR.value, STAGES, _seeds())
     return
   if flags.FLAGS['seeds'].present:
-    raise app.UsageError('--seeds goes with ablate --settings')
+    ablate.run_seeds(cfg, _WORKDIR.value, STAGES, _seeds())
+    return
   ablate.run(cfg, _WORKDIR.value, STAGES)
 
 
@@ -401,8 +405,9 @@ COMMANDS = {
     _stage('pipeline', 'every stage in order; a rerun resumes where a killed run stopped'),
     _stage(
       'ablate',
-      'the ablation of the co-attention losses and inference, with its controls; --settings: '
-      "the paper's data settings 1-3 x {CAM baseline, full method} over --seeds",
+      'the ablation of the co-attention losses and inference, with its controls (--seeds: '
+      "once per seed, with the paired analysis); --settings: the paper's data settings 1-3 x "
+      '{CAM baseline, full method} over --seeds',
       'settings',
       'seeds',
       action=_ablate,

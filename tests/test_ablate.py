@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from cows_jax import ablate, classify, config
 from cows_jax.models import from_config
@@ -101,3 +102,77 @@ def test_ablate_on_the_parts_world_reports_every_variant_with_its_recalls(tmp_pa
   table = (run_dir.RunDir(str(tmp_path / 'ablate')).reports() / 'ablation.md').read_text()
   assert '| part recall % | body recall % |' in table.splitlines()[0]
   assert len(table.splitlines()) >= 2 + len(rows)
+
+
+def _seed_rows(values: dict) -> list[dict]:
+  """`run` rows of one seed: {slug: cam_miou}, the other measures derived from it."""
+  return [
+    {'slug': slug, 'cam_miou': v, 'pseudo_label_miou': v + 10, 'part_recall': 2 * v}
+    for slug, v in values.items()
+  ]
+
+
+def test_paired_report_follows_the_preregistered_rule():
+  """Means, standard errors and verdicts against the statistics module, on differences built
+  to land on each side of the rule: a gain, a loss, a mean within two standard errors, and a
+  mean beyond them that only 3 of the 5 seeds share."""
+  import statistics
+
+  base = [40.0, 42.0, 38.0, 41.0, 39.0]
+  cases = {
+    'full_method': [1, 2, 3, 4, 5],  # gain
+    'related_only': [-1, -2, -3, -4, -5],  # loss
+  }
+  rows = {
+    seed: _seed_rows(
+      {
+        'baseline_views': base[i],
+        **{slug: base[i] + d[i] for slug, d in cases.items()},
+      }
+    )
+    for i, seed in enumerate(range(5))
+  }
+  report = ablate.paired_report(rows)
+  assert report['seeds'] == [0, 1, 2, 3, 4]
+  stat = report['variants']['baseline_views']['cam_miou']
+  assert stat['mean'] == statistics.mean(base)
+  assert np.isclose(stat['se'], statistics.stdev(base) / 5**0.5, rtol=1e-12)
+  assert 'body_recall' not in report['variants']['baseline_views']  # no such measure here
+  verdicts = {(p['variant'], p['measure']): p for p in report['paired']}
+  assert verdicts[('full_method', 'cam_miou')]['verdict'] == 'gain'
+  assert verdicts[('full_method', 'cam_miou')]['agreeing'] == 5
+  assert np.isclose(verdicts[('full_method', 'part_recall')]['difference']['mean'], 6.0)
+  assert verdicts[('related_only', 'pseudo_label_miou')]['verdict'] == 'loss'
+  assert ablate.decide([1, -1, 2, -2, 0.5]) == 'no measurable difference'
+  # mean 5.96, standard error 2.42: beyond two of them, but 3 of 5 seeds agree
+  assert ablate.decide([10, 10, 10, -0.1, -0.1]) == 'no measurable difference'
+  assert ablate.decide([10, 10, 10, 10, -0.1]) == 'gain'
+  table = ablate.seeds_table(report).splitlines()
+  assert '| full_method − baseline_views | cam_miou | 3.0 ± 0.7 | 5 of 5 | gain |' in table
+
+
+def test_run_seeds_runs_every_seed_in_its_own_directory(tmp_path, monkeypatch, tiny_config):
+  """The seeds reach the config (seed and localize.seed, not the dataset's data.seed), each
+  seed has its own directory, and the report is written."""
+  from cows_jax import run_dir
+
+  calls = []
+
+  def fake_run(cfg, workdir, stages):
+    calls.append((cfg.seed, cfg.localize.seed, cfg.data.seed, workdir))
+    return _seed_rows(
+      {'baseline_views': 40.0 + cfg.seed, 'full_method': 41.0, 'related_only': 40.0}
+    )
+
+  monkeypatch.setattr(ablate, 'run', fake_run)
+  report = ablate.run_seeds(tiny_config, str(tmp_path), {}, [3, 7])
+  assert calls == [
+    (3, 3, tiny_config.data.seed, str(tmp_path / 'seed3')),
+    (7, 7, tiny_config.data.seed, str(tmp_path / 'seed7')),
+  ]
+  assert report['variants']['baseline_views']['cam_miou']['values'] == [43.0, 47.0]
+  reports = run_dir.RunDir(str(tmp_path)).reports()
+  assert (reports / 'ablation_seeds.json').is_file()
+  assert 'related_only − baseline_views' in (reports / 'ablation_seeds.md').read_text()
+  with pytest.raises(ValueError, match='distinct seeds'):
+    ablate.run_seeds(tiny_config, str(tmp_path), {}, [1, 1])
