@@ -141,13 +141,18 @@ def run(cfg, workdir: str, stages: Mapping[str, Callable]) -> list[dict]:
         **_recalls(vcfg, train, ids, run, report['cam_bg_threshold']),
       }
     )
+  _publish(workdir, 'ablation', rows, markdown_table(rows))
+  return rows
+
+
+def _publish(workdir: str, name: str, data, table: str) -> None:
+  """DIR/reports/<name>.json and .md, written by one process; logged by every one."""
   out = run_dir.RunDir(workdir).reports()
   if parallel.is_writer():
-    run_dir.write_json(out / 'ablation.json', rows)
-    run_dir.write_text(out / 'ablation.md', markdown_table(rows))
-  parallel.barrier('ablate')
-  logging.info('ablate:\n%s', markdown_table(rows))
-  return rows
+    run_dir.write_json(out / f'{name}.json', data)
+    run_dir.write_text(out / f'{name}.md', table)
+  parallel.barrier(f'ablate: {name}')
+  logging.info('ablate: %s\n%s', name, table)
 
 
 def _recalls(cfg, train, ids, run: run_dir.RunDir, threshold: float) -> dict:
@@ -213,12 +218,7 @@ def run_seeds(cfg, workdir: str, stages: Mapping[str, Callable], seeds: Sequence
     logging.info('=== ablate: seed %d ===', seed)
     rows[seed] = run(seed_config(cfg, seed), os.path.join(workdir, f'seed{seed}'), stages)
   report = paired_report(rows)
-  out = run_dir.RunDir(workdir).reports()
-  if parallel.is_writer():
-    run_dir.write_json(out / 'ablation_seeds.json', report)
-    run_dir.write_text(out / 'ablation_seeds.md', seeds_table(report))
-  parallel.barrier('ablate --seeds')
-  logging.info('ablate --seeds:\n%s', seeds_table(report))
+  _publish(workdir, 'ablation_seeds', report, seeds_table(report))
   return report
 
 
@@ -384,12 +384,7 @@ def run_settings(cfg, workdir: str, stages: Mapping[str, Callable], seeds: Seque
     for (s, v), runs in summaries.items()
   ]
   notes = _settings_notes(cfg, seeds)
-  out = run_dir.RunDir(workdir).reports()
-  if parallel.is_writer():
-    run_dir.write_json(out / 'settings.json', {'notes': notes, 'rows': rows})
-    run_dir.write_text(out / 'settings.md', settings_table(rows, notes))
-  parallel.barrier('ablate --settings')
-  logging.info('ablate --settings:\n%s', settings_table(rows, notes))
+  _publish(workdir, 'settings', {'notes': notes, 'rows': rows}, settings_table(rows, notes))
   return rows
 
 
