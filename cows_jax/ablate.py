@@ -211,8 +211,7 @@ def seed_config(cfg, seed: int):
 def run_seeds(cfg, workdir: str, stages: Mapping[str, Callable], seeds: Sequence[int]) -> dict:
   """`run` once per seed in DIR/seed<k> (each resumes as `run` does), then the paired
   analysis (`paired_report`) -> DIR/reports/ablation_seeds.{json,md}."""
-  if not seeds or len(set(seeds)) < len(seeds):
-    raise ValueError(f'--seeds={",".join(map(str, seeds))}: give distinct seeds, e.g. 0,1,2')
+  _check_seeds(seeds)
   rows = {}
   for seed in seeds:
     logging.info('=== ablate: seed %d ===', seed)
@@ -222,6 +221,11 @@ def run_seeds(cfg, workdir: str, stages: Mapping[str, Callable], seeds: Sequence
   return report
 
 
+def _check_seeds(seeds: Sequence[int]) -> None:
+  if not seeds or len(set(seeds)) < len(seeds):
+    raise ValueError(f'--seeds={",".join(map(str, seeds))}: give distinct seeds, e.g. 0,1,2')
+
+
 def _mean_se(values: list[float]) -> dict:
   """Mean and standard error (sample standard deviation / sqrt(n); None for one value)."""
   n = len(values)
@@ -229,15 +233,18 @@ def _mean_se(values: list[float]) -> dict:
   return {'mean': float(np.mean(values)), 'se': se, 'values': [float(v) for v in values]}
 
 
-def decide(differences: list[float]) -> str:
-  """'gain', 'loss' or 'no measurable difference' by the pre-registered rule."""
+def compare(differences: list[float]) -> dict:
+  """{'difference': mean/se/values, 'agreeing': seeds with the mean's sign, 'verdict': 'gain',
+  'loss' or 'no measurable difference' by the pre-registered rule} of per-seed differences."""
   stat = _mean_se(differences)
-  if stat['se'] is None or abs(stat['mean']) <= DECISION_STANDARD_ERRORS * stat['se']:
-    return 'no measurable difference'
   sign = np.sign(stat['mean'])
-  if np.sum(np.sign(differences) == sign) < DECISION_AGREEING * len(differences):
-    return 'no measurable difference'
-  return 'gain' if sign > 0 else 'loss'
+  agreeing = int(np.sum(np.sign(differences) == sign))
+  beyond = stat['se'] is not None and abs(stat['mean']) > DECISION_STANDARD_ERRORS * stat['se']
+  if beyond and agreeing >= DECISION_AGREEING * len(differences):
+    verdict = 'gain' if sign > 0 else 'loss'
+  else:
+    verdict = 'no measurable difference'
+  return {'difference': stat, 'agreeing': agreeing, 'verdict': verdict}
 
 
 def paired_report(rows_by_seed: Mapping[int, list[dict]]) -> dict:
@@ -261,24 +268,8 @@ def paired_report(rows_by_seed: Mapping[int, list[dict]]) -> dict:
       if key not in variants[slug] or key not in variants[control]:
         continue
       differences = [rows[slug][key] - rows[control][key] for rows in by_slug]
-      stat = _mean_se(differences)
-      paired.append(
-        {
-          'variant': slug,
-          'control': control,
-          'measure': key,
-          'difference': stat,
-          'agreeing': int(np.sum(np.sign(differences) == np.sign(stat['mean']))),
-          'verdict': decide(differences),
-        }
-      )
+      paired.append({'variant': slug, 'control': control, 'measure': key, **compare(differences)})
   return {'seeds': seeds, 'variants': variants, 'paired': paired}
-
-
-def _cell(stat: dict | None) -> str:
-  if stat is None:
-    return '–'
-  return f'{stat["mean"]:.1f}' + ('' if stat['se'] is None else f' ± {stat["se"]:.1f}')
 
 
 def seeds_table(report: dict) -> str:
@@ -293,7 +284,9 @@ def seeds_table(report: dict) -> str:
     '|---|' + '---:|' * len(columns),
   ]
   for slug, stats in report['variants'].items():
-    lines.append(f'| {slug} | ' + ' | '.join(_cell(stats.get(k)) for k, _ in columns) + ' |')
+    lines.append(
+      f'| {slug} | ' + ' | '.join(_mean_pm(stats.get(k), 'se') for k, _ in columns) + ' |'
+    )
   lines += [
     '',
     '| paired difference | measure | mean ± standard error | seeds with its sign | verdict |',
@@ -301,7 +294,7 @@ def seeds_table(report: dict) -> str:
   ]
   for p in report['paired']:
     lines.append(
-      f'| {p["variant"]} − {p["control"]} | {p["measure"]} | {_cell(p["difference"])} | '
+      f'| {p["variant"]} − {p["control"]} | {p["measure"]} | {_mean_pm(p["difference"], "se")} | '
       f'{p["agreeing"]} of {n} | {p["verdict"]} |'
     )
   return '\n'.join(lines) + '\n'
@@ -357,8 +350,7 @@ def run_settings(cfg, workdir: str, stages: Mapping[str, Callable], seeds: Seque
       f"ablate --settings runs the synthetic dataset's settings; data.name={cfg.data.name!r} "
       '(use --config configs/synthetic.py)'
     )
-  if not seeds or len(set(seeds)) < len(seeds):
-    raise ValueError(f'--seeds={",".join(map(str, seeds))}: give distinct seeds, e.g. 0,1,2')
+  _check_seeds(seeds)
   summaries = {}
   for seed in seeds:  # seed by seed: a killed run already has every cell of the first seeds
     for setting in SETTINGS:
@@ -427,12 +419,13 @@ def settings_table(rows: list[dict], notes: Sequence[str] = ()) -> str:
     '|---|---|' + '---:|' * (len(columns) + 1),
   ]
   for r in rows:
-    cells = [_mean_std(r.get(k)) for k, _ in columns]
+    cells = [_mean_pm(r.get(k), 'std') for k, _ in columns]
     lines.append(f'| {r["setting"]} | {r["variant"]} | {" | ".join(cells)} | {r["num_seeds"]} |')
   return '\n'.join(lines + [''] + [f'- {n}' for n in notes]) + '\n'
 
 
-def _mean_std(stat: dict | None) -> str:
+def _mean_pm(stat: dict | None, spread: str) -> str:
+  """'mean ± spread' of a stat dict (spread: 'std' or 'se'; the mean alone where it is None)."""
   if stat is None:
     return '–'
-  return f'{stat["mean"]:.1f}' + ('' if stat['std'] is None else f' ± {stat["std"]:.1f}')
+  return f'{stat["mean"]:.1f}' + ('' if stat[spread] is None else f' ± {stat[spread]:.1f}')

@@ -143,10 +143,10 @@ def test_paired_report_follows_the_preregistered_rule():
   assert verdicts[('full_method', 'cam_miou')]['agreeing'] == 5
   assert np.isclose(verdicts[('full_method', 'part_recall')]['difference']['mean'], 6.0)
   assert verdicts[('related_only', 'pseudo_label_miou')]['verdict'] == 'loss'
-  assert ablate.decide([1, -1, 2, -2, 0.5]) == 'no measurable difference'
+  assert ablate.compare([1, -1, 2, -2, 0.5])['verdict'] == 'no measurable difference'
   # mean 5.96, standard error 2.42: beyond two of them, but 3 of 5 seeds agree
-  assert ablate.decide([10, 10, 10, -0.1, -0.1]) == 'no measurable difference'
-  assert ablate.decide([10, 10, 10, 10, -0.1]) == 'gain'
+  assert ablate.compare([10, 10, 10, -0.1, -0.1])['verdict'] == 'no measurable difference'
+  assert ablate.compare([10, 10, 10, 10, -0.1])['verdict'] == 'gain'
   table = ablate.seeds_table(report).splitlines()
   assert '| full_method − baseline_views | cam_miou | 3.0 ± 0.7 | 5 of 5 | gain |' in table
 
