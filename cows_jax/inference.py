@@ -258,37 +258,16 @@ def load_export(export_dir: str) -> tuple[tta.Export, dict]:
   return tta.from_bytes(data, meta, str(export_dir)), meta
 
 
-def label_maps(image: np.ndarray, probabilities: Callable, crf_params=None):
-  """(argmax label map, argmax after the dense CRF or None), uint8 [H, W]."""
-  return labels_of(image, probabilities(image), crf_params)
-
-
-def labels_of(image: np.ndarray, probs: np.ndarray, crf_params=None):
-  """`label_maps` of the image's probabilities [H, W, C]."""
-  plain = np.argmax(probs, -1).astype(np.uint8)
-  if crf_params is None:
-    return plain, None
-  return plain, crf.labels(image, probs, crf_params)
-
-
 def label_maps_pooled(image: np.ndarray, probabilities: Callable, crf_params, pool):
-  """`label_maps` with the CRF in a worker of `pool` (a host_pool.HostPool): the
-  probabilities on this thread (the device call), then (argmax label map, a future of the map
-  after the CRF, or None) at once, so the next image's device call overlaps this CRF."""
+  """(argmax label map, a future of the map after the dense CRF, or None), uint8 [H, W]: the
+  probabilities on this thread (the device call), the CRF in a worker of `pool` (a
+  host_pool.HostPool), so that the next image's device call overlaps this CRF."""
   return labels_pooled(image, probabilities(image), crf_params, pool)
 
 
 def labels_pooled(image: np.ndarray, probs: np.ndarray, crf_params, pool):
-  """`labels_of` with the CRF in a worker of `pool`: (argmax label map, a future of the map
-  after the CRF, or None)."""
+  """`label_maps_pooled` of the image's probabilities [H, W, C]."""
   plain = np.argmax(probs, -1).astype(np.uint8)
   if crf_params is None:
     return plain, None
   return plain, pool.process(crf.labels, image, probs, crf.Params.from_config(crf_params))
-
-
-def predict_source(source, probabilities: Callable, crf_params=None):
-  """([label map per record], [after the CRF per record] or None)."""
-  pairs = [label_maps(source[i]['image'], probabilities, crf_params) for i in range(len(source))]
-  plain = [p for p, _ in pairs]
-  return plain, (None if crf_params is None else [r for _, r in pairs])
