@@ -55,6 +55,13 @@ def _declare() -> Section:
     low=0,
     high=1,
   )
+  c.data.part_offset = field(
+    -0.3,
+    "synthetic parts world: where a part's centre sits outside its body's rim, in part radii "
+    '(-0.3: 30% of its radius inside; the pretraining objects follow)',
+    low=-1,
+    high=0.8,
+  )
   # The extra splits data.extra.layout='split' reads (settings 2 and 3), each built only when
   # read: one object per image on a plainer background; images drawn like train whose label
   # set is wrong at web_noise_rate (data/synthetic.py).

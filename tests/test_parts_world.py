@@ -127,7 +127,7 @@ def test_unlabelled_bodies_are_background_and_leave_the_world_without_them_uncha
   rng = np.random.default_rng(0)
   drawn = synthetic_parts._objects(rng, with_bodies)
   assert drawn[-1][1] is None and all(k is not None for _, k in drawn[:-1])
-  image, instances, classes, owner, _ = synthetic_parts._scene(rng, 112, [(1, None)], 3)
+  image, instances, classes, owner, _ = synthetic_parts._scene(rng, SPEC, [(1, None)])
   assert classes == [None] and (instances == 0).sum() > 0.05 * 112**2 and (owner < 0).all()
   for i in range(12):
     plain = synthetic_parts.generate_example(SPEC, 'train', i)
@@ -141,6 +141,33 @@ def test_unlabelled_bodies_are_background_and_leave_the_world_without_them_uncha
     assert not np.array_equal(e['image'], plain['image'])
   with pytest.raises(ValueError, match='unlabelled_rate'):
     synthetic_parts.PartsSpec(unlabelled_rate=1.5)
+
+
+def test_part_offset_moves_parts_out_of_the_body_and_leaves_the_world_without_it_unchanged():
+  """data.part_offset places a part's centre that many part radii outside its body's rim: at
+  the default (-0.3) about 70% of the part's disc lies on the body, at 0.5 about 20% (half
+  planes' shares of a disc: 0.69 and 0.20), attached either way. The default keeps version
+  3's names: the datasets' fingerprints and the shipped backbone's."""
+  assert backbones.fingerprint(config.load('synthetic:parts')) == 'c575653cd127'
+  moved = dataclasses.replace(SPEC, part_offset=0.5)
+  assert moved.fingerprint() != SPEC.fingerprint()
+  pretrain = synthetic_parts.PartsPretrainSpec()
+  assert dataclasses.replace(pretrain, part_offset=0.5).fingerprint() != pretrain.fingerprint()
+  for offset, low, high in ((synthetic_parts.PART_OFFSET, 0.55, 0.85), (0.5, 0.05, 0.4)):
+    shares = []
+    for seed in range(20):
+      # the same draws make the body alone and the body with its part
+      body = synthetic_parts._draw_object(np.random.default_rng(seed), 0, 112, offset, False)
+      drawn = synthetic_parts._draw_object(np.random.default_rng(seed), 0, 112, offset)
+      if drawn is not None:
+        np.testing.assert_array_equal(drawn[0], body[0] | drawn[1])
+        shares.append((drawn[1] & body[0]).sum() / drawn[1].sum())
+    assert len(shares) >= 15 and low < np.median(shares) < high, (offset, shares)
+  for bad in (-1.5, 0.9):
+    with pytest.raises(ValueError, match='part_offset'):
+      synthetic_parts.PartsSpec(part_offset=bad)
+    with pytest.raises(ValueError, match='part_offset'):
+      synthetic_parts.PartsPretrainSpec(part_offset=bad)
 
 
 def test_part_palettes_are_unique_and_survive_the_jitter():

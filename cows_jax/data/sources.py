@@ -47,6 +47,7 @@ def synthetic_spec(cfg) -> synthetic.SyntheticSpec | synthetic_parts.PartsSpec:
       val_size=d.val_size,
       seed=d.seed,
       unlabelled_rate=d.unlabelled_rate,
+      part_offset=d.part_offset,
     )
   return synthetic.SyntheticSpec(**{name: d[name] for name in synthetic.SYNTHETIC_FIELDS})
 

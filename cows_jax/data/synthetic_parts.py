@@ -53,6 +53,9 @@ PARTS_PER_FAMILY = 3
 PART_VISIBLE = 0.95
 BODY_VISIBLE = 0.6
 PART_RADIUS = 0.36  # part disc radius / body radius: 12-21% of the object area (median 15%)
+# Where the part's centre sits, outside the body's rim, in part radii (-0.3: 30% of its radius
+# inside: generator version 3's parts). Both specs' default.
+PART_OFFSET = -0.3
 
 
 @dataclasses.dataclass(frozen=True)
@@ -139,6 +142,7 @@ class PartsSpec:
   seed: int = 0
   two_object_rate: float = 0.5  # fraction of images drawn with two objects
   unlabelled_rate: float = 0.0  # fraction of images that also hold an unlabelled body
+  part_offset: float = PART_OFFSET  # the part's centre outside the body's rim, in part radii
 
   def __post_init__(self):
     if self.num_classes % PARTS_PER_FAMILY or not 1 <= self.num_classes <= MAX_CLASSES:
@@ -157,6 +161,7 @@ class PartsSpec:
       raise ValueError(f'two_object_rate must be in 0..1, got {self.two_object_rate}')
     if not 0 <= self.unlabelled_rate <= 1:
       raise ValueError(f'data.unlabelled_rate must be in 0..1, got {self.unlabelled_rate}')
+    _check_part_offset(self.part_offset)
 
   @property
   def num_families(self) -> int:
@@ -164,15 +169,32 @@ class PartsSpec:
 
   def fingerprint(self, splits: tuple[str, ...] = SPLITS) -> str:
     """Short stable hash of every field, the world and the generator version."""
-    payload = dict(dataclasses.asdict(self), world='parts', generator_version=_GENERATOR_VERSION)
-    if not self.unlabelled_rate:  # the world before unlabelled bodies keeps its builds' names
-      del payload['unlabelled_rate']
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
+    return _fingerprint(self, unlabelled_rate=0.0)
 
   def split_size(self, split: str) -> int:
     if split not in SPLITS:
       raise ValueError(f'split must be one of {SPLITS} in the parts world, got {split!r}')
     return {'train': self.train_size, 'val': self.val_size}[split]
+
+
+def _check_part_offset(offset: float) -> None:
+  if not -1 <= offset <= 0.8:
+    raise ValueError(
+      f'data.part_offset must be in -1..0.8 part radii (beyond 0.8 the part leaves the body), '
+      f'got {offset}'
+    )
+
+
+def _fingerprint(spec, **added_later) -> str:
+  """Short stable hash of every field of a spec, the world and the generator version. The
+  fields added after version 3 (`added_later`: name -> the value that draws version 3's
+  world) leave the hash when at that value, so that the builds and the backbones made before
+  them keep their names."""
+  payload = dict(dataclasses.asdict(spec), world='parts', generator_version=_GENERATOR_VERSION)
+  for name, before in dict(added_later, part_offset=PART_OFFSET).items():
+    if payload[name] == before:
+      del payload[name]
+  return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
 
 
 # ----------------------------------------------------------------------------- objects
@@ -190,9 +212,9 @@ def _rim_distance(body: np.ndarray, centre, direction, limit: float) -> float:
   return float(t[np.flatnonzero(hit)[-1]]) if hit.any() else 0.0
 
 
-def _draw_object(rng, body_family: int, size: int, with_part: bool = True):
-  """A body of `body_family` with (`with_part`) a part disc on its rim, the part entirely
-  inside the image; returns (object mask, part mask, body placement, part placement) or None
+def _draw_object(rng, body_family: int, size: int, part_offset: float, with_part: bool = True):
+  """A body of `body_family` with (`with_part`) a part disc on its rim (its centre
+  `part_offset` part radii outside the rim), the part entirely inside the image; returns (object mask, part mask, body placement, part placement) or None
   when the drawn pose leaves no room for the part. Without a part: an empty part mask and no
   part placement."""
   body = _BODIES[body_family]
@@ -212,7 +234,7 @@ def _draw_object(rng, body_family: int, size: int, with_part: bool = True):
     angle = rng.uniform(0, 2 * np.pi)
     direction = np.array([np.sin(angle), np.cos(angle)])
     rim = _rim_distance(body_mask, centre, direction, 1.6 * radius)
-    part_centre = centre + (rim - 0.3 * part_radius) * direction
+    part_centre = centre + (rim + part_offset * part_radius) * direction
     if np.all(part_centre >= part_radius + 1) and np.all(part_centre <= size - part_radius - 1):
       part_mask = synthetic._window_mask(
         size, part_centre, part_radius + 1, lambda dy, dx: dy**2 + dx**2 <= part_radius**2
@@ -224,7 +246,9 @@ def _draw_object(rng, body_family: int, size: int, with_part: bool = True):
   return None
 
 
-def _place_objects(rng, objects_to_draw: list[tuple[int, int | None]], size: int):
+def _place_objects(
+  rng, objects_to_draw: list[tuple[int, int | None]], size: int, part_offset: float
+):
   """Draws the objects ((body family, part class or None: no part) each) one by one, each on
   top of the earlier ones; a pose is redrawn (up to 30 times, then the object is left out)
   when it would hide more than (1 - PART_VISIBLE) of an earlier part or (1 - BODY_VISIBLE)
@@ -234,7 +258,7 @@ def _place_objects(rng, objects_to_draw: list[tuple[int, int | None]], size: int
   objects = []
   for body_family, cls in objects_to_draw:
     for _attempt in range(30):
-      drawn = _draw_object(rng, body_family, size, with_part=cls is not None)
+      drawn = _draw_object(rng, body_family, size, part_offset, with_part=cls is not None)
       if drawn is None:
         continue
       mask, part, placement, part_placement = drawn
@@ -286,15 +310,17 @@ def _body_appearance(f: int) -> synthetic._Appearance:
   return synthetic._Appearance(b.hue, b.sat, b.val, b.texture, b.second)
 
 
-def _scene(rng, size: int, objects_to_draw: list[tuple[int, int | None]], num_families: int):
-  """Background, clutter and objects ((body family, part class or None) each); returns the
+def _scene(rng, spec, objects_to_draw: list[tuple[int, int | None]]):
+  """Background, clutter and objects ((body family, part class or None) each) of a spec's
+  world (either spec: its image size, families and part offset); returns the
   float image, instance ids, the kept objects' part classes (None: an unlabelled body),
   per-pixel part owner (-1: none) and the clutter masks."""
+  size = spec.image_size
   yy, xx = synthetic._grid(size)
   image = synthetic._background(rng, size, yy, xx)
-  objects, instances, part_pixels = _place_objects(rng, objects_to_draw, size)
+  objects, instances, part_pixels = _place_objects(rng, objects_to_draw, size, spec.part_offset)
   clutter = [
-    (synthetic._clutter_mask(rng, size), _clutter_color(rng, num_families))
+    (synthetic._clutter_mask(rng, size), _clutter_color(rng, spec.num_families))
     for _ in range(rng.integers(3, 9))
   ]
   on_top = rng.random(len(clutter)) < 0.2
@@ -327,9 +353,7 @@ def generate_example(spec: PartsSpec, split: str, index: int) -> dict:
   # A fifth seed word keeps these streams apart from the shapes world's.
   rng = np.random.default_rng([spec.seed, SPLITS.index(split), index, 0, 2])
   while True:  # re-draw the rare scene in which no object stays visible enough
-    image, instances, classes, owner, clutter = _scene(
-      rng, spec.image_size, _objects(rng, spec), spec.num_families
-    )
+    image, instances, classes, owner, clutter = _scene(rng, spec, _objects(rng, spec))
     # Unlabelled bodies are background in the mask, as unlabelled objects are in VOC's.
     labelled = [i for i, c in enumerate(classes) if c is not None]
     renumber = np.full(len(classes) + 1, -1)  # index -1 (background) picks the trailing -1
@@ -430,6 +454,7 @@ class PartsPretrainSpec:
   train_size: int = 2700
   val_size: int = 270
   seed: int = 0
+  part_offset: float = PART_OFFSET  # as PartsSpec's: the world's objects
 
   def __post_init__(self):
     if self.num_classes not in PRETRAIN_CLASS_COUNTS:
@@ -444,14 +469,14 @@ class PartsPretrainSpec:
         raise ValueError(f'pretrain.{field} must be >= 1, got {getattr(self, field)}')
     if self.seed < 0:
       raise ValueError(f'pretrain.seed must be >= 0, got {self.seed}')
+    _check_part_offset(self.part_offset)
 
   @property
   def num_families(self) -> int:
     return PRETRAIN_CLASS_COUNTS.index(self.num_classes) + 1
 
   def fingerprint(self) -> str:
-    payload = dict(dataclasses.asdict(self), world='parts', generator_version=_GENERATOR_VERSION)
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
+    return _fingerprint(self)
 
   def split_size(self, split: str) -> int:
     if split not in SPLITS:
@@ -472,7 +497,7 @@ def generate_pretrain_example(spec: PartsPretrainSpec, split: str, index: int) -
   body, part = pretrain_classes(spec.num_families)[label]
   rng = np.random.default_rng([spec.seed, SPLITS.index(split), index, 1, 2])
   while True:
-    image, _, classes, _, _ = _scene(rng, spec.image_size, [(body, part)], spec.num_families)
+    image, _, classes, _, _ = _scene(rng, spec, [(body, part)])
     if classes:
       break
   return {'image': np.round(255 * np.clip(image, 0, 1)).astype(np.uint8), 'label': label}

@@ -44,16 +44,16 @@ def dataset_spec(cfg) -> dataset.PretrainSpec | synthetic_parts.PartsPretrainSpe
   """The pretraining set of the config's world: the shapes world's shape x appearance
   classes, or (data.world='parts') the parts world's body x part classes."""
   p = cfg.pretrain
-  spec = dataset.PretrainSpec
-  if cfg.data.name == 'synthetic' and sources.world(cfg) == 'parts':
-    spec = synthetic_parts.PartsPretrainSpec
-  return spec(
+  fields = dict(
     num_classes=p.num_classes,
     image_size=p.image_size,
     train_size=p.train_size,
     val_size=p.val_size,
     seed=p.seed,
   )
+  if cfg.data.name == 'synthetic' and sources.world(cfg) == 'parts':
+    return synthetic_parts.PartsPretrainSpec(**fields, part_offset=cfg.data.part_offset)
+  return dataset.PretrainSpec(**fields)
 
 
 def load_sources(spec, data_dir: str) -> dict:
