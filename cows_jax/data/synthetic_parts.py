@@ -169,7 +169,7 @@ class PartsSpec:
 
   def fingerprint(self, splits: tuple[str, ...] = SPLITS) -> str:
     """Short stable hash of every field, the world and the generator version."""
-    return _fingerprint(self, unlabelled_rate=0.0)
+    return _fingerprint(self)
 
   def split_size(self, split: str) -> int:
     if split not in SPLITS:
@@ -185,15 +185,18 @@ def _check_part_offset(offset: float) -> None:
     )
 
 
-def _fingerprint(spec, **added_later) -> str:
-  """Short stable hash of every field of a spec, the world and the generator version. The
-  fields added after version 3 (`added_later`: name -> the value that draws version 3's
-  world) leave the hash when at that value, so that the builds and the backbones made before
-  them keep their names."""
+# The spec fields added after generator version 3, at the values that draw version 3's world.
+_ADDED_AFTER_VERSION_3 = {'unlabelled_rate': 0.0, 'part_offset': PART_OFFSET}
+
+
+def _fingerprint(spec) -> str:
+  """Short stable hash of every field of a spec (either), the world and the generator
+  version. A field of _ADDED_AFTER_VERSION_3 at its version-3 value is left out, so that the
+  builds and the backbones made before it keep their names."""
   payload = dict(dataclasses.asdict(spec), world='parts', generator_version=_GENERATOR_VERSION)
-  for name, before in dict(added_later, part_offset=PART_OFFSET).items():
-    if payload[name] == before:
-      del payload[name]
+  for name, before in _ADDED_AFTER_VERSION_3.items():
+    if payload.get(name, before) == before:
+      payload.pop(name, None)
   return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -214,9 +217,9 @@ def _rim_distance(body: np.ndarray, centre, direction, limit: float) -> float:
 
 def _draw_object(rng, body_family: int, size: int, part_offset: float, with_part: bool = True):
   """A body of `body_family` with (`with_part`) a part disc on its rim (its centre
-  `part_offset` part radii outside the rim), the part entirely inside the image; returns (object mask, part mask, body placement, part placement) or None
-  when the drawn pose leaves no room for the part. Without a part: an empty part mask and no
-  part placement."""
+  `part_offset` part radii outside the rim), the part entirely inside the image; returns
+  (object mask, part mask, body placement, part placement) or None when the drawn pose
+  leaves no room for the part. Without a part: an empty part mask and no part placement."""
   body = _BODIES[body_family]
   radius = size * rng.uniform(0.23, 0.28)
   centre = rng.uniform(0.8 * radius, size - 0.8 * radius, 2)
@@ -311,10 +314,10 @@ def _body_appearance(f: int) -> synthetic._Appearance:
 
 
 def _scene(rng, spec, objects_to_draw: list[tuple[int, int | None]]):
-  """Background, clutter and objects ((body family, part class or None) each) of a spec's
-  world (either spec: its image size, families and part offset); returns the
-  float image, instance ids, the kept objects' part classes (None: an unlabelled body),
-  per-pixel part owner (-1: none) and the clutter masks."""
+  """Background, clutter and objects ((body family, part class or None) each) at a spec's
+  image size, families and part offset (either spec); returns the float image, instance
+  ids, the kept objects' part classes (None: an unlabelled body), per-pixel part owner (-1:
+  none) and the clutter masks."""
   size = spec.image_size
   yy, xx = synthetic._grid(size)
   image = synthetic._background(rng, size, yy, xx)
