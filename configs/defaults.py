@@ -62,6 +62,13 @@ def _declare() -> Section:
     low=-1,
     high=0.8,
   )
+  c.data.body_aspect = field(
+    1.0,
+    "synthetic parts world: a body's length over its width; above 1 its part sits at one end "
+    'of the long axis (the pretraining objects follow)',
+    low=1,
+    high=3,
+  )
   # The extra splits data.extra.layout='split' reads (settings 2 and 3), each built only when
   # read: one object per image on a plainer background; images drawn like train whose label
   # set is wrong at web_noise_rate (data/synthetic.py).

@@ -34,7 +34,7 @@ def test_defaults_are_the_values_before_the_schema():
   schema); a renamed field's value is read under its new name, and the fields added since
   (the parts world's) are left out."""
   now = _flat(paper_defaults().to_dict())
-  new_fields = {'data.world', 'data.unlabelled_rate', 'data.part_offset'} | set(
+  new_fields = {'data.world', 'data.unlabelled_rate', 'data.part_offset', 'data.body_aspect'} | set(
     SCHEMA.renamed.values()
   )
   old = {k: repr(now[SCHEMA.renamed.get(k, k)]) for k in now if k not in new_fields}

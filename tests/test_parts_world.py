@@ -155,10 +155,11 @@ def test_part_offset_moves_parts_out_of_the_body_and_leaves_the_world_without_it
   assert dataclasses.replace(pretrain, part_offset=0.5).fingerprint() != pretrain.fingerprint()
   for offset, low, high in ((synthetic_parts.PART_OFFSET, 0.55, 0.85), (0.5, 0.05, 0.4)):
     shares = []
+    spec = dataclasses.replace(SPEC, part_offset=offset)
     for seed in range(20):
       # the same draws make the body alone and the body with its part
-      body = synthetic_parts._draw_object(np.random.default_rng(seed), 0, 112, offset, False)
-      drawn = synthetic_parts._draw_object(np.random.default_rng(seed), 0, 112, offset)
+      body = synthetic_parts._draw_object(np.random.default_rng(seed), 0, spec, False)
+      drawn = synthetic_parts._draw_object(np.random.default_rng(seed), 0, spec)
       if drawn is not None:
         np.testing.assert_array_equal(drawn[0], body[0] | drawn[1])
         shares.append((drawn[1] & body[0]).sum() / drawn[1].sum())
@@ -168,6 +169,53 @@ def test_part_offset_moves_parts_out_of_the_body_and_leaves_the_world_without_it
       synthetic_parts.PartsSpec(part_offset=bad)
     with pytest.raises(ValueError, match='part_offset'):
       synthetic_parts.PartsPretrainSpec(part_offset=bad)
+
+
+def test_body_aspect_stretches_bodies_and_puts_the_part_at_an_end():
+  """data.body_aspect draws bodies that many times longer than wide (the area kept, a +-0.15
+  log jitter), with the part at one end of the long axis: the part's centre lies further from
+  the body's centroid than on round bodies, along the body's principal axis. The default
+  (round bodies) keeps version 3's names."""
+
+  def shape(mask):
+    """(length over width, unit principal axis, centroid) of a mask, from its moments."""
+    yx = np.argwhere(mask).astype(np.float64)
+    values, vectors = np.linalg.eigh(np.cov(yx.T))
+    return np.sqrt(values[1] / values[0]), vectors[:, 1], yx.mean(0)
+
+  long = dataclasses.replace(SPEC, body_aspect=2.0)
+  assert long.fingerprint() != SPEC.fingerprint()
+  pretrain = synthetic_parts.PartsPretrainSpec()
+  assert dataclasses.replace(pretrain, body_aspect=2.0).fingerprint() != pretrain.fingerprint()
+  for spec, aspects, reach, along in (
+    (SPEC, (1.0, 1.15), (0.8, 1.0), None),
+    (long, (1.6, 2.4), (1.1, 1.4), 0.95),
+  ):
+    measured = []
+    for seed in range(20):
+      body = synthetic_parts._draw_object(np.random.default_rng(seed), 0, spec, False)[0]
+      drawn = synthetic_parts._draw_object(np.random.default_rng(seed), 0, spec)
+      if drawn is None:
+        continue
+      aspect, axis, centroid = shape(body)
+      to_part = np.argwhere(drawn[1]).mean(0) - centroid
+      # the part's distance from the centroid over the radius of a disc of the body's area
+      measured.append(
+        (
+          aspect,
+          np.linalg.norm(to_part) / np.sqrt(body.sum() / np.pi),
+          abs(axis @ to_part) / np.linalg.norm(to_part),
+        )
+      )
+    aspect, distance, cosine = np.median(measured, axis=0)
+    assert len(measured) >= 15
+    assert aspects[0] < aspect < aspects[1] and reach[0] < distance < reach[1], (spec, measured)
+    assert along is None or cosine > along, measured
+  for bad in (0.5, 3.5):
+    with pytest.raises(ValueError, match='body_aspect'):
+      synthetic_parts.PartsSpec(body_aspect=bad)
+    with pytest.raises(ValueError, match='body_aspect'):
+      synthetic_parts.PartsPretrainSpec(body_aspect=bad)
 
 
 def test_part_palettes_are_unique_and_survive_the_jitter():

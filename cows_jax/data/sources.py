@@ -48,6 +48,7 @@ def synthetic_spec(cfg) -> synthetic.SyntheticSpec | synthetic_parts.PartsSpec:
       seed=d.seed,
       unlabelled_rate=d.unlabelled_rate,
       part_offset=d.part_offset,
+      body_aspect=d.body_aspect,
     )
   return synthetic.SyntheticSpec(**{name: d[name] for name in synthetic.SYNTHETIC_FIELDS})
 

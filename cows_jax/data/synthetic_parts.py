@@ -8,7 +8,8 @@ texture, so the whole object is discriminative. Here classes come in families:
 - each class has its own small part on the body's rim (a disc of about 15% of the object's
   area, at least 16 px across at 112 px: 2 x 2 cells of a stride-8 map), with a colour and
   a coarse texture no other class and no clutter uses. Only the part tells a class from its
-  siblings.
+  siblings. `part_offset` moves the part out of the body; `body_aspect` elongates the body
+  and puts the part at one end of it.
 
 `PARTS_PER_FAMILY` classes per family; class k is part k of family k // PARTS_PER_FAMILY.
 Siblings never share an image: an image holds one object, or (at `two_object_rate`) two of
@@ -56,6 +57,11 @@ PART_RADIUS = 0.36  # part disc radius / body radius: 12-21% of the object area 
 # Where the part's centre sits, outside the body's rim, in part radii (-0.3: 30% of its radius
 # inside: generator version 3's parts). Both specs' default.
 PART_OFFSET = -0.3
+# A body's length over its width (the area kept), before a +-0.15 log jitter. Above 1 the part
+# sits at one end of the long axis (give or take END_SPREAD radians), like an animal's head;
+# at 1 (generator version 3's round bodies) anywhere on the rim. Both specs' default.
+BODY_ASPECT = 1.0
+END_SPREAD = 0.3
 
 
 @dataclasses.dataclass(frozen=True)
@@ -143,6 +149,7 @@ class PartsSpec:
   two_object_rate: float = 0.5  # fraction of images drawn with two objects
   unlabelled_rate: float = 0.0  # fraction of images that also hold an unlabelled body
   part_offset: float = PART_OFFSET  # the part's centre outside the body's rim, in part radii
+  body_aspect: float = BODY_ASPECT  # the body's length over its width
 
   def __post_init__(self):
     if self.num_classes % PARTS_PER_FAMILY or not 1 <= self.num_classes <= MAX_CLASSES:
@@ -161,7 +168,7 @@ class PartsSpec:
       raise ValueError(f'two_object_rate must be in 0..1, got {self.two_object_rate}')
     if not 0 <= self.unlabelled_rate <= 1:
       raise ValueError(f'data.unlabelled_rate must be in 0..1, got {self.unlabelled_rate}')
-    _check_part_offset(self.part_offset)
+    _check_geometry(self)
 
   @property
   def num_families(self) -> int:
@@ -177,16 +184,26 @@ class PartsSpec:
     return {'train': self.train_size, 'val': self.val_size}[split]
 
 
-def _check_part_offset(offset: float) -> None:
-  if not -1 <= offset <= 0.8:
+def _check_geometry(spec) -> None:
+  """The object-geometry fields both specs share."""
+  if not -1 <= spec.part_offset <= 0.8:
     raise ValueError(
       f'data.part_offset must be in -1..0.8 part radii (beyond 0.8 the part leaves the body), '
-      f'got {offset}'
+      f'got {spec.part_offset}'
+    )
+  if not 1 <= spec.body_aspect <= 3:
+    raise ValueError(
+      f'data.body_aspect must be in 1..3 (length over width; longer bodies leave the image), '
+      f'got {spec.body_aspect}'
     )
 
 
 # The spec fields added after generator version 3, at the values that draw version 3's world.
-_ADDED_AFTER_VERSION_3 = {'unlabelled_rate': 0.0, 'part_offset': PART_OFFSET}
+_ADDED_AFTER_VERSION_3 = {
+  'unlabelled_rate': 0.0,
+  'part_offset': PART_OFFSET,
+  'body_aspect': BODY_ASPECT,
+}
 
 
 def _fingerprint(spec) -> str:
@@ -215,29 +232,38 @@ def _rim_distance(body: np.ndarray, centre, direction, limit: float) -> float:
   return float(t[np.flatnonzero(hit)[-1]]) if hit.any() else 0.0
 
 
-def _draw_object(rng, body_family: int, size: int, part_offset: float, with_part: bool = True):
+def _draw_object(rng, body_family: int, spec, with_part: bool = True):
   """A body of `body_family` with (`with_part`) a part disc on its rim (its centre
-  `part_offset` part radii outside the rim), the part entirely inside the image; returns
-  (object mask, part mask, body placement, part placement) or None when the drawn pose
-  leaves no room for the part. Without a part: an empty part mask and no part placement."""
+  `spec.part_offset` part radii outside the rim; on an elongated body, at one end of its long
+  axis), the part entirely inside the image; returns (object mask, part mask, body placement,
+  part placement) or None when the drawn pose leaves no room for the part. Without a part:
+  an empty part mask and no part placement."""
   body = _BODIES[body_family]
+  size = spec.image_size
   radius = size * rng.uniform(0.23, 0.28)
   centre = rng.uniform(0.8 * radius, size - 0.8 * radius, 2)
-  pose = (radius, rng.uniform(0, 2 * np.pi), np.exp(rng.uniform(-0.15, 0.15)))
+  angle = rng.uniform(0, 2 * np.pi)
+  pose = (radius, angle, spec.body_aspect * np.exp(rng.uniform(-0.15, 0.15)))
+  # The long semi-axis: radius * sqrt(aspect) (the aspect keeps the area).
+  reach = radius * np.sqrt(spec.body_aspect)
   body_mask = synthetic._window_mask(
     size,
     centre,
-    1.45 * radius + 1,
+    1.45 * reach + 1,
     lambda dy, dx: body.shape(*synthetic._local_coords(dy, dx, *pose)),
   )
   if not with_part:
     return body_mask, np.zeros_like(body_mask), (centre, *pose), None
   part_radius = PART_RADIUS * radius
   for _ in range(8):
-    angle = rng.uniform(0, 2 * np.pi)
-    direction = np.array([np.sin(angle), np.cos(angle)])
-    rim = _rim_distance(body_mask, centre, direction, 1.6 * radius)
-    part_centre = centre + (rim + part_offset * part_radius) * direction
+    if spec.body_aspect == 1:
+      direction_angle = rng.uniform(0, 2 * np.pi)
+    else:  # one end of the long axis, give or take END_SPREAD
+      end = angle + np.pi * rng.integers(2)
+      direction_angle = end + rng.uniform(-END_SPREAD, END_SPREAD)
+    direction = np.array([np.sin(direction_angle), np.cos(direction_angle)])
+    rim = _rim_distance(body_mask, centre, direction, 1.6 * reach)
+    part_centre = centre + (rim + spec.part_offset * part_radius) * direction
     if np.all(part_centre >= part_radius + 1) and np.all(part_centre <= size - part_radius - 1):
       part_mask = synthetic._window_mask(
         size, part_centre, part_radius + 1, lambda dy, dx: dy**2 + dx**2 <= part_radius**2
@@ -249,19 +275,18 @@ def _draw_object(rng, body_family: int, size: int, part_offset: float, with_part
   return None
 
 
-def _place_objects(
-  rng, objects_to_draw: list[tuple[int, int | None]], size: int, part_offset: float
-):
+def _place_objects(rng, objects_to_draw: list[tuple[int, int | None]], spec):
   """Draws the objects ((body family, part class or None: no part) each) one by one, each on
   top of the earlier ones; a pose is redrawn (up to 30 times, then the object is left out)
   when it would hide more than (1 - PART_VISIBLE) of an earlier part or (1 - BODY_VISIBLE)
   of an earlier object."""
+  size = spec.image_size
   instances = np.full((size, size), -1, np.int32)
   parts = np.zeros((size, size), bool)  # visible part pixels of any placed object
   objects = []
   for body_family, cls in objects_to_draw:
     for _attempt in range(30):
-      drawn = _draw_object(rng, body_family, size, part_offset, with_part=cls is not None)
+      drawn = _draw_object(rng, body_family, spec, with_part=cls is not None)
       if drawn is None:
         continue
       mask, part, placement, part_placement = drawn
@@ -315,13 +340,13 @@ def _body_appearance(f: int) -> synthetic._Appearance:
 
 def _scene(rng, spec, objects_to_draw: list[tuple[int, int | None]]):
   """Background, clutter and objects ((body family, part class or None) each) at a spec's
-  image size, families and part offset (either spec); returns the float image, instance
+  image size, families and object geometry (either spec); returns the float image, instance
   ids, the kept objects' part classes (None: an unlabelled body), per-pixel part owner (-1:
   none) and the clutter masks."""
   size = spec.image_size
   yy, xx = synthetic._grid(size)
   image = synthetic._background(rng, size, yy, xx)
-  objects, instances, part_pixels = _place_objects(rng, objects_to_draw, size, spec.part_offset)
+  objects, instances, part_pixels = _place_objects(rng, objects_to_draw, spec)
   clutter = [
     (synthetic._clutter_mask(rng, size), _clutter_color(rng, spec.num_families))
     for _ in range(rng.integers(3, 9))
@@ -458,6 +483,7 @@ class PartsPretrainSpec:
   val_size: int = 270
   seed: int = 0
   part_offset: float = PART_OFFSET  # as PartsSpec's: the world's objects
+  body_aspect: float = BODY_ASPECT
 
   def __post_init__(self):
     if self.num_classes not in PRETRAIN_CLASS_COUNTS:
@@ -472,7 +498,7 @@ class PartsPretrainSpec:
         raise ValueError(f'pretrain.{field} must be >= 1, got {getattr(self, field)}')
     if self.seed < 0:
       raise ValueError(f'pretrain.seed must be >= 0, got {self.seed}')
-    _check_part_offset(self.part_offset)
+    _check_geometry(self)
 
   @property
   def num_families(self) -> int:

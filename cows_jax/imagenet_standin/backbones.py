@@ -52,7 +52,9 @@ def dataset_spec(cfg) -> dataset.PretrainSpec | synthetic_parts.PartsPretrainSpe
     seed=p.seed,
   )
   if cfg.data.name == 'synthetic' and sources.world(cfg) == 'parts':
-    return synthetic_parts.PartsPretrainSpec(**fields, part_offset=cfg.data.part_offset)
+    return synthetic_parts.PartsPretrainSpec(
+      **fields, part_offset=cfg.data.part_offset, body_aspect=cfg.data.body_aspect
+    )
   return dataset.PretrainSpec(**fields)
 
 
