@@ -31,10 +31,14 @@ def _ranges(cfg) -> list[str]:
   after, epochs = cfg.localize.after_epochs, cfg.classify.epochs
   if isinstance(after, int) and isinstance(epochs, int) and not 1 <= after <= epochs:
     out.append(f'localize.after_epochs={after}: expected 1..classify.epochs={epochs}')
-  try:
-    run_dir.supervisions(cfg)
-  except ValueError as e:
-    out.append(str(e))
+  checks = [run_dir.supervisions]
+  if cfg.data.name == 'synthetic':  # the generator's own checks (fields checked together)
+    checks.append(sources.synthetic_spec)
+  for check in checks:
+    try:
+      check(cfg)
+    except ValueError as e:
+      out.append(str(e))
   return out
 
 

@@ -312,12 +312,13 @@ def test_parts_config_names_the_world_and_its_backbone():
 
 
 def test_parts_gate_on_parts_tiny_reports_the_sweep_and_resumes(tmp_path, capsys):
-  """The gate's command (tools/parts_gate.py) on synthetic:parts,tiny: variant 1's classifier,
-  its CAMs, the recall sweep; the figures at the best threshold and the verdict follow from
-  the sweep, and a rerun reuses the finished stages and reports the same."""
+  """The gate's command (tools/parts_gate.py) on synthetic:parts,tiny_pretrained: from the
+  world's stand-in backbone, as the gate runs: the backbone made first (none exists), variant 1's
+  classifier, its CAMs, the recall sweep; the figures at the best threshold and the verdict
+  follow from the sweep, and a rerun reuses the finished stages and reports the same."""
   args = [
     '--config',
-    'synthetic:parts,tiny',
+    'synthetic:parts,tiny_pretrained',
     '--workdir',
     str(tmp_path / 'gate'),
     f'data.data_dir={tmp_path / "data"}',
@@ -326,7 +327,9 @@ def test_parts_gate_on_parts_tiny_reports_the_sweep_and_resumes(tmp_path, capsys
     'localize.after_epochs=1',
   ]
   result = parts_gate.main(args)
-  cfg = config.load('synthetic:parts,tiny')
+  cfg = config.load('synthetic:parts,tiny_pretrained')
+  cfg.data.data_dir = str(tmp_path / 'data')
+  assert os.path.isfile(os.path.join(backbones.weights_dir(cfg), 'provenance.json'))
   assert [r['threshold'] for r in result['sweep']] == list(cfg.evaluate.cam_thresholds)
   best = max(result['sweep'], key=lambda r: r['miou'])
   assert (result['best_bg_threshold'], result['cam_miou']) == (best['threshold'], best['miou'])
@@ -351,6 +354,24 @@ def test_parts_gate_on_parts_tiny_reports_the_sweep_and_resumes(tmp_path, capsys
   capsys.readouterr()
   assert parts_gate.main(args) == result
   assert 'part_recall' in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+  'override, message',
+  [
+    ('data.nosuch=1', "no config field 'data.nosuch'"),
+    ('data.num_classes=10', 'data.num_classes must be a multiple of 3'),
+    ('data.body_aspect=5', 'data.body_aspect'),
+  ],
+)
+def test_parts_gate_names_a_bad_override_in_one_line(tmp_path, capsys, override, message):
+  """Before anything runs or is made, as `cows-jax ablate` does."""
+  with pytest.raises(SystemExit) as exit_:
+    parts_gate.main(['--workdir', str(tmp_path / 'gate'), override])
+  assert exit_.value.code == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert message in err[-1] and 'Traceback' not in '\n'.join(err)
+  assert not (tmp_path / 'gate').exists()
 
 
 def test_paint_over_parts_replaces_only_part_pixels_by_the_body_median():

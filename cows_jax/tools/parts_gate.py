@@ -21,8 +21,10 @@ import os
 import numpy as np
 from absl import logging
 
-from cows_jax import ablate, classify, config, localize, map_metrics, run_dir
+from cows_jax import ablate, classify, config, localize, map_metrics, run_dir, validation
 from cows_jax.data import sources, transforms
+from cows_jax.imagenet_standin import backbones
+from cows_jax.imagenet_standin import train as standin_train
 
 PART_RECALL_MIN, BODY_RECALL_MAX, THRESHOLD_MAX = 0.8, 0.3, 0.5
 OCCLUSION_IMAGES = 200  # train images of the occlusion check
@@ -149,14 +151,31 @@ def main(argv=None) -> dict:
   parser.add_argument('overrides', nargs='*', help='config KEY=VALUE')
   args = parser.parse_args(argv)
   logging.set_verbosity(logging.INFO)  # the stages' progress lines, as the CLI shows them.
-  c = config.load(args.config)
-  for item in args.overrides:
-    key, _, value = item.partition('=')
-    node = c
-    *path, last = key.split('.')
-    for part in path:
-      node = node[part]
-    node[last] = _value(value)
+  try:
+    c = config.load(args.config)
+    for item in args.overrides:
+      key, _, value = item.partition('=')
+      node = c
+      *path, last = key.split('.')
+      for part in path:
+        node = node.get(part)
+      if not hasattr(node, 'keys') or last not in node:
+        raise KeyError(key)
+      node[last] = _value(value)
+    # As `cows-jax ablate`: the config's problems before anything runs, then the stand-in
+    # backbone it names, made if missing.
+    found = validation.problems(c, 'ablate')
+    if backbones.missing(c) and not found:
+      logging.info('=== pretrain (the config names its pretrained backbone; none exists yet) ===')
+      standin_train.run(c)
+  except KeyError as e:
+    parser.error(
+      f'no config field {e.args[0]!r} (`cows-jax config --config {args.config}` lists them)'
+    )
+  except ValueError as e:
+    found = [str(e)]
+  if found:
+    parser.error('config: ' + '; '.join(found))
   result = measure(config.finalize(c), args.workdir)
   out = run_dir.RunDir(args.workdir).reports()
   out.mkdir(parents=True, exist_ok=True)
