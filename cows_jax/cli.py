@@ -34,7 +34,6 @@ from cows_jax import (
   validation,
 )
 from cows_jax.configs.defaults import SCHEMA
-from cows_jax.imagenet_standin import backbones
 from cows_jax.imagenet_standin import train as standin_train
 from cows_jax.stages import STAGES, run_stage  # noqa: F401  (cli.STAGES, cli.run_stage)
 
@@ -319,9 +318,8 @@ def _stage_command(command: str, action: Callable) -> Callable[[list[str]], None
       _initialize_distributed()
     preemption.install()  # after the distributed runtime, which watches SIGTERM on several hosts.
     _validate(command, _CONFIG.value)  # before finalizing, which reads the weights' files.
-    if command in validation.PRETRAINING_COMMANDS and backbones.missing(_CONFIG.value):
-      logging.info('=== pretrain (the config names its pretrained backbone; none exists yet) ===')
-      standin_train.run(_CONFIG.value)
+    if command in validation.PRETRAINING_COMMANDS:
+      standin_train.make_if_missing(_CONFIG.value)
     cfg = config.finalize(_CONFIG.value)
     with _lock(_WORKDIR.value):
       action(cfg)

@@ -74,12 +74,18 @@ def with_overrides(cfg, overrides) -> ml_collections.FrozenConfigDict:
   """A finalized copy of `cfg` with ((dotted field, value), ...) set; a field that does not
   exist is an error."""
   c = ml_collections.ConfigDict(cfg.to_dict())
+  set_fields(c, overrides)
+  return finalize(c)
+
+
+def set_fields(c: ml_collections.ConfigDict, overrides) -> None:
+  """Sets ((dotted field, value), ...) on a mutable config, in place; a field that does not
+  exist (or a section that does not) is an error."""
   for field, value in overrides:
     *parents, leaf = field.split('.')
     node = c
     for p in parents:
-      node = node[p]
-    if leaf not in node:
+      node = node.get(p)
+    if not hasattr(node, 'keys') or leaf not in node:
       raise ValueError(f'unknown config field {field!r}')
     node[leaf] = value
-  return finalize(c)

@@ -360,7 +360,8 @@ def test_parts_gate_on_parts_tiny_reports_the_sweep_and_resumes(tmp_path, capsys
 @pytest.mark.parametrize(
   'override, message',
   [
-    ('data.nosuch=1', "no config field 'data.nosuch'"),
+    ('data.nosuch=1', "unknown config field 'data.nosuch'"),
+    ('nosuch.x=1', "unknown config field 'nosuch.x'"),
     ('data.num_classes=10', 'data.num_classes must be a multiple of 3'),
     ('data.body_aspect=5', 'data.body_aspect'),
   ],

@@ -79,6 +79,14 @@ class BackboneClassifier(nn.Module):
 # ----------------------------------------------------------------------------- config
 
 
+def make_if_missing(cfg) -> None:
+  """Makes the backbone the config names when none has been made or shipped (the runs that
+  start from it: the pipeline, ablate, the parts gate)."""
+  if backbones.missing(cfg):
+    logging.info('=== pretrain (the config names its pretrained backbone; none exists yet) ===')
+    run(cfg)
+
+
 def output_dir(cfg, out: str | None = None) -> str:
   """The absolute path of `out` (a URL such as gs://... as it is), by default of
   `weights_dir(cfg)`."""

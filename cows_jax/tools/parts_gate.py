@@ -23,7 +23,6 @@ from absl import logging
 
 from cows_jax import ablate, classify, config, localize, map_metrics, run_dir, validation
 from cows_jax.data import sources, transforms
-from cows_jax.imagenet_standin import backbones
 from cows_jax.imagenet_standin import train as standin_train
 
 PART_RECALL_MIN, BODY_RECALL_MAX, THRESHOLD_MAX = 0.8, 0.3, 0.5
@@ -151,27 +150,14 @@ def main(argv=None) -> dict:
   parser.add_argument('overrides', nargs='*', help='config KEY=VALUE')
   args = parser.parse_args(argv)
   logging.set_verbosity(logging.INFO)  # the stages' progress lines, as the CLI shows them.
+  c = config.load(args.config)
   try:
-    c = config.load(args.config)
-    for item in args.overrides:
-      key, _, value = item.partition('=')
-      node = c
-      *path, last = key.split('.')
-      for part in path:
-        node = node.get(part)
-      if not hasattr(node, 'keys') or last not in node:
-        raise KeyError(key)
-      node[last] = _value(value)
+    config.set_fields(c, [(k, _value(v)) for k, _, v in (o.partition('=') for o in args.overrides)])
     # As `cows-jax ablate`: the config's problems before anything runs, then the stand-in
     # backbone it names, made if missing.
     found = validation.problems(c, 'ablate')
-    if backbones.missing(c) and not found:
-      logging.info('=== pretrain (the config names its pretrained backbone; none exists yet) ===')
-      standin_train.run(c)
-  except KeyError as e:
-    parser.error(
-      f'no config field {e.args[0]!r} (`cows-jax config --config {args.config}` lists them)'
-    )
+    if not found:
+      standin_train.make_if_missing(c)
   except ValueError as e:
     found = [str(e)]
   if found:
