@@ -34,6 +34,8 @@ def _ranges(cfg) -> list[str]:
   checks = [run_dir.supervisions]
   if cfg.data.name == 'synthetic':  # the generator's own checks (fields checked together)
     checks.append(sources.synthetic_spec)
+  if backbones.uses_standin(cfg):  # and the stand-in's (e.g. the parts world's class count)
+    checks.append(backbones.dataset_spec)
   for check in checks:
     try:
       check(cfg)
@@ -109,6 +111,30 @@ def _paths(cfg) -> list[str]:
   return out
 
 
+def _standin_architecture(cfg) -> list[str]:
+  """The stand-in is a plain VGG16 (its BatchNorm folded into the convolutions, as the
+  authors' ImageNet VGG has none): a model that differs would fail to load it, in a long
+  error from inside the weights' tree."""
+  if not backbones.uses_standin(cfg):
+    return []
+  out = []
+  if cfg.model.norm != 'none':
+    out.append(
+      f"model.norm='{cfg.model.norm}' with init_from='{backbones.STANDIN}': the stand-in "
+      'backbone has no BatchNorm (folded); use --config.model.norm=none, or train from '
+      "scratch with --config.model.init_from='' --config.segment.init_from=''"
+    )
+  if cfg.segment.init_from in (backbones.STANDIN, backbones.OLD_STANDIN) and (
+    cfg.segment.backbone != 'vgg16'
+  ):
+    out.append(
+      f"segment.backbone='{cfg.segment.backbone}' with segment.init_from="
+      f"'{backbones.STANDIN}': the stand-in is a VGG16; use --config.segment.backbone=vgg16 "
+      'or another --config.segment.init_from'
+    )
+  return out
+
+
 # The commands that make the config's pretrained backbone first when it is missing.
 PRETRAINING_COMMANDS = ('pipeline', 'ablate')
 # The commands that run the dense CRF when evaluate.crf: only they need the crf extra.
@@ -129,6 +155,7 @@ def problems(cfg, command: str = 'pipeline') -> list[str]:
       f'({backbones.weights_dir(cfg)}) is not made yet; make it with `cows-jax '
       'pretrain` and the same --config flags (the pipeline makes it itself)'
     )
+  out += _standin_architecture(cfg)
   if cfg.evaluate.crf and command in CRF_COMMANDS:
     try:
       crf.check_available()

@@ -364,6 +364,7 @@ def test_parts_gate_on_parts_tiny_reports_the_sweep_and_resumes(tmp_path, capsys
     ('nosuch.x=1', "unknown config field 'nosuch.x'"),
     ('data.num_classes=10', 'data.num_classes must be a multiple of 3'),
     ('data.body_aspect=5', 'data.body_aspect'),
+    ('pretrain.num_classes=10', 'pretrain.num_classes must be families^2 x 3'),
   ],
 )
 def test_parts_gate_names_a_bad_override_in_one_line(tmp_path, capsys, override, message):

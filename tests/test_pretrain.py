@@ -313,6 +313,34 @@ def test_a_missing_backbone_is_one_line_for_a_stage_and_made_by_the_pipeline(tmp
   assert validation.problems(cfg, 'pipeline') == []
 
 
+def test_validation_runs_the_standin_sets_own_checks_before_it_is_made(tmp_path):
+  """A class count the parts world's pretraining set cannot draw is a config problem, not
+  an error an hour into `cows-jax pretrain`; without the stand-in it is not checked."""
+  cfg = config.load('synthetic:parts,tiny_pretrained')
+  cfg.data.data_dir, cfg.pretrain.num_classes = str(tmp_path / 'data'), 10
+  found = validation.problems(cfg, 'pipeline')
+  assert len(found) == 1 and found[0].startswith('pretrain.num_classes must be families^2 x 3')
+  cfg.model.init_from = cfg.segment.init_from = ''
+  assert validation.problems(cfg, 'pipeline') == []
+
+
+@pytest.mark.parametrize(
+  'fields, message',
+  [
+    ({'model.norm': 'batch'}, "model.norm='batch' with init_from='standin'"),
+    ({'segment.backbone': 'resnet101'}, "segment.backbone='resnet101' with segment.init_from"),
+  ],
+)
+def test_validation_names_a_model_the_standin_cannot_start(tmp_path, fields, message):
+  """The stand-in is a plain VGG16: a BatchNorm model or a ResNet segmenter would fail to
+  load it deep inside the weights' tree."""
+  cfg = config.load('synthetic:tiny_pretrained')
+  cfg.data.data_dir = str(tmp_path / 'data')
+  config.set_fields(cfg, list(fields.items()))
+  found = validation.problems(cfg, 'pipeline')
+  assert len(found) == 1 and found[0].startswith(message), found
+
+
 def test_the_old_value_pretrain_resolves_as_standin_with_a_warning(tmp_path, monkeypatch):
   """init_from='pretrain', the value's name before 'standin', works for one release."""
   cfg = config.load('synthetic:tiny_pretrained')

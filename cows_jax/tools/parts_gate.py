@@ -153,15 +153,14 @@ def main(argv=None) -> dict:
   c = config.load(args.config)
   try:
     config.set_fields(c, [(k, _value(v)) for k, _, v in (o.partition('=') for o in args.overrides)])
-    # As `cows-jax ablate`: the config's problems before anything runs, then the stand-in
-    # backbone it names, made if missing.
-    found = validation.problems(c, 'ablate')
-    if not found:
-      standin_train.make_if_missing(c)
   except ValueError as e:
-    found = [str(e)]
+    parser.error(f'config: {e}')
+  # As `cows-jax ablate`: the config's problems before anything runs, then the stand-in
+  # backbone it names, made if missing.
+  found = validation.problems(c, 'ablate')
   if found:
     parser.error('config: ' + '; '.join(found))
+  standin_train.make_if_missing(c)
   result = measure(config.finalize(c), args.workdir)
   out = run_dir.RunDir(args.workdir).reports()
   out.mkdir(parents=True, exist_ok=True)
