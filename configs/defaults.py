@@ -69,6 +69,12 @@ def _declare() -> Section:
     low=1,
     high=3,
   )
+  c.data.body_hues = field(
+    'version3',
+    "synthetic parts world: the bodies' hues; 'between_parts' puts each a sixth of a turn "
+    'from every part hue (data/synthetic_parts.py BODY_HUES; the pretraining objects follow)',
+    choices=('version3', 'between_parts'),
+  )
   # The extra splits data.extra.layout='split' reads (settings 2 and 3), each built only when
   # read: one object per image on a plainer background; images drawn like train whose label
   # set is wrong at web_noise_rate (data/synthetic.py).

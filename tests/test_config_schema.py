@@ -15,7 +15,7 @@ import pytest
 from cows_jax import config, inference, tta, validation
 from cows_jax.configs import schema
 from cows_jax.configs.defaults import FIELDS, SCHEMA, paper_defaults
-from cows_jax.data import mixing, sources, synthetic, voc
+from cows_jax.data import mixing, sources, synthetic, synthetic_parts, voc
 from cows_jax.models import deeplab
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -34,9 +34,13 @@ def test_defaults_are_the_values_before_the_schema():
   schema); a renamed field's value is read under its new name, and the fields added since
   (the parts world's) are left out."""
   now = _flat(paper_defaults().to_dict())
-  new_fields = {'data.world', 'data.unlabelled_rate', 'data.part_offset', 'data.body_aspect'} | set(
-    SCHEMA.renamed.values()
-  )
+  new_fields = {
+    'data.world',
+    'data.unlabelled_rate',
+    'data.part_offset',
+    'data.body_aspect',
+    'data.body_hues',
+  } | set(SCHEMA.renamed.values())
   old = {k: repr(now[SCHEMA.renamed.get(k, k)]) for k in now if k not in new_fields}
   digest = hashlib.sha256(json.dumps(old, sort_keys=True).encode()).hexdigest()[:16]
   assert digest == '0d12caa1cab88d27'
@@ -57,6 +61,7 @@ def test_choices_are_the_ones_the_code_implements():
   assert choices == {
     'data.name': sources.DATASETS,
     'data.world': sources.WORLDS,
+    'data.body_hues': tuple(synthetic_parts.BODY_HUES),
     'data.voc.aug_layout': voc.AUG_LAYOUTS,
     'data.extra.layout': sources.EXTRA_LAYOUTS,
     'data.extra.mixing': mixing.MIXINGS,

@@ -47,8 +47,7 @@ def synthetic_spec(cfg) -> synthetic.SyntheticSpec | synthetic_parts.PartsSpec:
       val_size=d.val_size,
       seed=d.seed,
       unlabelled_rate=d.unlabelled_rate,
-      part_offset=d.part_offset,
-      body_aspect=d.body_aspect,
+      **{name: d[name] for name in synthetic_parts.OBJECT_FIELDS},
     )
   return synthetic.SyntheticSpec(**{name: d[name] for name in synthetic.SYNTHETIC_FIELDS})
 

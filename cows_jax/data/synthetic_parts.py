@@ -9,7 +9,7 @@ texture, so the whole object is discriminative. Here classes come in families:
   area, at least 16 px across at 112 px: 2 x 2 cells of a stride-8 map), with a colour and
   a coarse texture no other class and no clutter uses. Only the part tells a class from its
   siblings. `part_offset` moves the part out of the body; `body_aspect` elongates the body
-  and puts the part at one end of it.
+  and puts the part at one end of it; `body_hues` picks the bodies' hues.
 
 `PARTS_PER_FAMILY` classes per family; class k is part k of family k // PARTS_PER_FAMILY.
 Siblings never share an image: an image holds one object, or (at `two_object_rate`) two of
@@ -62,15 +62,27 @@ PART_OFFSET = -0.3
 # at 1 (generator version 3's round bodies) anywhere on the rim. Both specs' default.
 BODY_ASPECT = 1.0
 END_SPREAD = 0.3
+# The families' body hues (disc, square, hexagon, oval). 'version3': generator version 3's,
+# two of them within 0.12 turn of a part hue (square 0.55 of blue 2/3, hexagon 0.30 of green
+# 1/3); 'between_parts': each a sixth of a turn from every part hue (the oval shares the
+# disc's and differs by shape and texture). Both specs' default is 'version3'.
+BODY_HUES = {
+  'version3': (0.08, 0.55, 0.30, 0.80),
+  'between_parts': (1 / 6, 1 / 2, 5 / 6, 1 / 6),
+}
+BODY_HUES_DEFAULT = 'version3'
+# The spec fields that shape a world's objects, shared by the world and its stand-in (the
+# config's data.<field>).
+OBJECT_FIELDS = ('part_offset', 'body_aspect', 'body_hues')
 
 
 @dataclasses.dataclass(frozen=True)
 class _Body:
-  """A family's body sampler: shape (on local coordinates), hue, saturation/value, texture."""
+  """A family's body sampler: shape (on local coordinates), saturation/value, texture (its
+  hue is the spec's, BODY_HUES)."""
 
   name: str
   shape: object
-  hue: float
   sat: tuple[float, float]
   val: tuple[float, float]
   texture: object
@@ -80,14 +92,11 @@ class _Body:
 # Desaturated bodies (saturation <= 0.45): the saturated colours belong to the parts. Body
 # textures are low-contrast ('shift': a hue shift of 0.05 to 0.08, 80% of the value).
 _BODIES = (
-  _Body('disc', synthetic._SHAPES[0], 0.08, (0.25, 0.45), (0.55, 0.80), synthetic._marble, 'shift'),
-  _Body(
-    'square', synthetic._SHAPES[1], 0.55, (0.25, 0.45), (0.50, 0.75), synthetic._waves, 'shift'
-  ),
+  _Body('disc', synthetic._SHAPES[0], (0.25, 0.45), (0.55, 0.80), synthetic._marble, 'shift'),
+  _Body('square', synthetic._SHAPES[1], (0.25, 0.45), (0.50, 0.75), synthetic._waves, 'shift'),
   _Body(
     'hexagon',
     synthetic._SHAPES[7],
-    0.30,
     (0.25, 0.45),
     (0.45, 0.70),
     synthetic._gradient,
@@ -96,7 +105,6 @@ _BODIES = (
   _Body(
     'oval',
     lambda u, v: u**2 + (v / 0.8) ** 2 <= 1.0,
-    0.80,
     (0.20, 0.40),
     (0.60, 0.85),
     synthetic._rings,
@@ -150,6 +158,7 @@ class PartsSpec:
   unlabelled_rate: float = 0.0  # fraction of images that also hold an unlabelled body
   part_offset: float = PART_OFFSET  # the part's centre outside the body's rim, in part radii
   body_aspect: float = BODY_ASPECT  # the body's length over its width
+  body_hues: str = BODY_HUES_DEFAULT  # a key of BODY_HUES
 
   def __post_init__(self):
     if self.num_classes % PARTS_PER_FAMILY or not 1 <= self.num_classes <= MAX_CLASSES:
@@ -168,7 +177,7 @@ class PartsSpec:
       raise ValueError(f'two_object_rate must be in 0..1, got {self.two_object_rate}')
     if not 0 <= self.unlabelled_rate <= 1:
       raise ValueError(f'data.unlabelled_rate must be in 0..1, got {self.unlabelled_rate}')
-    _check_geometry(self)
+    _check_objects(self)
 
   @property
   def num_families(self) -> int:
@@ -184,8 +193,8 @@ class PartsSpec:
     return {'train': self.train_size, 'val': self.val_size}[split]
 
 
-def _check_geometry(spec) -> None:
-  """The object-geometry fields both specs share."""
+def _check_objects(spec) -> None:
+  """The object fields both specs share (OBJECT_FIELDS)."""
   if not -1 <= spec.part_offset <= 0.8:
     raise ValueError(
       f'data.part_offset must be in -1..0.8 part radii (beyond 0.8 the part leaves the body), '
@@ -196,6 +205,8 @@ def _check_geometry(spec) -> None:
       f'data.body_aspect must be in 1..3 (length over width; longer bodies leave the image), '
       f'got {spec.body_aspect}'
     )
+  if spec.body_hues not in BODY_HUES:
+    raise ValueError(f'data.body_hues must be one of {tuple(BODY_HUES)}, got {spec.body_hues!r}')
 
 
 # The spec fields added after generator version 3, at the values that draw version 3's world.
@@ -203,6 +214,7 @@ _ADDED_AFTER_VERSION_3 = {
   'unlabelled_rate': 0.0,
   'part_offset': PART_OFFSET,
   'body_aspect': BODY_ASPECT,
+  'body_hues': BODY_HUES_DEFAULT,
 }
 
 
@@ -322,20 +334,21 @@ def _objects(rng, spec: PartsSpec) -> list[tuple[int, int | None]]:
   return drawn
 
 
-def _clutter_color(rng, num_families: int) -> np.ndarray:
+def _clutter_color(rng, spec) -> np.ndarray:
   """Half of the distractors take a family's body colour; the others a random colour whose
   hue lies between the part hues and whose saturation stays below the parts'."""
   if rng.random() < 0.5:
-    body = _BODIES[rng.integers(num_families)]
-    h = body.hue + rng.uniform(-0.03, 0.03)
+    f = rng.integers(spec.num_families)
+    body = _BODIES[f]
+    h = BODY_HUES[spec.body_hues][f] + rng.uniform(-0.03, 0.03)
     return synthetic._hsv(h, rng.uniform(*body.sat), rng.uniform(*body.val))
   gap = PART_HUES[rng.integers(len(PART_HUES))] + 1 / 6
   return synthetic._hsv(gap + rng.uniform(-0.08, 0.08), rng.uniform(0.1, 0.45), rng.uniform(0.3, 1))
 
 
-def _body_appearance(f: int) -> synthetic._Appearance:
+def _body_appearance(f: int, spec) -> synthetic._Appearance:
   b = _BODIES[f]
-  return synthetic._Appearance(b.hue, b.sat, b.val, b.texture, b.second)
+  return synthetic._Appearance(BODY_HUES[spec.body_hues][f], b.sat, b.val, b.texture, b.second)
 
 
 def _scene(rng, spec, objects_to_draw: list[tuple[int, int | None]]):
@@ -348,14 +361,14 @@ def _scene(rng, spec, objects_to_draw: list[tuple[int, int | None]]):
   image = synthetic._background(rng, size, yy, xx)
   objects, instances, part_pixels = _place_objects(rng, objects_to_draw, spec)
   clutter = [
-    (synthetic._clutter_mask(rng, size), _clutter_color(rng, spec.num_families))
+    (synthetic._clutter_mask(rng, size), _clutter_color(rng, spec))
     for _ in range(rng.integers(3, 9))
   ]
   on_top = rng.random(len(clutter)) < 0.2
   for mask, color in (c for c, top in zip(clutter, on_top) if not top):
     image[mask] = color
   for body_family, cls, mask, part, placement, part_placement in objects:
-    synthetic._paint(rng, image, mask, placement, _body_appearance(body_family), yy, xx)
+    synthetic._paint(rng, image, mask, placement, _body_appearance(body_family, spec), yy, xx)
     if cls is not None:
       synthetic._paint(rng, image, part, part_placement, _part_appearance(cls), yy, xx)
   for mask, color in (c for c, top in zip(clutter, on_top) if top):
@@ -484,6 +497,7 @@ class PartsPretrainSpec:
   seed: int = 0
   part_offset: float = PART_OFFSET  # as PartsSpec's: the world's objects
   body_aspect: float = BODY_ASPECT
+  body_hues: str = BODY_HUES_DEFAULT
 
   def __post_init__(self):
     if self.num_classes not in PRETRAIN_CLASS_COUNTS:
@@ -498,7 +512,7 @@ class PartsPretrainSpec:
         raise ValueError(f'pretrain.{field} must be >= 1, got {getattr(self, field)}')
     if self.seed < 0:
       raise ValueError(f'pretrain.seed must be >= 0, got {self.seed}')
-    _check_geometry(self)
+    _check_objects(self)
 
   @property
   def num_families(self) -> int:

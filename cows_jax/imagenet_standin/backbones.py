@@ -52,9 +52,8 @@ def dataset_spec(cfg) -> dataset.PretrainSpec | synthetic_parts.PartsPretrainSpe
     seed=p.seed,
   )
   if cfg.data.name == 'synthetic' and sources.world(cfg) == 'parts':
-    return synthetic_parts.PartsPretrainSpec(
-      **fields, part_offset=cfg.data.part_offset, body_aspect=cfg.data.body_aspect
-    )
+    objects = {name: cfg.data[name] for name in synthetic_parts.OBJECT_FIELDS}
+    return synthetic_parts.PartsPretrainSpec(**fields, **objects)
   return dataset.PretrainSpec(**fields)
 
 
