@@ -147,8 +147,9 @@ def test_part_offset_moves_parts_out_of_the_body_and_leaves_the_world_without_it
   """data.part_offset places a part's centre that many part radii outside its body's rim: at
   the default (-0.3) about 70% of the part's disc lies on the body, at 0.5 about 20% (half
   planes' shares of a disc: 0.69 and 0.20), attached either way. The default keeps version
-  3's names: the datasets' fingerprints and the shipped backbone's."""
-  assert backbones.fingerprint(config.load('synthetic:parts')) == 'c575653cd127'
+  3's names: the datasets' fingerprints (the stand-in's: that of the backbone shipped
+  before body_aspect, c575653cd127)."""
+  assert synthetic_parts.PartsPretrainSpec().fingerprint() == 'db4cf92dd7fc'
   moved = dataclasses.replace(SPEC, part_offset=0.5)
   assert moved.fingerprint() != SPEC.fingerprint()
   pretrain = synthetic_parts.PartsPretrainSpec()
@@ -347,6 +348,10 @@ def test_parts_config_names_the_world_and_its_backbone(tmp_path):
   assert (
     '/tmp' not in json.dumps(provenance) and provenance['pretrain']['dataset']['num_classes'] == 27
   )
+  # the shipped stand-in's objects are the configured world's (the gate's attempt 18)
+  made_on = provenance['pretrain']['dataset']
+  assert made_on['fingerprint'] == spec.fingerprint()
+  assert (made_on['body_aspect'], made_on['part_offset']) == (2.0, 0.5)
   assert config.finalize(cfg).model.init_from == where
 
 
