@@ -56,6 +56,17 @@ def test_every_field_has_a_meaning_and_the_config_dict_has_every_field():
     s.a = schema.field(2, 'a')
 
 
+def test_the_parts_worlds_ranges_are_the_generators():
+  """The schema checks them before anything runs, the specs when a world is drawn."""
+  for name, (default, bounds) in {
+    'data.part_offset': (synthetic_parts.PART_OFFSET, synthetic_parts.PART_OFFSET_RANGE),
+    'data.body_aspect': (synthetic_parts.BODY_ASPECT, synthetic_parts.BODY_ASPECT_RANGE),
+    'data.body_hues': (synthetic_parts.BODY_HUES_DEFAULT, None),
+  }.items():
+    f = FIELDS[name]
+    assert f.default == default and (bounds is None or (f.low, f.high) == bounds), name
+
+
 def test_choices_are_the_ones_the_code_implements():
   choices = {n: f.choices for n, f in FIELDS.items() if f.choices}
   assert choices == {

@@ -57,10 +57,12 @@ PART_RADIUS = 0.36  # part disc radius / body radius: 12-21% of the object area 
 # Where the part's centre sits, outside the body's rim, in part radii (-0.3: 30% of its radius
 # inside: generator version 3's parts). Both specs' default.
 PART_OFFSET = -0.3
+PART_OFFSET_RANGE = (-1, 0.8)  # beyond 0.8 the part leaves the body
 # A body's length over its width (the area kept), before a +-0.15 log jitter. Above 1 the part
 # sits at one end of the long axis (give or take END_SPREAD radians), like an animal's head;
 # at 1 (generator version 3's round bodies) anywhere on the rim. Both specs' default.
 BODY_ASPECT = 1.0
+BODY_ASPECT_RANGE = (1, 3)  # longer bodies leave the image
 END_SPREAD = 0.3
 # The families' body hues (disc, square, hexagon, oval). 'version3': generator version 3's,
 # two of them within 0.12 turn of a part hue (square 0.55 of blue 2/3, hexagon 0.30 of green
@@ -195,15 +197,17 @@ class PartsSpec:
 
 def _check_objects(spec) -> None:
   """The object fields both specs share (OBJECT_FIELDS)."""
-  if not -1 <= spec.part_offset <= 0.8:
+  low, high = PART_OFFSET_RANGE
+  if not low <= spec.part_offset <= high:
     raise ValueError(
-      f'data.part_offset must be in -1..0.8 part radii (beyond 0.8 the part leaves the body), '
-      f'got {spec.part_offset}'
+      f'data.part_offset must be in {low}..{high} part radii (beyond {high} the part leaves '
+      f'the body), got {spec.part_offset}'
     )
-  if not 1 <= spec.body_aspect <= 3:
+  low, high = BODY_ASPECT_RANGE
+  if not low <= spec.body_aspect <= high:
     raise ValueError(
-      f'data.body_aspect must be in 1..3 (length over width; longer bodies leave the image), '
-      f'got {spec.body_aspect}'
+      f'data.body_aspect must be in {low}..{high} (length over width; longer bodies leave the '
+      f'image), got {spec.body_aspect}'
     )
   if spec.body_hues not in BODY_HUES:
     raise ValueError(f'data.body_hues must be one of {tuple(BODY_HUES)}, got {spec.body_hues!r}')
