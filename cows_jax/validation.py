@@ -114,7 +114,7 @@ def _paths(cfg) -> list[str]:
 def _standin_architecture(cfg) -> list[str]:
   """The stand-in is a plain VGG16 (its BatchNorm folded into the convolutions, as the
   authors' ImageNet VGG has none): a model that differs would fail to load it, in a long
-  error from inside the weights' tree."""
+  error from inside the weights' tree. `cfg` has init_from's old value renamed."""
   if not backbones.uses_standin(cfg):
     return []
   out = []
@@ -124,9 +124,7 @@ def _standin_architecture(cfg) -> list[str]:
       'backbone has no BatchNorm (folded); use --config.model.norm=none, or train from '
       "scratch with --config.model.init_from='' --config.segment.init_from=''"
     )
-  if cfg.segment.init_from in (backbones.STANDIN, backbones.OLD_STANDIN) and (
-    cfg.segment.backbone != 'vgg16'
-  ):
+  if cfg.segment.init_from == backbones.STANDIN and cfg.segment.backbone != 'vgg16':
     out.append(
       f"segment.backbone='{cfg.segment.backbone}' with segment.init_from="
       f"'{backbones.STANDIN}': the stand-in is a VGG16; use --config.segment.backbone=vgg16 "

@@ -275,8 +275,8 @@ def test_part_palettes_are_unique_and_survive_the_jitter():
   part_sat = min(synthetic_parts._part_appearance(k).sat[0] for k in range(n))
   assert part_sat * 0.7 > max(b.sat[1] for b in synthetic_parts._BODIES) == 0.45
   rng = np.random.default_rng(0)
+  every_family = dataclasses.replace(SPEC, num_classes=synthetic_parts.MAX_CLASSES)
   for _ in range(200):
-    every_family = dataclasses.replace(SPEC, num_classes=synthetic_parts.MAX_CLASSES)
     color = np.clip(synthetic_parts._clutter_color(rng, every_family), 0, 1)
     assert colorsys.rgb_to_hsv(*color)[1] <= 0.45 + 1e-6
 

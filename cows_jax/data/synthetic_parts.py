@@ -342,9 +342,8 @@ def _clutter_color(rng, spec) -> np.ndarray:
   """Half of the distractors take a family's body colour; the others a random colour whose
   hue lies between the part hues and whose saturation stays below the parts'."""
   if rng.random() < 0.5:
-    f = rng.integers(spec.num_families)
-    body = _BODIES[f]
-    h = BODY_HUES[spec.body_hues][f] + rng.uniform(-0.03, 0.03)
+    body = _body_appearance(rng.integers(spec.num_families), spec)
+    h = body.hue + rng.uniform(-0.03, 0.03)
     return synthetic._hsv(h, rng.uniform(*body.sat), rng.uniform(*body.val))
   gap = PART_HUES[rng.integers(len(PART_HUES))] + 1 / 6
   return synthetic._hsv(gap + rng.uniform(-0.08, 0.08), rng.uniform(0.1, 0.45), rng.uniform(0.3, 1))
