@@ -17,7 +17,8 @@ it resumes like the pipeline does. The table goes to DIR/reports/ablation.{json,
 `--seeds` (`run_seeds`): all of that once per seed in DIR/seed<k>, then the pre-registered
 paired analysis (`paired_report`: mean and standard error of each measure, and the per-seed
 differences of full_method and related_only from baseline_views with their verdicts) ->
-DIR/reports/ablation_seeds.{json,md}.
+DIR/reports/ablation_seeds.{json,md}, rewritten after each seed and marked interim until the
+last.
 
 `--settings` (`run_settings`): the paper's three data settings in the synthetic world
 (configs/synthetic.py's setting2 and setting3 arguments) x {variant 1, variant 4}, each run
@@ -209,15 +210,16 @@ def seed_config(cfg, seed: int):
 
 
 def run_seeds(cfg, workdir: str, stages: Mapping[str, Callable], seeds: Sequence[int]) -> dict:
-  """`run` once per seed in DIR/seed<k> (each resumes as `run` does), then the paired
-  analysis (`paired_report`) -> DIR/reports/ablation_seeds.{json,md}."""
+  """`run` once per seed in DIR/seed<k> (each resumes as `run` does), and the paired
+  analysis (`paired_report`) -> DIR/reports/ablation_seeds.{json,md}, rewritten after every
+  seed: a run of many CPU hours shows its interim table (marked as such) as it goes."""
   _check_seeds(seeds)
   rows = {}
   for seed in seeds:
     logging.info('=== ablate: seed %d ===', seed)
     rows[seed] = run(seed_config(cfg, seed), os.path.join(workdir, f'seed{seed}'), stages)
-  report = paired_report(rows)
-  _publish(workdir, 'ablation_seeds', report, seeds_table(report))
+    report = {**paired_report(rows), 'seeds_planned': list(seeds)}
+    _publish(workdir, 'ablation_seeds', report, seeds_table(report))
   return report
 
 
@@ -277,8 +279,14 @@ def seeds_table(report: dict) -> str:
   differences and their verdicts."""
   columns = [(k, t) for k, t in SEED_MEASURES if any(k in v for v in report['variants'].values())]
   n = len(report['seeds'])
-  lines = [
-    f'Mean ± standard error over {n} seeds ({", ".join(map(str, report["seeds"]))}).',
+  lines = [f'Mean ± standard error over {_seeds(report["seeds"])}.']
+  to_run = [s for s in report.get('seeds_planned', ()) if s not in report['seeds']]
+  if to_run:
+    lines.append(
+      f'**Interim:** {_seeds(to_run)} still to run; the verdicts are the '
+      'pre-registered decision only once every planned seed is in.'
+    )
+  lines += [
     '',
     '| variant | ' + ' | '.join(t for _, t in columns) + ' |',
     '|---|' + '---:|' * len(columns),
@@ -298,6 +306,10 @@ def seeds_table(report: dict) -> str:
       f'{p["agreeing"]} of {n} | {p["verdict"]} |'
     )
   return '\n'.join(lines) + '\n'
+
+
+def _seeds(seeds: Sequence[int]) -> str:
+  return f'{len(seeds)} seed{"s" * (len(seeds) != 1)} ({", ".join(map(str, seeds))})'
 
 
 # ------------------------------------------------------------------- the paper's data settings

@@ -153,13 +153,17 @@ def test_paired_report_follows_the_preregistered_rule():
 
 def test_run_seeds_runs_every_seed_in_its_own_directory(tmp_path, monkeypatch, tiny_config):
   """The seeds reach the config (seed and localize.seed, not the dataset's data.seed), each
-  seed has its own directory, and the report is written."""
+  seed has its own directory, and the report is written after every seed, marked interim
+  until the last."""
   from cows_jax import run_dir
 
-  calls = []
+  calls, interim = [], []
+  reports = run_dir.RunDir(str(tmp_path)).reports()
 
   def fake_run(cfg, workdir, stages):
     calls.append((cfg.seed, cfg.localize.seed, cfg.data.seed, workdir))
+    if (reports / 'ablation_seeds.md').is_file():
+      interim.append((reports / 'ablation_seeds.md').read_text().splitlines()[:2])
     return _seed_rows(
       {'baseline_views': 40.0 + cfg.seed, 'full_method': 41.0, 'related_only': 40.0}
     )
@@ -171,8 +175,15 @@ def test_run_seeds_runs_every_seed_in_its_own_directory(tmp_path, monkeypatch, t
     (7, 7, tiny_config.data.seed, str(tmp_path / 'seed7')),
   ]
   assert report['variants']['baseline_views']['cam_miou']['values'] == [43.0, 47.0]
-  reports = run_dir.RunDir(str(tmp_path)).reports()
-  assert (reports / 'ablation_seeds.json').is_file()
-  assert 'related_only − baseline_views' in (reports / 'ablation_seeds.md').read_text()
+  assert interim == [
+    [
+      'Mean ± standard error over 1 seed (3).',
+      '**Interim:** 1 seed (7) still to run; the verdicts are the pre-registered decision only '
+      'once every planned seed is in.',
+    ]
+  ]
+  assert run_dir.read_json(reports / 'ablation_seeds.json', 'test')['seeds'] == [3, 7]
+  final = (reports / 'ablation_seeds.md').read_text()
+  assert 'related_only − baseline_views' in final and 'Interim' not in final
   with pytest.raises(ValueError, match='distinct seeds'):
     ablate.run_seeds(tiny_config, str(tmp_path), {}, [1, 1])
