@@ -18,7 +18,7 @@ it resumes like the pipeline does. The table goes to DIR/reports/ablation.{json,
 paired analysis (`paired_report`: mean and standard error of each measure, and the per-seed
 differences of full_method and related_only from baseline_views with their verdicts) ->
 DIR/reports/ablation_seeds.{json,md}, rewritten after each seed and marked interim until the
-last.
+last. Each seed's directory is locked while it runs, not DIR: jobs with disjoint seeds share DIR.
 
 `--settings` (`run_settings`): the paper's three data settings in the synthetic world
 (configs/synthetic.py's setting2 and setting3 arguments) x {variant 1, variant 4}, each run
@@ -28,9 +28,10 @@ goes to DIR/reports/settings.{json,md}.
 The stages come in as functions (the CLI's table), so this module imports none of them.
 """
 
+import contextlib
 import dataclasses
 import os
-from typing import Callable, Mapping, Sequence
+from typing import Callable, ContextManager, Mapping, Sequence
 
 import ml_collections
 import numpy as np
@@ -209,15 +210,27 @@ def seed_config(cfg, seed: int):
   return config.with_overrides(cfg, (('seed', seed), ('localize.seed', seed)))
 
 
-def run_seeds(cfg, workdir: str, stages: Mapping[str, Callable], seeds: Sequence[int]) -> dict:
+def run_seeds(
+  cfg,
+  workdir: str,
+  stages: Mapping[str, Callable],
+  seeds: Sequence[int],
+  lock: Callable[[str], ContextManager] = lambda _: contextlib.nullcontext(),
+) -> dict:
   """`run` once per seed in DIR/seed<k> (each resumes as `run` does), and the paired
   analysis (`paired_report`) -> DIR/reports/ablation_seeds.{json,md}, rewritten after every
-  seed: a run of many CPU hours shows its interim table (marked as such) as it goes."""
+  seed: a run of many CPU hours shows its interim table (marked as such) as it goes.
+
+  `lock(dir)` (the CLI's run-directory lock) is held on DIR/seed<k> while seed k runs, so
+  jobs with disjoint seeds can share DIR side by side; each job's report holds its own
+  seeds, and a last `--seeds` with all of them (every stage then skips) writes the joint one."""
   _check_seeds(seeds)
   rows = {}
   for seed in seeds:
     logging.info('=== ablate: seed %d ===', seed)
-    rows[seed] = run(seed_config(cfg, seed), os.path.join(workdir, f'seed{seed}'), stages)
+    seed_dir = os.path.join(workdir, f'seed{seed}')
+    with lock(seed_dir):
+      rows[seed] = run(seed_config(cfg, seed), seed_dir, stages)
     report = {**paired_report(rows), 'seeds_planned': list(seeds)}
     _publish(workdir, 'ablation_seeds', report, seeds_table(report))
   return report

@@ -321,7 +321,7 @@ def _stage_command(command: str, action: Callable) -> Callable[[list[str]], None
     if command in validation.PRETRAINING_COMMANDS:
       standin_train.make_if_missing(_CONFIG.value)
     cfg = config.finalize(_CONFIG.value)
-    with _lock(_WORKDIR.value):
+    with contextlib.nullcontext() if _locks_each_seed(command) else _lock(_WORKDIR.value):
       action(cfg)
 
   return run
@@ -336,12 +336,18 @@ def _lock(workdir: str):
   return run_dir.Lock(run_dir.RunDir(workdir))
 
 
+def _locks_each_seed(command: str) -> bool:
+  """`ablate --seeds` locks WORKDIR/seed<k> while it runs seed k (ablate.run_seeds), not
+  WORKDIR: jobs with other seeds can share the directory, one per GPU or CPU core."""
+  return command == 'ablate' and flags.FLAGS['seeds'].present and not _SETTINGS.value
+
+
 def _ablate(cfg) -> None:
   if _SETTINGS.value:
     ablate.run_settings(cfg, _WORKDIR.value, STAGES, _seeds())
     return
   if flags.FLAGS['seeds'].present:
-    ablate.run_seeds(cfg, _WORKDIR.value, STAGES, _seeds())
+    ablate.run_seeds(cfg, _WORKDIR.value, STAGES, _seeds(), lock=_lock)
     return
   ablate.run(cfg, _WORKDIR.value, STAGES)
 

@@ -130,3 +130,33 @@ def test_an_input_problem_cows_jax_reports_stays_one_line_without_a_traceback(tm
     'cows-jax localize: error: ' in done.stderr and 'run `cows-jax classify` first' in done.stderr
   )
   assert 'unexpected' not in done.stderr and 'Traceback' not in done.stderr
+
+
+SEED_PROBE = (
+  'import os\n'
+  'from cows_jax import ablate\n'
+  'def probe(cfg, workdir, stages):\n'
+  "  locks = [os.path.exists(os.path.join(d, '.lock')) for d in (workdir, os.path.dirname(workdir))]\n"
+  "  print('locks held (seed, workdir):', *locks)\n"
+  "  raise ValueError(f'the probe stops in {os.path.basename(workdir)}')\n"
+  'ablate.run = probe\n'
+)
+
+
+def test_ablate_seeds_locks_each_seed_so_jobs_with_other_seeds_share_the_workdir(tmp_path):
+  """Two `ablate --seeds` jobs on one WORKDIR (one per GPU or core): each locks only the
+  seed it runs, so disjoint seeds go side by side and a shared seed is one clear error."""
+  from cows_jax import run_dir
+
+  workdir = tmp_path / 'w'
+  args = ('ablate', '--config', 'synthetic:tiny', '--workdir', str(workdir))
+  args += (f'--config.data.data_dir={tmp_path / "data"}',)
+  with run_dir.Lock(run_dir.RunDir(str(workdir / 'seed1'))):  # a job running seed 1.
+    alongside = _cows_jax(*args, '--seeds=0', script=SEED_PROBE)
+    same_seed = _cows_jax(*args, '--seeds=1', script=SEED_PROBE)
+  assert 'locks held (seed, workdir): True False' in alongside.stdout
+  assert 'the probe stops in seed0' in alongside.stderr.strip().splitlines()[-1]
+  assert not (workdir / 'seed0' / '.lock').exists()  # released.
+  assert same_seed.returncode == 1 and 'locks held' not in same_seed.stdout
+  assert f'{workdir / "seed1"} is in use by pid {os.getpid()}' in same_seed.stderr
+  assert 'Traceback' not in same_seed.stderr
