@@ -2,14 +2,17 @@
 of the synthetic datasets' splits (synthetic.py, imagenet_standin/dataset.py)."""
 
 import abc
+import contextlib
 import dataclasses
+import fcntl
+import os
 from collections.abc import Callable
 
 import numpy as np
 import tensorflow_datasets as tfds
 from absl import logging
 
-from cows_jax import parallel
+from cows_jax import parallel, run_dir
 
 
 def prepared(make_builder, what: str):
@@ -22,15 +25,38 @@ def prepared(make_builder, what: str):
 
   def build_here() -> None:
     builder = make_builder()
-    if builder.is_prepared():
-      logging.info('Reusing %s at %s', what, builder.data_dir)
-    else:
-      logging.info('Building %s at %s', what, builder.data_dir)
-      builder.download_and_prepare()
-      logging.info('Built %s at %s', what, builder.data_dir)
+    if not builder.is_prepared():
+      with one_build_at_a_time(builder.data_dir, what):
+        builder = make_builder()  # another job may have built it while this one waited.
+        if not builder.is_prepared():
+          logging.info('Building %s at %s', what, builder.data_dir)
+          builder.download_and_prepare()
+          logging.info('Built %s at %s', what, builder.data_dir)
+          return
+    logging.info('Reusing %s at %s', what, builder.data_dir)
 
   parallel.process_zero_first(build_here, what)
   return make_builder()
+
+
+@contextlib.contextmanager
+def one_build_at_a_time(build_dir, what: str):
+  """An exclusive lock on `<build_dir>.build.lock` while a build is made: separate jobs on one
+  machine that share a data_dir (`ablate --seeds` side by side) build it once, the later ones
+  waiting and then reusing it. TFDS alone would build it in each and fail the later renames.
+  Object stores get no lock (a job's processes already build one after another)."""
+  path = os.fspath(build_dir)
+  if not run_dir.is_local(path):
+    yield
+    return
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  with open(f'{path}.build.lock', 'a') as lock:
+    try:
+      fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      logging.info('Waiting for another job building %s (%s.build.lock)', what, path)
+      fcntl.flock(lock, fcntl.LOCK_EX)
+    yield  # closing the file releases the lock, also when the process dies.
 
 
 # ----------------------------------------------------------------------------- spec builds
