@@ -339,14 +339,19 @@ def _lock(workdir: str):
 def _locks_each_seed(command: str) -> bool:
   """`ablate --seeds` locks WORKDIR/seed<k> while it runs seed k (ablate.run_seeds), not
   WORKDIR: jobs with other seeds can share the directory, one per GPU or CPU core."""
-  return command == 'ablate' and flags.FLAGS['seeds'].present and not _SETTINGS.value
+  return command == 'ablate' and _ablates_seed_by_seed()
+
+
+def _ablates_seed_by_seed() -> bool:
+  """Whether `ablate` runs `ablate.run_seeds` (--seeds without --settings)."""
+  return flags.FLAGS['seeds'].present and not _SETTINGS.value
 
 
 def _ablate(cfg) -> None:
   if _SETTINGS.value:
     ablate.run_settings(cfg, _WORKDIR.value, STAGES, _seeds())
     return
-  if flags.FLAGS['seeds'].present:
+  if _ablates_seed_by_seed():
     ablate.run_seeds(cfg, _WORKDIR.value, STAGES, _seeds(), lock=_lock)
     return
   ablate.run(cfg, _WORKDIR.value, STAGES)
