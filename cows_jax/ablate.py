@@ -10,15 +10,18 @@ The variants on one config (paper.md's ablation axes), and two controls:
   4. + co-attention inference with cross-image context: the full method;
      control related_only: co-attention with the related images only, no self views (the
      cross-image context alone).
-Variant 3, 4 and their controls share one trained classifier, as 1 and baseline_views do. Each variant gets its own workdir under
-DIR/<variant> (maps, pseudo labels) and the classifiers live in DIR/train/<training>; all of
-it resumes like the pipeline does. The table goes to DIR/reports/ablation.{json,md}.
+Variant 3, 4 and their controls share one trained classifier, as 1 and baseline_views do.
+Each variant gets its own workdir under DIR/<variant> (maps, pseudo labels) and the
+classifiers live in DIR/train/<training>; all of it resumes like the pipeline does. Each
+finished variant's row goes into DIR/reports/ablation.{json,md}, and a recorded variant is
+not run again. `--variants` picks some: jobs with variants of different classifiers share DIR.
 
 `--seeds` (`run_seeds`): all of that once per seed in DIR/seed<k>, then the pre-registered
 paired analysis (`paired_report`: mean and standard error of each measure, and the per-seed
 differences of full_method and related_only from baseline_views with their verdicts) ->
 DIR/reports/ablation_seeds.{json,md}, rewritten after each seed and marked interim until the
-last. Each seed's directory is locked while it runs, not DIR: jobs with disjoint seeds share DIR.
+last. Only what runs is locked (a classifier's run, a variant's directory), so jobs with
+disjoint seeds, or with one seed's variants split between them, share DIR.
 
 `--settings` (`run_settings`): the paper's three data settings in the synthetic world
 (configs/synthetic.py's setting2 and setting3 arguments) x {variant 1, variant 4}, each run
@@ -93,7 +96,12 @@ VARIANTS = (
 
 def variant(slug: str) -> Variant:
   """The variant named `slug` (baseline_cam, full_method, ...)."""
-  return next(v for v in VARIANTS if v.slug == slug)
+  for v in VARIANTS:
+    if v.slug == slug:
+      return v
+  raise ValueError(
+    f'--variants: unknown variant {slug!r}; choose from {", ".join(v.slug for v in VARIANTS)}'
+  )
 
 
 def variant_config(cfg, variant: Variant):
@@ -113,48 +121,95 @@ def _link_classifier(train_run: run_dir.RunDir, variant_run: run_dir.RunDir) -> 
   os.symlink(target, link)
 
 
-def run(cfg, workdir: str, stages: Mapping[str, Callable]) -> list[dict]:
-  """Train, localize and label every variant with `stages` ({'classify': fn(cfg, workdir),
-  'localize': ..., 'label': ...}), score its maps and pseudo labels; write and return the
-  table rows."""
-  rows = []
-  for variant in VARIANTS:
+def _no_lock(_: str) -> ContextManager:
+  return contextlib.nullcontext()
+
+
+def run(
+  cfg,
+  workdir: str,
+  stages: Mapping[str, Callable],
+  variants: Sequence[Variant] = VARIANTS,
+  lock: Callable[[str], ContextManager] = _no_lock,
+) -> list[dict]:
+  """Train, localize and label each of `variants` with `stages` ({'classify': fn(cfg,
+  workdir), 'localize': ..., 'label': ...}), score its maps and pseudo labels, and record its
+  row in DIR/reports/ablation.{json,md}; return the rows of every variant recorded there.
+
+  A recorded variant is finished and skipped (delete its row to run it again), so a rerun
+  resumes where it stopped, and separate jobs can split the variants between them: `lock(dir)`
+  (the CLI's run-directory lock) is held on a classifier's run while it trains and on a
+  variant's directory while that variant runs."""
+  for variant in variants:
+    if variant.slug in _recorded(workdir):
+      logging.info('=== ablate: %s: recorded, skipped ===', variant.name)
+      continue
     logging.info('=== ablate: %s ===', variant.name)
     vcfg = variant_config(cfg, variant)
     train_dir = os.path.join(workdir, 'train', variant.training)
-    stages['classify'](vcfg, train_dir)
+    with lock(train_dir):
+      stages['classify'](vcfg, train_dir)
     variant_dir = os.path.join(workdir, variant.slug)
-    if parallel.is_writer():
-      _link_classifier(run_dir.RunDir(train_dir), run_dir.RunDir(variant_dir))
-    parallel.barrier('ablate: link')
-    stages['localize'](vcfg, variant_dir)
-    stages['label'](vcfg, variant_dir)
-    run = run_dir.RunDir(variant_dir)
-    ids = run_dir.read_json(run.labels_index(), 'label')['ids']
-    train = sources.load(vcfg)['train']
-    report, _ = map_metrics.localization_report(vcfg, train, ids, run)
-    rows.append(
-      {
-        'variant': variant.name,
-        'slug': variant.slug,
-        'training': variant.training,
-        'inference': vcfg.localize.method,
-        **report,
-        **_recalls(vcfg, train, ids, run, report['cam_bg_threshold']),
-      }
-    )
-  _publish(workdir, 'ablation', rows, markdown_table(rows))
+    with lock(variant_dir):
+      if parallel.is_writer():
+        _link_classifier(run_dir.RunDir(train_dir), run_dir.RunDir(variant_dir))
+      parallel.barrier('ablate: link')
+      stages['localize'](vcfg, variant_dir)
+      stages['label'](vcfg, variant_dir)
+      _record(workdir, _score(vcfg, variant, run_dir.RunDir(variant_dir)))
+  rows = list(_recorded(workdir).values())
+  logging.info('ablate: ablation\n%s', markdown_table(rows))
   return rows
+
+
+def _score(vcfg, variant: Variant, run: run_dir.RunDir) -> dict:
+  """The variant's table row: its maps' and pseudo labels' scores on the train split."""
+  ids = run_dir.read_json(run.labels_index(), 'label')['ids']
+  train = sources.load(vcfg)['train']
+  report, _ = map_metrics.localization_report(vcfg, train, ids, run)
+  return {
+    'variant': variant.name,
+    'slug': variant.slug,
+    'training': variant.training,
+    'inference': vcfg.localize.method,
+    **report,
+    **_recalls(vcfg, train, ids, run, report['cam_bg_threshold']),
+  }
+
+
+def _recorded(workdir: str) -> dict:
+  """{slug: row} of the variants recorded in DIR/reports/ablation.json, in VARIANTS order."""
+  table = run_dir.RunDir(workdir).reports() / 'ablation.json'
+  if not table.exists():
+    return {}
+  rows = {row['slug']: row for row in run_dir.read_json(table, 'ablate')}
+  return {v.slug: rows[v.slug] for v in VARIANTS if v.slug in rows}
+
+
+def _record(workdir: str, row: dict) -> None:
+  """Merge `row` into DIR/reports/ablation.{json,md}, under a lock, so that jobs splitting
+  the variants of one DIR record side by side without losing each other's rows."""
+  if parallel.is_writer():
+    lock_file = run_dir.RunDir(workdir).reports() / '.ablation.lock'
+    with run_dir.exclusive(lock_file, 'recording its ablation row'):
+      merged = {**_recorded(workdir), row['slug']: row}
+      rows = [merged[v.slug] for v in VARIANTS if v.slug in merged]
+      _write(workdir, 'ablation', rows, markdown_table(rows))
+  parallel.barrier(f'ablate: {row["slug"]} recorded')
 
 
 def _publish(workdir: str, name: str, data, table: str) -> None:
   """DIR/reports/<name>.json and .md, written by one process; logged by every one."""
-  out = run_dir.RunDir(workdir).reports()
   if parallel.is_writer():
-    run_dir.write_json(out / f'{name}.json', data)
-    run_dir.write_text(out / f'{name}.md', table)
+    _write(workdir, name, data, table)
   parallel.barrier(f'ablate: {name}')
   logging.info('ablate: %s\n%s', name, table)
+
+
+def _write(workdir: str, name: str, data, table: str) -> None:
+  out = run_dir.RunDir(workdir).reports()
+  run_dir.write_json(out / f'{name}.json', data)
+  run_dir.write_text(out / f'{name}.md', table)
 
 
 def _recalls(cfg, train, ids, run: run_dir.RunDir, threshold: float) -> dict:
@@ -215,22 +270,24 @@ def run_seeds(
   workdir: str,
   stages: Mapping[str, Callable],
   seeds: Sequence[int],
-  lock: Callable[[str], ContextManager] = lambda _: contextlib.nullcontext(),
+  variants: Sequence[Variant] = VARIANTS,
+  lock: Callable[[str], ContextManager] = _no_lock,
 ) -> dict:
-  """`run` once per seed in DIR/seed<k> (each resumes as `run` does), and the paired
-  analysis (`paired_report`) -> DIR/reports/ablation_seeds.{json,md}, rewritten after every
-  seed: a run of many CPU hours shows its interim table (marked as such) as it goes.
+  """`run` of `variants` once per seed in DIR/seed<k> (each resumes as `run` does), and the
+  paired analysis (`paired_report`) of every variant recorded so far ->
+  DIR/reports/ablation_seeds.{json,md}, rewritten after every seed: a run of many CPU hours
+  shows its interim table (marked as such) as it goes.
 
-  `lock(dir)` (the CLI's run-directory lock) is held on DIR/seed<k> while seed k runs, so
-  jobs with disjoint seeds can share DIR side by side; each job's report holds its own
-  seeds, and a last `--seeds` with all of them (every stage then skips) writes the joint one."""
+  `lock` goes to `run`, so jobs with disjoint seeds, or with variants of different
+  classifiers, can share DIR side by side; each job's report holds its own seeds, and a last
+  `--seeds` with all of them (every variant then recorded, so skipped) writes the joint one."""
   _check_seeds(seeds)
   rows = {}
   for seed in seeds:
     logging.info('=== ablate: seed %d ===', seed)
-    seed_dir = os.path.join(workdir, f'seed{seed}')
-    with lock(seed_dir):
-      rows[seed] = run(seed_config(cfg, seed), seed_dir, stages)
+    rows[seed] = run(
+      seed_config(cfg, seed), os.path.join(workdir, f'seed{seed}'), stages, variants, lock
+    )
     report = {**paired_report(rows), 'seeds_planned': list(seeds)}
     _publish(workdir, 'ablation_seeds', report, seeds_table(report))
   return report
@@ -265,10 +322,11 @@ def compare(differences: list[float]) -> dict:
 def paired_report(rows_by_seed: Mapping[int, list[dict]]) -> dict:
   """{'seeds', 'variants': {slug: {measure: mean/se/values}}, 'paired': [{variant, control,
   measure, difference: mean/se/values, agreeing, verdict}]} from each seed's `run` rows.
-  Measures a dataset lacks (recalls outside the parts world) are left out."""
+  Variants some seed lacks (not run there yet), the pairs that need them, and measures a
+  dataset lacks (recalls outside the parts world) are left out."""
   seeds = list(rows_by_seed)
   by_slug = [{r['slug']: r for r in rows_by_seed[s]} for s in seeds]
-  slugs = [r['slug'] for r in rows_by_seed[seeds[0]]]
+  slugs = [v.slug for v in VARIANTS if all(v.slug in rows for rows in by_slug)]
   variants = {
     slug: {
       key: _mean_se([rows[slug][key] for rows in by_slug])
@@ -280,7 +338,7 @@ def paired_report(rows_by_seed: Mapping[int, list[dict]]) -> dict:
   paired = []
   for slug, control in PAIRED:
     for key in PAIRED_MEASURES:
-      if key not in variants[slug] or key not in variants[control]:
+      if key not in variants.get(slug, {}) or key not in variants.get(control, {}):
         continue
       differences = [rows[slug][key] - rows[control][key] for rows in by_slug]
       paired.append({'variant': slug, 'control': control, 'measure': key, **compare(differences)})

@@ -114,6 +114,12 @@ _SEEDS = flags.DEFINE_list(
   'ablate: the seeds (seed and localize.seed) of each run; given without --settings, every '
   'variant once per seed and the paired analysis -> WORKDIR/reports/ablation_seeds.{md,json}',
 )
+_VARIANTS = flags.DEFINE_list(
+  'variants',
+  [v.slug for v in ablate.VARIANTS],
+  'ablate (without --settings): the variants to run, default all; recorded ones are skipped, '
+  'so jobs given the variants of different classifiers can share WORKDIR (docs/ablation.md)',
+)
 _TRACEBACK = flags.DEFINE_bool(
   'traceback',
   False,
@@ -321,7 +327,7 @@ def _stage_command(command: str, action: Callable) -> Callable[[list[str]], None
     if command in validation.PRETRAINING_COMMANDS:
       standin_train.make_if_missing(_CONFIG.value)
     cfg = config.finalize(_CONFIG.value)
-    with contextlib.nullcontext() if _locks_each_seed(command) else _lock(_WORKDIR.value):
+    with contextlib.nullcontext() if _locks_what_runs(command) else _lock(_WORKDIR.value):
       action(cfg)
 
   return run
@@ -336,25 +342,24 @@ def _lock(workdir: str):
   return run_dir.Lock(run_dir.RunDir(workdir))
 
 
-def _locks_each_seed(command: str) -> bool:
-  """`ablate --seeds` locks WORKDIR/seed<k> while it runs seed k (ablate.run_seeds), not
-  WORKDIR: jobs with other seeds can share the directory, one per GPU or CPU core."""
-  return command == 'ablate' and _ablates_seed_by_seed()
-
-
-def _ablates_seed_by_seed() -> bool:
-  """Whether `ablate` runs `ablate.run_seeds` (--seeds without --settings)."""
-  return flags.FLAGS['seeds'].present and not _SETTINGS.value
+def _locks_what_runs(command: str) -> bool:
+  """`ablate` without --settings locks each classifier's run and each variant's directory
+  while it runs (ablate.run), not WORKDIR: jobs with other seeds or other classifiers' variants
+  can share the directory, one per GPU or CPU core."""
+  return command == 'ablate' and not _SETTINGS.value
 
 
 def _ablate(cfg) -> None:
   if _SETTINGS.value:
+    if flags.FLAGS['variants'].present:
+      raise app.UsageError('--variants: not with --settings, which runs its own two variants')
     ablate.run_settings(cfg, _WORKDIR.value, STAGES, _seeds())
     return
-  if _ablates_seed_by_seed():
-    ablate.run_seeds(cfg, _WORKDIR.value, STAGES, _seeds(), lock=_lock)
+  variants = [ablate.variant(slug) for slug in _VARIANTS.value]
+  if flags.FLAGS['seeds'].present:
+    ablate.run_seeds(cfg, _WORKDIR.value, STAGES, _seeds(), variants, lock=_lock)
     return
-  ablate.run(cfg, _WORKDIR.value, STAGES)
+  ablate.run(cfg, _WORKDIR.value, STAGES, variants, lock=_lock)
 
 
 def _export(cfg) -> None:

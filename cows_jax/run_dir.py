@@ -9,6 +9,8 @@ it; an object store publishes an object only once its upload is complete. A stag
 never reads a half-written file, and a killed stage resumes from the files that exist.
 """
 
+import contextlib
+import fcntl
 import hashlib
 import io
 import json
@@ -338,6 +340,25 @@ def read_export(export: ExportDir) -> tuple[bytes, dict]:
   if hashlib.sha256(data).hexdigest() != meta.get('sha256'):
     raise ValueError(f'{export.model()}: its sha256 differs from meta.json; export it again')
   return data, meta
+
+
+@contextlib.contextmanager
+def exclusive(lock_file: str | os.PathLike, what: str):
+  """An exclusive flock on the local file `lock_file` while `what` runs: separate jobs on one
+  machine take turns, a later one waiting (logged) for the earlier. The kernel releases it
+  when the holder dies. Object stores get no lock: jobs there run one per directory."""
+  path = os.fspath(lock_file)
+  if not is_local(path):
+    yield
+    return
+  os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
+  with open(path, 'a') as lock:
+    try:
+      fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      logging.info('Waiting for another job %s (%s)', what, path)
+      fcntl.flock(lock, fcntl.LOCK_EX)
+    yield  # closing the file releases the lock.
 
 
 # ---------------------------------------------------------------- one job per run directory

@@ -160,7 +160,7 @@ def test_run_seeds_runs_every_seed_in_its_own_directory(tmp_path, monkeypatch, t
   calls, interim = [], []
   reports = run_dir.RunDir(str(tmp_path)).reports()
 
-  def fake_run(cfg, workdir, stages):
+  def fake_run(cfg, workdir, stages, variants, lock):
     calls.append((cfg.seed, cfg.localize.seed, cfg.data.seed, workdir))
     if (reports / 'ablation_seeds.md').is_file():
       interim.append((reports / 'ablation_seeds.md').read_text().splitlines()[:2])
@@ -187,3 +187,59 @@ def test_run_seeds_runs_every_seed_in_its_own_directory(tmp_path, monkeypatch, t
   assert 'related_only − baseline_views' in final and 'Interim' not in final
   with pytest.raises(ValueError, match='distinct seeds'):
     ablate.run_seeds(tiny_config, str(tmp_path), {}, [1, 1])
+
+
+def test_run_records_each_variant_once_so_jobs_can_split_the_variants(tmp_path, monkeypatch):
+  """Two jobs given the variants of different classifiers fill one table, in the variants'
+  order; each variant runs while its classifier's run and its own directory are locked; a
+  rerun skips every recorded variant."""
+  import contextlib
+  import os
+
+  from cows_jax import run_dir
+
+  held, calls = [], []
+
+  @contextlib.contextmanager
+  def lock(directory):
+    held.append(os.path.relpath(directory, tmp_path))
+    yield
+    held.pop()
+
+  def stage(name):
+    return lambda cfg, directory: calls.append((name, os.path.relpath(directory, tmp_path), *held))
+
+  stages = {name: stage(name) for name in ('classify', 'localize', 'label')}
+  monkeypatch.setattr(
+    ablate,
+    '_score',
+    lambda vcfg, v, run: {
+      'variant': v.name,
+      'slug': v.slug,
+      'cam_miou': len(v.slug),
+      'pseudo_label_miou': 1.0,
+      'cam_bg_threshold': 0.3,
+    },
+  )
+  cfg = config.finalize(config.load('synthetic:tiny'))
+  workdir = str(tmp_path)
+  baseline = [ablate.variant('baseline_views'), ablate.variant('baseline_cam')]
+  full = ablate.run(cfg, workdir, stages, [ablate.variant('full_method')], lock)
+  assert [r['slug'] for r in full] == ['full_method']
+  rows = ablate.run(cfg, workdir, stages, baseline, lock)
+  assert [r['slug'] for r in rows] == ['baseline_cam', 'baseline_views', 'full_method']
+  assert calls[:3] == [
+    ('classify', 'train/full', 'train/full'),
+    ('localize', 'full_method', 'full_method'),
+    ('label', 'full_method', 'full_method'),
+  ]
+  assert calls[3] == ('classify', 'train/single', 'train/single')
+  assert len(calls) == 9 and not held
+  recorded = run_dir.read_json(tmp_path / 'reports' / 'ablation.json', 'test')
+  assert recorded == rows
+  assert (tmp_path / 'reports' / 'ablation.md').read_text().count('\n| ') == 3
+  calls.clear()
+  assert ablate.run(cfg, workdir, stages, ablate.VARIANTS[:2], lock) == rows
+  assert calls == []
+  with pytest.raises(ValueError, match="unknown variant 'nope'; choose from baseline_cam, "):
+    ablate.variant('nope')

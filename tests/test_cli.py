@@ -132,31 +132,36 @@ def test_an_input_problem_cows_jax_reports_stays_one_line_without_a_traceback(tm
   assert 'unexpected' not in done.stderr and 'Traceback' not in done.stderr
 
 
-SEED_PROBE = (
+SHARED_PROBE = (
   'import os\n'
-  'from cows_jax import ablate\n'
-  'def probe(cfg, workdir, stages):\n'
-  "  locks = [os.path.exists(os.path.join(d, '.lock')) for d in (workdir, os.path.dirname(workdir))]\n"
-  "  print('locks held (seed, workdir):', *locks)\n"
-  "  raise ValueError(f'the probe stops in {os.path.basename(workdir)}')\n"
-  'ablate.run = probe\n'
+  'from cows_jax import cli\n'
+  'def probe(cfg, workdir):\n'
+  '  seed = os.path.dirname(os.path.dirname(workdir))\n'
+  "  locks = [os.path.exists(os.path.join(d, '.lock')) for d in (workdir, seed, os.path.dirname(seed))]\n"
+  "  print('locks held (classifier, seed, workdir):', *locks)\n"
+  "  raise ValueError(f'the probe stops in {os.path.relpath(workdir, os.path.dirname(seed))}')\n"
+  "cli.STAGES['classify'] = probe\n"
 )
 
 
-def test_ablate_seeds_locks_each_seed_so_jobs_with_other_seeds_share_the_workdir(tmp_path):
+def test_ablate_locks_what_runs_so_jobs_with_other_classifiers_share_the_workdir(tmp_path):
   """Two `ablate --seeds` jobs on one WORKDIR (one per GPU or core): each locks only the
-  seed it runs, so disjoint seeds go side by side and a shared seed is one clear error."""
+  classifier it trains (and the variant it runs), so one seed's variants of different
+  classifiers go side by side, and a classifier two jobs need is one clear error."""
   from cows_jax import run_dir
 
   workdir = tmp_path / 'w'
-  args = ('ablate', '--config', 'synthetic:tiny', '--workdir', str(workdir))
+  args = ('ablate', '--config', 'synthetic:tiny', '--workdir', str(workdir), '--seeds=0')
   args += (f'--config.data.data_dir={tmp_path / "data"}',)
-  with run_dir.Lock(run_dir.RunDir(str(workdir / 'seed1'))):  # a job running seed 1.
-    alongside = _cows_jax(*args, '--seeds=0', script=SEED_PROBE)
-    same_seed = _cows_jax(*args, '--seeds=1', script=SEED_PROBE)
-  assert 'locks held (seed, workdir): True False' in alongside.stdout
-  assert 'the probe stops in seed0' in alongside.stderr.strip().splitlines()[-1]
-  assert not (workdir / 'seed0' / '.lock').exists()  # released.
-  assert same_seed.returncode == 1 and 'locks held' not in same_seed.stdout
-  assert f'{workdir / "seed1"} is in use by pid {os.getpid()}' in same_seed.stderr
-  assert 'Traceback' not in same_seed.stderr
+  single = workdir / 'seed0' / 'train' / 'single'
+  with run_dir.Lock(run_dir.RunDir(str(single))):  # a job training seed 0's baseline.
+    alongside = _cows_jax(*args, '--variants=full_method', script=SHARED_PROBE)
+    same = _cows_jax(*args, '--variants=baseline_views', script=SHARED_PROBE)
+  assert 'locks held (classifier, seed, workdir): True False False' in alongside.stdout
+  assert 'the probe stops in seed0/train/full' in alongside.stderr.strip().splitlines()[-1]
+  assert not (workdir / 'seed0' / 'train' / 'full' / '.lock').exists()  # released.
+  assert same.returncode == 1 and 'locks held' not in same.stdout
+  assert f'{single} is in use by pid {os.getpid()}' in same.stderr
+  assert 'Traceback' not in same.stderr
+  unknown = _cows_jax(*args, '--variants=baseline_cam,nope')
+  assert unknown.returncode == 1 and "unknown variant 'nope'" in unknown.stderr.splitlines()[-1]

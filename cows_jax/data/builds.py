@@ -2,9 +2,7 @@
 of the synthetic datasets' splits (synthetic.py, imagenet_standin/dataset.py)."""
 
 import abc
-import contextlib
 import dataclasses
-import fcntl
 import os
 from collections.abc import Callable
 
@@ -39,24 +37,11 @@ def prepared(make_builder, what: str):
   return make_builder()
 
 
-@contextlib.contextmanager
 def one_build_at_a_time(build_dir, what: str):
   """An exclusive lock on `<build_dir>.build.lock` while a build is made: separate jobs on one
   machine that share a data_dir (`ablate --seeds` side by side) build it once, the later ones
-  waiting and then reusing it. TFDS alone would build it in each and fail the later renames.
-  Object stores get no lock (a job's processes already build one after another)."""
-  path = os.fspath(build_dir)
-  if not run_dir.is_local(path):
-    yield
-    return
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  with open(f'{path}.build.lock', 'a') as lock:
-    try:
-      fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-      logging.info('Waiting for another job building %s (%s.build.lock)', what, path)
-      fcntl.flock(lock, fcntl.LOCK_EX)
-    yield  # closing the file releases the lock, also when the process dies.
+  waiting and then reusing it. TFDS alone would build it in each and fail the later renames."""
+  return run_dir.exclusive(f'{os.fspath(build_dir)}.build.lock', f'building {what}')
 
 
 # ----------------------------------------------------------------------------- spec builds
