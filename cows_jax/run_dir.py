@@ -108,6 +108,12 @@ class RunDir:
 
 # ---------------------------------------------------------------- atomic writes, checked reads
 
+# The process's umask, read once at import (reading it means setting it, which threads race):
+# an atomic write's file gets the mode a plain open() would give it, not mkstemp's 0600, so a
+# run directory or an export stays readable by whoever the umask lets read it.
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
 
 def write_bytes(target: str | os.PathLike, data: bytes) -> None:
   """Write `data` to `target` atomically: complete or absent, never half written."""
@@ -120,6 +126,7 @@ def write_bytes(target: str | os.PathLike, data: bytes) -> None:
   try:
     with os.fdopen(fd, 'wb') as f:
       f.write(data)
+      os.fchmod(f.fileno(), 0o666 & ~_UMASK)
     os.replace(tmp, os.fspath(target))
   except OSError as e:  # a full disk, a file-size or quota limit: no partial file remains.
     os.unlink(tmp)

@@ -234,3 +234,15 @@ def test_a_full_disk_is_one_clear_error_and_the_rerun_resumes(tiny_run, tmp_path
   done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
   assert done.returncode == 0, done.stderr[-2000:]
   assert {p.name: p.read_bytes() for p in run.labels().iterdir()} == before
+
+
+def test_an_atomic_write_gets_the_mode_a_plain_open_would_give(tmp_path):
+  """Written beside the target and renamed over it, a file still gets 0666 less the umask
+  (mkstemp alone gives 0600: unreadable to the group that shares the run directory)."""
+  umask = os.umask(0)
+  os.umask(umask)
+  run_dir.write_json(tmp_path / 'atomic.json', {'a': 1})
+  with open(tmp_path / 'plain.json', 'w') as f:
+    f.write('{}')
+  assert os.stat(tmp_path / 'atomic.json').st_mode & 0o777 == 0o666 & ~umask
+  assert os.stat(tmp_path / 'atomic.json').st_mode == os.stat(tmp_path / 'plain.json').st_mode
