@@ -121,16 +121,12 @@ def _link_classifier(train_run: run_dir.RunDir, variant_run: run_dir.RunDir) -> 
   os.symlink(target, link)
 
 
-def _no_lock(_: str) -> ContextManager:
-  return contextlib.nullcontext()
-
-
 def run(
   cfg,
   workdir: str,
   stages: Mapping[str, Callable],
   variants: Sequence[Variant] = VARIANTS,
-  lock: Callable[[str], ContextManager] = _no_lock,
+  lock: Callable[[str], ContextManager] = contextlib.nullcontext,
 ) -> list[dict]:
   """Train, localize and label each of `variants` with `stages` ({'classify': fn(cfg,
   workdir), 'localize': ..., 'label': ...}), score its maps and pseudo labels, and record its
@@ -271,7 +267,7 @@ def run_seeds(
   stages: Mapping[str, Callable],
   seeds: Sequence[int],
   variants: Sequence[Variant] = VARIANTS,
-  lock: Callable[[str], ContextManager] = _no_lock,
+  lock: Callable[[str], ContextManager] = contextlib.nullcontext,
 ) -> dict:
   """`run` of `variants` once per seed in DIR/seed<k> (each resumes as `run` does), and the
   paired analysis (`paired_report`) of every variant recorded so far ->
